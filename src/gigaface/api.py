@@ -1,0 +1,96 @@
+"""The small Python API:
+
+    cap = gigaface.scan("crowd.jpg", db="library.db")
+    cap.faces                      # every face, as gigaface.Face records
+    cap.find("me.jpg")             # ranked gigaface.Match records
+    cap.anonymise("public.jpg")    # everyone blurred
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import describe as describing
+from .anonymise import anonymise as _anonymise
+from .detector import CenterFace
+from .errors import GigafaceError
+from .index import CaptureRecord, Face, Library
+from .plan import settings_for
+from .scan import Reporter, ScanResult, scan_path
+from .search import DEFAULT_THRESHOLD, Match, Reference, rank, reference
+from .source import DEFAULT_MAX_PIXELS
+
+PhotoArg = str | Sequence[str]
+
+
+@dataclass
+class Capture:
+    """One scanned image (or camera-array capture) in a library."""
+
+    library: Library
+    record: CaptureRecord
+    result: ScanResult | None = None
+
+    @property
+    def id(self) -> int:
+        return self.record.id
+
+    @property
+    def source(self) -> str:
+        return self.record.source
+
+    @property
+    def faces(self) -> list[Face]:
+        return self.library.faces(self.id)
+
+    def find(self, photo: PhotoArg, top: int | None = None, threshold: float = DEFAULT_THRESHOLD) -> list[Match]:
+        refs = references([photo] if isinstance(photo, str) else list(photo))
+        return rank(self.library, refs, [self.id], top=top, threshold=threshold)
+
+    def anonymise(self, out: str, keep: PhotoArg = (), style: str = "blur",
+                  threshold: float = DEFAULT_THRESHOLD) -> int:
+        """Write `out` with every face blurred except those matching the `keep` photos."""
+        if self.record.kind != "image":
+            raise GigafaceError("anonymise one frame at a time for camera-array captures: gigaface blur FRAME")
+        return blur_image(self.library, self.record, out, [keep] if isinstance(keep, str) else list(keep),
+                          style, threshold)
+
+
+def references(photos: list[str], detector: CenterFace | None = None) -> list[Reference]:
+    detector = detector or CenterFace()
+    return [reference(p, detector) for p in photos]
+
+
+def blur_image(library: Library, capture: CaptureRecord, out: str, keep: list[str], style: str,
+               threshold: float, frame_path: str | None = None) -> int:
+    frame = next((f for f in capture.frames if frame_path is None or f.path == frame_path), None)
+    if frame is None:
+        raise GigafaceError(f"{frame_path}: not a frame of capture {capture.id}")
+    faces = [f for f in library.faces(capture.id) if f.source == frame.path]
+    kept: set[int] = set()
+    if keep:
+        kept = {m.face.id for m in rank(library, references(keep), [capture.id], threshold=threshold) if m.match}
+    boxes = [(f.box[0] - frame.x, f.box[1] - frame.y, f.box[2], f.box[3]) for f in faces if f.id not in kept]
+    return _anonymise(frame.path, boxes, out, style)
+
+
+def scan(path: str, db: str = "gigaface.db", preset: str = "balanced", min_face: float | None = None,
+         resume: bool = False, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+         reporter: Reporter | None = None) -> Capture:
+    """Scan an image (or a camera-array manifest .json) into the library at `db`."""
+    library = Library(db, create=True)
+    settings = settings_for(preset, min_face)
+    with describing.EmbeddingPool(workers) as pool:
+        result = scan_path(library, path, settings, pool=pool, resume=resume, reporter=reporter,
+                           max_pixels=max_pixels)
+    return Capture(library, result.capture, result)
+
+
+def open_capture(db: str, capture_id: int | None = None) -> Capture:
+    """A capture of an existing library (the latest one when no id is given)."""
+    library = Library(db)
+    captures = library.captures()
+    if not captures:
+        raise GigafaceError(f"{db}: the library has no captures yet")
+    record = captures[-1] if capture_id is None else library.capture(capture_id)
+    return Capture(library, record)

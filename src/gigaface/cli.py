@@ -1,0 +1,239 @@
+"""The `gigaface` command: scan, faces, find, blur, demo."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from . import describe as describing
+from .api import blur_image, references
+from .detector import CenterFace
+from .errors import GigafaceError
+from .index import Library
+from .plan import PRESETS, settings_for
+from .scan import Reporter, frames_of, scan_path
+from .search import DEFAULT_THRESHOLD, contact_sheet, rank
+from .source import DEFAULT_MAX_PIXELS
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Find every face in a gigapixel crowd image, and find one person among them.")
+err = Console(stderr=True)
+out = Console()
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        unit = task.fields.get("unit", "")
+        return Text(f"{speed:,.1f} {unit}/s" if speed else "", style="progress.data.speed")
+
+
+class BarReporter(Reporter):
+    """Rich progress bars on stderr: one per stage, with rate, faces found and ETA."""
+
+    UNITS = {"detect": "tiles", "describe": "faces"}
+
+    def __init__(self, label: str):
+        self.label = label
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} {task.fields[unit]}"),
+            RateColumn(), TextColumn("[cyan]{task.fields[faces]:,} faces"), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=err, transient=False)
+        self.task = None
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def stage(self, name: str, total: int) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, completed=self.progress.tasks[-1].total)
+        self.task = self.progress.add_task(f"{self.label} {name}", total=total, faces=0,
+                                           unit=self.UNITS.get(name, ""))
+
+    def advance(self, n: int = 1, faces: int = 0) -> None:
+        task = self.progress.tasks[-1]
+        self.progress.update(self.task, advance=n, faces=task.fields["faces"] + faces)
+
+    def note(self, message: str) -> None:
+        self.progress.console.print(f"[yellow]{message}")
+
+
+class QuietReporter(Reporter):
+    def note(self, message: str) -> None:
+        print(f"gigaface: {message}", file=sys.stderr)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _bars_wanted(quiet: bool, as_json: bool) -> bool:
+    return not quiet and not as_json and err.is_terminal
+
+
+@app.command()
+def scan(
+    images: list[str] = typer.Argument(..., metavar="IMAGE...", help="Images (any format libvips reads) or camera-array manifests (.json)."),
+    db: str = typer.Option(..., "--db", help="Library file (SQLite); created if missing."),
+    preset: str = typer.Option("balanced", help=f"Speed/recall trade-off: {', '.join(PRESETS)}."),
+    min_face: Optional[float] = typer.Option(None, "--min-face", help="Smallest face in pixels to look for (below 16 adds an upscaled pass)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted scan from its last finished band."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse larger images (decompression bombs)."),
+    workers: Optional[int] = typer.Option(None, help="Processes computing embeddings (default: one per core)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+) -> None:
+    """Find every face in IMAGE... and store them in the library."""
+    if preset not in PRESETS:
+        raise GigafaceError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    settings = settings_for(preset, min_face)
+    for path in images:  # every input is checked before the library is touched
+        frames_of(path, max_pixels)
+    library = Library(db, create=True)
+    detector = CenterFace(settings.tile)
+    summaries = []
+    with describing.EmbeddingPool(workers) as pool:
+        for path in images:
+            reporter = BarReporter(Path(path).name) if _bars_wanted(quiet, as_json) else QuietReporter()
+            if isinstance(reporter, BarReporter):
+                with reporter:
+                    result = scan_path(library, path, settings, detector=detector, pool=pool, resume=resume,
+                                       reporter=reporter, max_pixels=max_pixels)
+            else:
+                result = scan_path(library, path, settings, detector=detector, pool=pool, resume=resume,
+                                   reporter=reporter, max_pixels=max_pixels)
+            cap = result.capture
+            megapixels = cap.width * cap.height / 1e6
+            summaries.append({
+                "capture": cap.id, "source": cap.source, "width": cap.width, "height": cap.height,
+                "faces": result.faces, "described": result.described, "skipped": result.skipped,
+                "seconds": round(result.seconds, 2), "detect_seconds": round(result.detect_seconds, 2),
+                "describe_seconds": round(result.describe_seconds, 2), "tiles": result.tiles,
+                "megapixels_per_second": round(megapixels / result.detect_seconds, 2) if result.detect_seconds else None,
+            })
+    if as_json:
+        print(json.dumps(summaries, indent=2))
+        return
+    for s in summaries:
+        if s["skipped"]:
+            out.print(f"capture {s['capture']}: {s['source']} already scanned with these settings: {s['faces']:,} faces")
+        else:
+            out.print(f"capture {s['capture']}: {s['faces']:,} faces in {s['width']}x{s['height']} "
+                      f"({s['width'] * s['height'] / 1e6:,.0f} MP) in {s['seconds']:.1f} s; peak memory {peak_rss_mb():,.0f} MB")
+
+
+@app.command()
+def captures(db: str = typer.Argument(..., help="Library file."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the captures in a library."""
+    library = Library(db)
+    rows = [{"id": c.id, "source": c.source, "kind": c.kind, "width": c.width, "height": c.height,
+             "stage": c.stage, "faces": library.face_count(c.id), "settings": c.settings} for c in library.captures()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("id", "source", "size", "faces", "stage")
+    for r in rows:
+        table.add_row(str(r["id"]), r["source"], f"{r['width']}x{r['height']}", f"{r['faces']:,}", r["stage"])
+    out.print(table)
+
+
+@app.command()
+def faces(db: str = typer.Argument(..., help="Library file."),
+          capture: Optional[int] = typer.Option(None, "--capture", help="Only this capture."),
+          as_json: bool = typer.Option(False, "--json", help="Print one JSON array.")) -> None:
+    """List faces: box in panorama pixels, score, landmarks, quality."""
+    library = Library(db)
+    if capture is not None:
+        library.capture(capture)
+    found = library.faces(capture)
+    if as_json:
+        print(json.dumps([f.to_dict() for f in found]))
+        return
+    table = Table("id", "capture", "x", "y", "w", "h", "score", "size", "sharpness", "frontal")
+    for f in found:
+        q = f.quality
+        table.add_row(str(f.id), str(f.capture), *(f"{v:.0f}" for v in f.box), f"{f.score:.2f}",
+                      f"{q.get('size', 0):.0f}", f"{q.get('sharpness', 0):.0f}", f"{q.get('frontalness', 0):.2f}")
+    out.print(table)
+    out.print(f"{len(found):,} faces")
+
+
+@app.command()
+def find(db: str = typer.Argument(..., help="Library file."),
+         photo: list[str] = typer.Option(..., "--photo", help="Reference photo of the person (repeat for more)."),
+         top: int = typer.Option(20, "--top", help="How many faces to list."),
+         capture: Optional[list[int]] = typer.Option(None, "--capture", help="Only these captures."),
+         threshold: float = typer.Option(DEFAULT_THRESHOLD, help="Distance at or under which a face is a match."),
+         sheet: Optional[str] = typer.Option(None, "--sheet", help="Contact sheet PNG (default: matches.png beside the library)."),
+         as_json: bool = typer.Option(False, "--json", help="Print a ranked JSON array.")) -> None:
+    """Rank faces by similarity to the person in the reference photos."""
+    library = Library(db)
+    for c in capture or []:
+        library.capture(c)
+    refs = references(photo)
+    for r in refs:
+        if r.faces_in_photo > 1:
+            err.print(f"[yellow]warning: {r.path} shows {r.faces_in_photo} faces; using the largest")
+    matches = rank(library, refs, capture or None, top=top, threshold=threshold)
+    sheet_path = sheet or os.path.join(os.path.dirname(os.path.abspath(db)), "matches.png")
+    contact_sheet(library, matches, sheet_path)
+    if as_json:
+        print(json.dumps([m.to_dict() for m in matches]))
+        return
+    table = Table("rank", "face", "capture", "box (x, y, w, h)", "distance", "match")
+    for m in matches:
+        table.add_row(str(m.rank), str(m.face.id), str(m.face.capture), ", ".join(f"{v:.0f}" for v in m.face.box),
+                      f"{m.distance:.3f}", "[green]yes" if m.match else "no")
+    out.print(table)
+    out.print(f"{sum(m.match for m in matches)} of {len(matches)} under the threshold {threshold}; contact sheet: {sheet_path}")
+
+
+@app.command()
+def blur(image: str = typer.Argument(..., help="A scanned image (or one frame of a camera-array capture)."),
+         db: str = typer.Option(..., "--db", help="Library file holding the image's faces."),
+         out_path: str = typer.Option(..., "--out", help="Where to write the anonymised copy (.jpg, .png, .tif, .webp)."),
+         keep: Optional[list[str]] = typer.Option(None, "--keep", help="Photo of a person who stays visible (repeat)."),
+         style: str = typer.Option("blur", help="blur or pixelate."),
+         threshold: float = typer.Option(DEFAULT_THRESHOLD, help="Match threshold for --keep.")) -> None:
+    """Write a copy of IMAGE with every face blurred, except people in --keep photos."""
+    library = Library(db)
+    real = os.path.realpath(image)
+    for cap in library.captures():
+        for frame in cap.frames:
+            if os.path.realpath(frame.path) == real:
+                n = blur_image(library, cap, out_path, keep or [], style, threshold, frame_path=frame.path)
+                out.print(f"{out_path}: {n:,} faces {'pixelated' if style == 'pixelate' else 'blurred'}")
+                return
+    raise GigafaceError(f"{image}: not scanned into {db}; run gigaface scan first")
+
+
+@app.command()
+def demo(out_dir: str = typer.Option("demo-output", "--out", help="Folder for the demo's files."),
+         size: float = typer.Option(150.0, "--size", help="Panorama size in megapixels."),
+         preset: str = typer.Option("balanced", help=f"One of {', '.join(PRESETS)}.")) -> None:
+    """Build a synthetic stadium panorama, scan it, find the astronaut, blur everyone else."""
+    from .demo import run_demo
+
+    run_demo(out_dir, size, preset, err if err.is_terminal else None, out)
+
+
+def main() -> None:
+    try:
+        app()  # typer reports usage errors itself, with exit code 2
+    except GigafaceError as exc:
+        print(f"gigaface: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,321 @@
+"""The face index: one SQLite file holding captures, their scan progress and their faces."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .detections import Detections
+from .errors import GigafaceError
+
+APPLICATION = "gigaface"
+SCHEMA_VERSION = 1
+EMBEDDING_DIM = 128
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE captures (
+    id INTEGER PRIMARY KEY,
+    key TEXT UNIQUE NOT NULL,         -- identifies the input, so a re-scan finds its capture
+    source TEXT NOT NULL,             -- image path, or manifest path for a camera-array capture
+    kind TEXT NOT NULL,               -- 'image' or 'manifest'
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    frames TEXT NOT NULL,             -- JSON [{path, x, y, width, height}]
+    settings TEXT NOT NULL,           -- JSON scan settings
+    stage TEXT NOT NULL,              -- detect, merge, describe, done
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    elapsed REAL NOT NULL DEFAULT 0   -- seconds of scanning, summed over resumed runs
+);
+CREATE TABLE bands_done (
+    capture_id INTEGER NOT NULL REFERENCES captures(id) ON DELETE CASCADE,
+    frame INTEGER NOT NULL, pass INTEGER NOT NULL, band INTEGER NOT NULL,
+    PRIMARY KEY (capture_id, frame, pass, band)
+);
+CREATE TABLE detections (               -- raw per-pass detections, kept until the merge
+    capture_id INTEGER NOT NULL REFERENCES captures(id) ON DELETE CASCADE,
+    frame INTEGER NOT NULL, pass INTEGER NOT NULL, band INTEGER NOT NULL,
+    x1 REAL, y1 REAL, x2 REAL, y2 REAL, score REAL, landmarks BLOB
+);
+CREATE INDEX detections_capture ON detections(capture_id);
+CREATE TABLE faces (
+    id INTEGER PRIMARY KEY,
+    capture_id INTEGER NOT NULL REFERENCES captures(id) ON DELETE CASCADE,
+    frame INTEGER NOT NULL,
+    x REAL NOT NULL, y REAL NOT NULL, w REAL NOT NULL, h REAL NOT NULL,  -- panorama pixels
+    score REAL NOT NULL,
+    landmarks TEXT NOT NULL,          -- JSON [[x, y] x 5], panorama pixels, from the detector
+    quality TEXT,                     -- JSON {size, sharpness, frontalness}
+    embedding BLOB,                   -- 128 float32, NULL for faces too small to describe
+    crop BLOB,                        -- small JPEG of the face for contact sheets and viewers
+    described INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX faces_capture ON faces(capture_id);
+"""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One image of a capture, placed at (x, y) in the capture's panorama."""
+
+    path: str
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class CaptureRecord:
+    id: int
+    key: str
+    source: str
+    kind: str
+    width: int
+    height: int
+    frames: tuple[Frame, ...]
+    settings: dict
+    stage: str
+    created_at: float
+    finished_at: float | None
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class Face:
+    id: int
+    capture: int
+    source: str
+    box: tuple[float, float, float, float]  # x, y, w, h in panorama pixels
+    score: float
+    landmarks: list[list[float]]
+    quality: dict = field(default_factory=dict)
+    embedded: bool = False
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id, "capture": self.capture, "source": self.source,
+            "box": [round(v, 1) for v in self.box], "score": round(self.score, 4),
+            "landmarks": [[round(x, 1), round(y, 1)] for x, y in self.landmarks],
+            "quality": self.quality, "embedded": self.embedded,
+        }
+
+
+class Library:
+    """A gigaface library file. Opened for writing by one scan at a time."""
+
+    def __init__(self, path: str, create: bool = False):
+        self.path = path
+        if not os.path.exists(path) and not create:
+            raise GigafaceError(f"{path}: no such library (scan an image into it first)")
+        if os.path.isdir(path):
+            raise GigafaceError(f"{path}: is a directory, not a library file")
+        try:
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA foreign_keys = ON")
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise GigafaceError(f"{path}: not a gigaface library ({exc})") from None
+        if not tables:
+            if not create:
+                raise GigafaceError(f"{path}: empty file, not a gigaface library")
+            self._create()
+        elif "meta" not in tables or self._meta("application") != APPLICATION:
+            raise GigafaceError(f"{path}: an SQLite file of another program, not a gigaface library")
+        elif int(self._meta("schema") or 0) > SCHEMA_VERSION:
+            raise GigafaceError(f"{path}: made by a newer gigaface (schema {self._meta('schema')})")
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = NORMAL")
+
+    def _meta(self, key: str) -> str | None:
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        except sqlite3.DatabaseError:
+            return None
+        return row[0] if row else None
+
+    def _create(self) -> None:
+        # One script, one transaction: a library file is either complete or absent.
+        self.db.executescript(
+            f"BEGIN; {SCHEMA} INSERT INTO meta VALUES ('application', '{APPLICATION}'),"
+            f" ('schema', '{SCHEMA_VERSION}'); COMMIT;")
+
+    def transaction(self):
+        return _Transaction(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- captures -------------------------------------------------------------------
+    def capture_by_key(self, key: str) -> CaptureRecord | None:
+        row = self.db.execute(f"SELECT {_CAPTURE_COLUMNS} FROM captures WHERE key = ?", (key,)).fetchone()
+        return _capture(row) if row else None
+
+    def capture(self, capture_id: int) -> CaptureRecord:
+        row = self.db.execute(f"SELECT {_CAPTURE_COLUMNS} FROM captures WHERE id = ?", (capture_id,)).fetchone()
+        if not row:
+            raise GigafaceError(f"{self.path}: no capture {capture_id}")
+        return _capture(row)
+
+    def captures(self) -> list[CaptureRecord]:
+        return [_capture(r) for r in self.db.execute(f"SELECT {_CAPTURE_COLUMNS} FROM captures ORDER BY id")]
+
+    def create_capture(self, key: str, source: str, kind: str, width: int, height: int,
+                       frames: Iterable[Frame], settings: dict) -> CaptureRecord:
+        frames_json = json.dumps([f.__dict__ for f in frames])
+        with self.transaction():
+            cur = self.db.execute(
+                "INSERT INTO captures (key, source, kind, width, height, frames, settings, stage, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'detect', ?)",
+                (key, source, kind, width, height, frames_json, json.dumps(settings), time.time()),
+            )
+        return self.capture(cur.lastrowid)
+
+    def restart_capture(self, capture_id: int, settings: dict) -> CaptureRecord:
+        """Forget everything a capture's earlier scan found, keeping its id."""
+        with self.transaction():
+            for table in ("bands_done", "detections", "faces"):
+                self.db.execute(f"DELETE FROM {table} WHERE capture_id = ?", (capture_id,))
+            self.db.execute("UPDATE captures SET settings = ?, stage = 'detect', finished_at = NULL,"
+                            " elapsed = 0 WHERE id = ?", (json.dumps(settings), capture_id))
+        return self.capture(capture_id)
+
+    def delete_capture(self, capture_id: int) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM captures WHERE id = ?", (capture_id,))
+
+    def set_stage(self, capture_id: int, stage: str, elapsed: float | None = None) -> None:
+        finished = time.time() if stage == "done" else None
+        with self.transaction():
+            self.db.execute("UPDATE captures SET stage = ?, finished_at = ? WHERE id = ?",
+                            (stage, finished, capture_id))
+            if elapsed is not None:
+                self.db.execute("UPDATE captures SET elapsed = elapsed + ? WHERE id = ?", (elapsed, capture_id))
+
+    # --- detection progress ---------------------------------------------------------
+    def bands_done(self, capture_id: int) -> set[tuple[int, int, int]]:
+        rows = self.db.execute("SELECT frame, pass, band FROM bands_done WHERE capture_id = ?", (capture_id,))
+        return {tuple(r) for r in rows}
+
+    def finish_band(self, capture_id: int, frame: int, pass_index: int, band: int, dets: Detections) -> None:
+        """Store one band's detections and mark it done, atomically: the unit of resume."""
+        rows = [
+            (capture_id, frame, pass_index, band, *map(float, b), float(s), lm.astype(np.float32).tobytes())
+            for b, s, lm in zip(dets.boxes, dets.scores, dets.landmarks)
+        ]
+        with self.transaction():
+            self.db.execute("DELETE FROM detections WHERE capture_id=? AND frame=? AND pass=? AND band=?",
+                            (capture_id, frame, pass_index, band))
+            self.db.executemany("INSERT INTO detections VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            self.db.execute("INSERT OR REPLACE INTO bands_done VALUES (?,?,?,?)",
+                            (capture_id, frame, pass_index, band))
+
+    def detections(self, capture_id: int) -> tuple[np.ndarray, Detections]:
+        """All raw detections of a capture: (frame index per detection, detections)."""
+        rows = self.db.execute(
+            "SELECT frame, x1, y1, x2, y2, score, landmarks FROM detections WHERE capture_id = ?"
+            " ORDER BY frame, pass, band, rowid", (capture_id,)).fetchall()
+        if not rows:
+            return np.zeros((0,), np.int64), Detections.empty()
+        frames = np.array([r[0] for r in rows], np.int64)
+        boxes = np.array([r[1:5] for r in rows], np.float32)
+        scores = np.array([r[5] for r in rows], np.float32)
+        landmarks = np.stack([np.frombuffer(r[6], np.float32).reshape(5, 2) for r in rows])
+        return frames, Detections(boxes, scores, landmarks)
+
+    def replace_faces(self, capture_id: int, frames: np.ndarray, dets: Detections) -> None:
+        """The merged faces of a capture, replacing any earlier merge; raw detections go."""
+        rows = []
+        for frame, b, s, lm in zip(frames, dets.boxes, dets.scores, dets.landmarks):
+            x1, y1, x2, y2 = map(float, b)
+            rows.append((capture_id, int(frame), x1, y1, x2 - x1, y2 - y1, float(s),
+                         json.dumps([[round(float(x), 2), round(float(y), 2)] for x, y in lm])))
+        with self.transaction():
+            self.db.execute("DELETE FROM faces WHERE capture_id = ?", (capture_id,))
+            self.db.executemany("INSERT INTO faces (capture_id, frame, x, y, w, h, score, landmarks)"
+                                " VALUES (?,?,?,?,?,?,?,?)", rows)
+            self.db.execute("DELETE FROM detections WHERE capture_id = ?", (capture_id,))
+            self.db.execute("UPDATE captures SET stage = 'describe' WHERE id = ?", (capture_id,))
+
+    # --- description ----------------------------------------------------------------
+    def undescribed(self, capture_id: int) -> list[Face]:
+        return self._faces("WHERE f.capture_id = ? AND f.described = 0 ORDER BY f.frame, f.y + f.h",
+                           (capture_id,))
+
+    def save_descriptions(self, rows: list[tuple[int, dict, np.ndarray | None, bytes | None]]) -> None:
+        """(face id, quality, embedding or None, crop JPEG) for a batch of faces, atomically."""
+        with self.transaction():
+            self.db.executemany(
+                "UPDATE faces SET quality = ?, embedding = ?, crop = ?, described = 1 WHERE id = ?",
+                [(json.dumps(q), None if e is None else np.asarray(e, np.float32).tobytes(), c, i)
+                 for i, q, e, c in rows])
+
+    # --- queries --------------------------------------------------------------------
+    def faces(self, capture_id: int | None = None) -> list[Face]:
+        if capture_id is None:
+            return self._faces("ORDER BY f.id", ())
+        return self._faces("WHERE f.capture_id = ? ORDER BY f.id", (capture_id,))
+
+    def faces_by_id(self, ids: list[int]) -> list[Face]:
+        found: list[Face] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            found += self._faces(f"WHERE f.id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+        return found
+
+    def face_count(self, capture_id: int) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM faces WHERE capture_id = ?", (capture_id,)).fetchone()[0]
+
+    def _faces(self, where: str, args: tuple) -> list[Face]:
+        sources = {c.id: c.frames for c in self.captures()}
+        rows = self.db.execute(
+            "SELECT f.id, f.capture_id, f.frame, f.x, f.y, f.w, f.h, f.score, f.landmarks, f.quality,"
+            f" f.embedding IS NOT NULL FROM faces f {where}", args)
+        return [Face(r[0], r[1], sources[r[1]][r[2]].path, (r[3], r[4], r[5], r[6]), r[7],
+                     json.loads(r[8]), json.loads(r[9]) if r[9] else {}, bool(r[10])) for r in rows]
+
+    def embeddings(self, capture_ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(face ids, (N, 128) float32) of every described face in the given captures."""
+        sql = "SELECT id, embedding FROM faces WHERE embedding IS NOT NULL"
+        args: tuple = ()
+        if capture_ids is not None:
+            ids = list(capture_ids)
+            sql += f" AND capture_id IN ({','.join('?' * len(ids))})"
+            args = tuple(ids)
+        rows = self.db.execute(sql + " ORDER BY id", args).fetchall()
+        if not rows:
+            return np.zeros((0,), np.int64), np.zeros((0, EMBEDDING_DIM), np.float32)
+        return (np.array([r[0] for r in rows], np.int64),
+                np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
+
+    def crop(self, face_id: int) -> bytes | None:
+        row = self.db.execute("SELECT crop FROM faces WHERE id = ?", (face_id,)).fetchone()
+        return row[0] if row else None
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb):
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        return False
+
+
+_CAPTURE_COLUMNS = "id, key, source, kind, width, height, frames, settings, stage, created_at, finished_at, elapsed"
+
+
+def _capture(row) -> CaptureRecord:
+    frames = tuple(Frame(**f) for f in json.loads(row[6]))
+    return CaptureRecord(row[0], row[1], row[2], row[3], row[4], row[5], frames, json.loads(row[7]),
+                         row[8], row[9], row[10], row[11])

@@ -1,0 +1,295 @@
+"""The scan job: detect in bands, merge, describe, each stage resumable from the library.
+
+Stages and their unit of resume:
+  detect    one band of one pass of one frame, committed with its detections
+  merge     all-or-nothing (it is quick): raw detections become faces
+  describe  a batch of faces, committed with their quality, crop and embedding
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import describe as describing
+from .detections import Detections, nms, nms_indices
+from .detector import CenterFace, Detector
+from .errors import GigafaceError
+from .index import CaptureRecord, Face, Frame, Library
+from .manifest import is_manifest, read_manifest
+from .plan import Pass, Settings, plan_passes, tile_columns
+from .source import DEFAULT_MAX_PIXELS, ImageInfo, RowWindow, bands, load_scaled, probe
+
+DESCRIBE_NATIVE_MAX = 320  # px: larger faces are described from a downscaled read
+EMBED_BATCH = 8
+
+
+class Reporter:
+    """Receives progress; the CLI draws bars from it. Every method is optional to override."""
+
+    def stage(self, name: str, total: int) -> None: ...
+    def advance(self, n: int = 1, faces: int = 0) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+@dataclass
+class ScanResult:
+    capture: CaptureRecord
+    faces: int
+    described: int
+    seconds: float
+    skipped: bool  # True when the capture was already scanned with these settings
+    tiles: int = 0
+    detect_seconds: float = 0.0
+    describe_seconds: float = 0.0
+
+
+def capture_key(path: str) -> str:
+    real = os.path.realpath(path)
+    if is_manifest(path):
+        with open(path, "rb") as f:
+            return f"manifest:{real}:{hashlib.sha256(f.read()).hexdigest()[:16]}"
+    st = os.stat(path)
+    return f"image:{real}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def frames_of(path: str, max_pixels: int) -> tuple[str, list[Frame]]:
+    if is_manifest(path):
+        return "manifest", read_manifest(path, max_pixels)
+    info = probe(path, max_pixels)
+    return "image", [Frame(os.path.abspath(path), 0, 0, info.width, info.height)]
+
+
+# --- detection ------------------------------------------------------------------------
+def detect_bands(info: ImageInfo, p: Pass, detector: Detector, threshold: float, nms_iou: float,
+                 skip: set[int] = frozenset()) -> Iterator[tuple[int, int, Detections]]:
+    """(band index, tiles run, detections in native frame pixels) for each band of one pass."""
+    image, scale = load_scaled(info, p.scale)
+    columns = tile_columns(image.width, p)
+    count = (image.height + p.core - 1) // p.core
+    start = next((i for i in range(count) if i not in skip), count)
+    T = p.tile
+    for band in bands(image, p.core, p.margin, start=start, path=info.path):
+        if band.index in skip:
+            continue
+        found = []
+        for b0 in range(0, len(columns), detector.batch):
+            batch = columns[b0 : b0 + detector.batch]
+            tiles = np.zeros((len(batch), T, T, 3), np.uint8)
+            origins = []
+            for k, (cx0, _) in enumerate(batch):
+                ox, oy = cx0 - p.margin, band.core_top - p.margin
+                sx0, sy0 = max(0, ox), max(0, oy)
+                sx1, sy1 = min(image.width, ox + T), min(band.top + band.pixels.shape[0], oy + T)
+                tiles[k, sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox] = band.pixels[sy0 - band.top : sy1 - band.top, sx0:sx1]
+                origins.append((ox, oy))
+            for (ox, oy), (cx0, cx1), dets in zip(origins, batch, detector.detect(tiles, threshold)):
+                if not len(dets):
+                    continue
+                dets = dets.transformed(1.0, ox, oy)
+                cx, cy = dets.centres[:, 0], dets.centres[:, 1]
+                native_sizes = dets.sizes / scale
+                keep = ((cx >= cx0) & (cx < cx1) & (cy >= band.core_top) & (cy < band.core_bottom)
+                        & (native_sizes >= p.min_size) & (native_sizes < p.max_size))
+                found.append(dets.select(keep))
+        dets = nms(Detections.concat(found), nms_iou, cell=2 * p.margin).transformed(1.0 / scale)
+        yield band.index, len(columns), dets
+
+
+def count_tiles(frames: list[Frame], settings: Settings) -> int:
+    total = 0
+    for frame in frames:
+        for p in plan_passes(frame.width, frame.height, settings):
+            w, h = round(frame.width * p.scale), round(frame.height * p.scale)
+            total += -(-w // p.core) * -(-h // p.core)
+    return total
+
+
+def merge(frames: list[Frame], frame_of: np.ndarray, dets: Detections, settings: Settings
+          ) -> tuple[np.ndarray, Detections]:
+    """All passes and frames into one face set, in panorama pixels."""
+    if len(frames) > 1 and len(dets):
+        keep = owned_by_frame(frames, frame_of, dets.centres)
+        frame_of, dets = frame_of[keep], dets.select(keep)
+    keep_size = dets.sizes >= settings.min_face
+    frame_of, dets = frame_of[keep_size], dets.select(keep_size)
+    index = nms_indices(dets, settings.nms_iou)
+    return frame_of[index], dets.select(index)
+
+
+def owned_by_frame(frames: list[Frame], frame_of: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Where frames overlap, a face belongs to the frame whose centre is nearest to it."""
+    fc = np.array([(f.x + f.width / 2, f.y + f.height / 2) for f in frames])
+    lo = np.array([(f.x, f.y) for f in frames])
+    hi = lo + np.array([(f.width, f.height) for f in frames])
+    inside = ((centres[:, None, :] >= lo[None]) & (centres[:, None, :] < hi[None])).all(axis=2)
+    dist = np.linalg.norm(centres[:, None, :] - fc[None], axis=2)
+    dist[~inside] = np.inf
+    return dist.argmin(axis=1) == frame_of
+
+
+# --- description ------------------------------------------------------------------------
+def describe_faces(library: Library, capture: CaptureRecord, settings: Settings,
+                   pool: describing.EmbeddingPool | None, reporter: Reporter, max_pixels: int) -> int:
+    """Quality, crop and (for faces big enough) embedding of every face not yet described."""
+    pending = library.undescribed(capture.id)
+    reporter.stage("describe", len(pending))
+    described = 0
+    in_flight: deque = deque()
+
+    def drain(limit: int) -> None:
+        nonlocal described
+        while len(in_flight) > limit:
+            future, rows = in_flight.popleft()
+            vectors = future.result()
+            library.save_descriptions([(i, q, v, c) for (i, q, c), v in zip(rows, vectors)])
+            described += len(rows)
+            reporter.advance(len(rows), faces=len(rows))
+
+    chips: list[np.ndarray] = []
+    rows: list = []
+
+    def flush() -> None:
+        if not chips:
+            return
+        in_flight.append((pool.submit(np.stack(chips)) if pool else _done(describing.embed(np.stack(chips))),
+                          list(rows)))
+        chips.clear()
+        rows.clear()
+        drain(2 * (pool.workers if pool else 0) + 1)
+
+    by_frame: dict[int, list[Face]] = {}
+    frame_index = {f.path: i for i, f in enumerate(capture.frames)}
+    for face in pending:
+        by_frame.setdefault(frame_index[face.source], []).append(face)
+    for fi, faces in by_frame.items():
+        frame = capture.frames[fi]
+        info = probe(frame.path, max_pixels)
+        # Faces too big for a native-resolution window are read from a downscaled copy;
+        # the chip is 150 px anyway.
+        levels: dict[float, list[Face]] = {}
+        for face in faces:
+            scale = 1.0
+            while max(face.box[2:]) * scale > DESCRIBE_NATIVE_MAX:
+                scale /= 4
+            levels.setdefault(scale, []).append(face)
+        for scale, group in sorted(levels.items(), reverse=True):
+            image, exact = load_scaled(info, scale)
+            window = RowWindow(image, keep=int(DESCRIBE_NATIVE_MAX * (1 + 2 * describing.REGION_MARGIN)) + 64,
+                               path=frame.path)
+            local = []
+            for face in group:
+                x, y, w, h = face.box
+                box = ((x - frame.x) * exact, (y - frame.y) * exact, w * exact, h * exact)
+                local.append((describing.region_box(box)[3], face, box))
+            local.sort(key=lambda t: t[0])
+            for _, face, box in local:
+                x0, y0, x1, y1 = describing.region_box(box)
+                x0c, y0c = max(0, x0), max(0, y0)
+                region = window.rows(y0c, y1)[:, x0c : max(x0c, min(image.width, x1))]
+                rbox = (box[0] - x0c, box[1] - y0c, box[2], box[3])
+                lms = (np.array(face.landmarks, np.float32) - [frame.x, frame.y]) * exact - [x0c, y0c]
+                if face.box[2] >= settings.min_embed or face.box[3] >= settings.min_embed:
+                    chip = describing.cut_chip(region, rbox, lms)
+                    chips.append(chip.chip)
+                    rows.append((face.id, chip.quality, chip.crop))
+                    if len(chips) >= EMBED_BATCH:
+                        flush()
+                else:
+                    library.save_descriptions([(face.id, describing.quality(region, rbox, lms), None,
+                                                describing.thumbnail(region, rbox))])
+                    described += 1
+                    reporter.advance(1, faces=1)
+    flush()
+    drain(0)
+    return described
+
+
+class _done:
+    """A finished future, for embedding in-process when there is no pool."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+# --- the job ----------------------------------------------------------------------------
+def scan_path(library: Library, path: str, settings: Settings, *, detector: Detector | None = None,
+              pool: describing.EmbeddingPool | None = None, resume: bool = False,
+              reporter: Reporter | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> ScanResult:
+    """Scan one image (or manifest) into the library; see the module docstring for stages."""
+    reporter = reporter or Reporter()
+    started = time.perf_counter()
+    kind, frames = frames_of(path, max_pixels)
+    key = capture_key(path)
+    width = max(f.x + f.width for f in frames)
+    height = max(f.y + f.height for f in frames)
+    wanted = settings.to_dict()
+    capture = library.capture_by_key(key)
+    if capture is not None and capture.stage == "done" and capture.settings == wanted:
+        return ScanResult(capture, library.face_count(capture.id), 0, 0.0, skipped=True)
+    created = capture is None
+    if created:
+        capture = library.create_capture(key, os.path.abspath(path), kind, width, height, frames, wanted)
+    elif not (resume and capture.settings == wanted):
+        if resume:
+            reporter.note(f"capture {capture.id} was scanned with other settings; starting over")
+        capture = library.restart_capture(capture.id, wanted)
+    elif capture.stage != "done":
+        reporter.note(f"resuming capture {capture.id} at stage '{capture.stage}'")
+
+    try:
+        result = _run_stages(library, capture, frames, settings, detector, pool, reporter, max_pixels)
+    except GigafaceError:
+        # Bad input discovered mid-way (a truncated file): leave no half-scanned capture.
+        library.delete_capture(capture.id)
+        raise
+    elapsed = time.perf_counter() - started
+    library.set_stage(capture.id, "done", elapsed=elapsed)
+    capture = library.capture(capture.id)
+    result.capture, result.seconds = capture, elapsed
+    return result
+
+
+def _run_stages(library: Library, capture: CaptureRecord, frames: list[Frame], settings: Settings,
+                detector: Detector | None, pool, reporter: Reporter, max_pixels: int) -> ScanResult:
+    result = ScanResult(capture, 0, 0, 0.0, skipped=False)
+    t0 = time.perf_counter()
+    if capture.stage == "detect":
+        detector = detector or CenterFace(settings.tile)
+        done = library.bands_done(capture.id)
+        reporter.stage("detect", count_tiles(frames, settings))
+        for fi, frame in enumerate(frames):
+            info = probe(frame.path, max_pixels)
+            for pi, p in enumerate(plan_passes(frame.width, frame.height, settings)):
+                skip = {b for (f, q, b) in done if f == fi and q == pi}
+                if skip:
+                    image_h = round(frame.height * p.scale)
+                    cols = len(tile_columns(round(frame.width * p.scale), p))
+                    reporter.advance(len([b for b in skip if b * p.core < image_h]) * cols)
+                for band, tiles, dets in detect_bands(info, p, detector, settings.threshold, settings.nms_iou, skip):
+                    dets = dets.transformed(1.0, frame.x, frame.y)
+                    library.finish_band(capture.id, fi, pi, band, dets)
+                    result.tiles += tiles
+                    reporter.advance(tiles, faces=len(dets))
+        library.set_stage(capture.id, "merge")
+        capture = library.capture(capture.id)
+    result.detect_seconds = time.perf_counter() - t0
+    if capture.stage == "merge":
+        frame_of, dets = library.detections(capture.id)
+        frame_of, faces = merge(frames, frame_of, dets, settings)
+        library.replace_faces(capture.id, frame_of, faces)
+        capture = library.capture(capture.id)
+    t1 = time.perf_counter()
+    if capture.stage == "describe":
+        result.described = describe_faces(library, capture, settings, pool, reporter, max_pixels)
+    result.describe_seconds = time.perf_counter() - t1
+    result.faces = library.face_count(capture.id)
+    return result

@@ -1,0 +1,135 @@
+"""Find a person: reference photos -> one embedding -> faces ranked by distance."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from . import describe as describing
+from .detections import Detections
+from .detector import CenterFace
+from .errors import GigafaceError
+from .index import Face, Library
+from .plan import plan_passes, settings_for
+from .scan import detect_bands
+from .source import as_rgb8, probe, _open
+
+DEFAULT_THRESHOLD = 0.6  # dlib's published operating point for its ResNet descriptor
+REFERENCE_MAX_PIXELS = 100_000_000
+
+
+@dataclass(frozen=True)
+class Reference:
+    path: str
+    embedding: np.ndarray
+    box: tuple[float, float, float, float]
+    faces_in_photo: int
+
+
+@dataclass(frozen=True)
+class Match:
+    rank: int
+    face: Face
+    distance: float
+    match: bool
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "face_id": self.face.id, "capture": self.face.capture,
+                "source": self.face.source, "box": [round(v, 1) for v in self.face.box],
+                "distance": round(self.distance, 4), "match": self.match,
+                "quality": self.face.quality}
+
+
+def detect_whole(path: str, detector: CenterFace | None = None) -> tuple[np.ndarray, Detections]:
+    """Detect faces in a small photo, holding it in memory; returns (RGB pixels, detections)."""
+    info = probe(path, REFERENCE_MAX_PIXELS)
+    settings = settings_for("balanced")
+    detector = detector or CenterFace(settings.tile)
+    found = []
+    for p in plan_passes(info.width, info.height, settings):
+        found += [d for _, _, d in detect_bands(info, p, detector, settings.threshold, settings.nms_iou)]
+    from .detections import nms
+
+    dets = nms(Detections.concat(found), settings.nms_iou)
+    pixels = as_rgb8(_open(path)).numpy()
+    return pixels, dets
+
+
+def reference(path: str, detector: CenterFace | None = None) -> Reference:
+    """The embedding of the largest face in a reference photo."""
+    pixels, dets = detect_whole(path, detector)
+    if not len(dets):
+        raise GigafaceError(f"{path}: no face found in the reference photo")
+    areas = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
+    i = int(np.argmax(areas))
+    x1, y1, x2, y2 = map(float, dets.boxes[i])
+    box = (x1, y1, x2 - x1, y2 - y1)
+    x0, y0, rx1, ry1 = describing.region_box(box)
+    x0, y0 = max(0, x0), max(0, y0)
+    region = pixels[y0:ry1, x0:rx1]
+    chip = describing.cut_chip(region, (box[0] - x0, box[1] - y0, box[2], box[3]),
+                               dets.landmarks[i] - [x0, y0])
+    return Reference(path, describing.embed(chip.chip[None])[0], box, len(dets))
+
+
+def rank(library: Library, refs: list[Reference], capture_ids: list[int] | None = None,
+         top: int | None = None, threshold: float = DEFAULT_THRESHOLD) -> list[Match]:
+    """Faces of the captures ordered by distance to the person (the mean of the references)."""
+    if not refs:
+        raise GigafaceError("give at least one reference photo")
+    ids, vectors = library.embeddings(capture_ids)
+    if not len(ids):
+        return []
+    target = np.mean([r.embedding for r in refs], axis=0)
+    distances = np.linalg.norm(vectors - target, axis=1)
+    order = np.argsort(distances, kind="stable")
+    if top:
+        order = order[:top]
+    faces = {f.id: f for f in library.faces_by_id([int(ids[i]) for i in order])}
+    return [Match(k + 1, faces[int(ids[i])], float(distances[i]), bool(distances[i] <= threshold))
+            for k, i in enumerate(order)]
+
+
+def contact_sheet(library: Library, matches: list[Match], out: str, columns: int = 6) -> str:
+    """A PNG of each match's crop with its rank, distance and place in the panorama."""
+    cell_w, cell_h, pad = 160, 200, 8
+    rows = max(1, -(-len(matches) // columns))
+    sheet = np.full((rows * cell_h + pad, columns * cell_w + pad, 3), 245, np.uint8)
+    for k, m in enumerate(matches):
+        r, c = divmod(k, columns)
+        x0, y0 = pad + c * cell_w, pad + r * cell_h
+        colour = (40, 160, 60) if m.match else (150, 150, 150)
+        data = library.crop(m.face.id)
+        if data:
+            crop = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            side = cell_w - 2 * pad
+            f = side / max(crop.shape[:2])
+            crop = cv2.resize(crop, (max(1, int(crop.shape[1] * f)), max(1, int(crop.shape[0] * f))),
+                              interpolation=cv2.INTER_CUBIC if f > 1 else cv2.INTER_AREA)
+            sheet[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+        cv2.rectangle(sheet, (x0 - 3, y0 - 3), (x0 + cell_w - 2 * pad + 2, y0 + cell_w - 2 * pad + 2), colour, 3)
+        x, y, w, h = m.face.box
+        lines = [f"#{m.rank}  d={m.distance:.3f}{'  MATCH' if m.match else ''}",
+                 f"capture {m.face.capture} face {m.face.id}", f"at {int(x)},{int(y)} ({int(w)}px)"]
+        for j, text in enumerate(lines):
+            cv2.putText(sheet, text, (x0, y0 + cell_w - pad + 14 + 14 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
+                        (20, 20, 20), 1, cv2.LINE_AA)
+    write_png(out, sheet)
+    return out
+
+
+def write_png(path: str, rgb: np.ndarray) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory)
+    os.close(fd)
+    try:
+        if not cv2.imwrite(tmp, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise GigafaceError(f"{path}: cannot write PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,211 @@
+"""Pixels in, one region at a time: images opened lazily with pyvips and read top to bottom.
+
+A JPEG cannot be read at random cheaply, so every reader here walks the image in
+full-width bands, top to bottom (`access="sequential"`), and never holds the whole image.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyvips
+
+from .errors import GigafaceError
+
+DEFAULT_MAX_PIXELS = 4_000_000_000  # refuse decompression bombs; raise with --max-pixels
+JPEG_SHRINKS = (2, 4, 8)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    path: str
+    width: int
+    height: int
+    loader: str
+
+
+def _open(path: str, **options) -> pyvips.Image:
+    # fail_on="truncated" turns libvips' "premature end of file" warning (which would
+    # silently pad the image with grey) into an error we can report.
+    return pyvips.Image.new_from_file(path, access="sequential", fail_on="truncated", **options)
+
+
+def probe(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Read the header only; refuse what we cannot or should not decode."""
+    if not os.path.exists(path):
+        raise GigafaceError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise GigafaceError(f"{path}: is a directory, not an image")
+    try:
+        image = _open(path)
+    except pyvips.Error as exc:
+        raise GigafaceError(f"{path}: not an image that libvips can read ({_first_line(exc)})") from None
+    if image.width < 1 or image.height < 1:
+        raise GigafaceError(f"{path}: image has no pixels")
+    pixels = image.width * image.height
+    if pixels > max_pixels:
+        raise GigafaceError(
+            f"{path}: {image.width}x{image.height} is {pixels / 1e6:,.0f} megapixels, over the limit of "
+            f"{max_pixels / 1e6:,.0f}; raise it with --max-pixels if you trust this file"
+        )
+    return ImageInfo(path, image.width, image.height, image.get("vips-loader") if image.get_typeof("vips-loader") else "")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return " ".join(text[:2])[:200] if text else type(exc).__name__
+
+
+def as_rgb8(image: pyvips.Image) -> pyvips.Image:
+    """Any libvips image as 3-band 8-bit sRGB: flatten alpha, convert grey/CMYK/16-bit."""
+    if image.hasalpha():
+        image = image.flatten(background=[255, 255, 255] if image.bands > 2 else [255])
+    if image.interpretation not in ("srgb",) or image.format != "uchar":
+        image = image.colourspace("srgb")
+    if image.bands == 1:
+        image = image.bandjoin([image, image])
+    if image.format != "uchar":
+        image = image.cast("uchar")
+    return image
+
+
+def load_scaled(info: ImageInfo, scale: float) -> tuple[pyvips.Image, float]:
+    """A lazy, sequential RGB view of the image at about `scale`; returns it and the exact scale.
+
+    Downscaling a JPEG uses libjpeg's shrink-on-load, which decodes far fewer pixels.
+    """
+    options = {}
+    if scale < 1 and info.loader.startswith("jpegload"):
+        shrink = max((s for s in JPEG_SHRINKS if s <= round(1 / scale)), default=1)
+        if shrink > 1:
+            options["shrink"] = shrink
+    try:
+        image = as_rgb8(_open(info.path, **options))
+    except pyvips.Error as exc:
+        raise GigafaceError(f"{info.path}: cannot read ({_first_line(exc)})") from None
+    if image.width != round(info.width * scale):
+        residual = scale * info.width / image.width
+        if abs(residual - 1) > 1e-6:
+            image = image.resize(residual, kernel="linear" if residual > 1 else "lanczos3")
+    return image, image.width / info.width
+
+
+def read_rows(image: pyvips.Image, y0: int, y1: int, path: str = "") -> np.ndarray:
+    try:
+        return image.crop(0, y0, image.width, y1 - y0).numpy()
+    except pyvips.Error as exc:
+        raise GigafaceError(f"{path or 'image'}: cannot decode rows {y0}-{y1} ({_first_line(exc)})") from None
+
+
+@dataclass
+class Band:
+    index: int
+    top: int  # first row of `pixels` in the scaled image
+    core_top: int  # rows [core_top, core_bottom) are owned by this band
+    core_bottom: int
+    pixels: np.ndarray
+
+
+def bands(image: pyvips.Image, core_rows: int, margin: int, start: int = 0, path: str = "",
+          prefetch: bool = True) -> Iterator[Band]:
+    """Full-width bands that own `core_rows` rows each and see `margin` rows beyond both edges.
+
+    Rows shared with the previous band are carried over in memory, so each row is decoded
+    once; with `prefetch` the next band is decoded in a thread while the caller works
+    (libvips releases the GIL while decoding).
+    """
+    height = image.height
+    count = (height + core_rows - 1) // core_rows
+
+    def produce() -> Iterator[Band]:
+        carried = None  # (top, pixels) tail of the previous band
+        for index in range(start, count):
+            core_top = index * core_rows
+            core_bottom = min(height, core_top + core_rows)
+            top, bottom = max(0, core_top - margin), min(height, core_bottom + margin)
+            if carried is not None and carried[0] <= top < carried[0] + carried[1].shape[0]:
+                have_bottom = carried[0] + carried[1].shape[0]
+                fresh = read_rows(image, have_bottom, bottom, path) if bottom > have_bottom else None
+                old = carried[1][top - carried[0]:]
+                pixels = old if fresh is None else np.concatenate([old, fresh])
+            else:
+                pixels = read_rows(image, top, bottom, path)
+            carried = (top, pixels)
+            yield Band(index, top, core_top, core_bottom, pixels)
+
+    if not prefetch:
+        yield from produce()
+        return
+    yield from _prefetched(produce())
+
+
+_DONE = object()
+
+
+def _prefetched(items: Iterator, depth: int = 1) -> Iterator:
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def worker() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as exc:  # re-raised in the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=worker, daemon=True, name="band-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+class RowWindow:
+    """A sliding window of rows for work that needs whole regions (face chips, blurs).
+
+    Call `rows(y0, y1)` with non-decreasing `y1`; rows older than `keep` behind the
+    window's bottom are dropped, so memory is width x (keep + step) pixels.
+    """
+
+    def __init__(self, image: pyvips.Image, keep: int, step: int = 256, path: str = ""):
+        self.image, self.keep, self.step, self.path = image, keep, step, path
+        self.top = 0
+        self.pixels = np.zeros((0, image.width, 3), np.uint8)
+
+    @property
+    def bottom(self) -> int:
+        return self.top + self.pixels.shape[0]
+
+    def rows(self, y0: int, y1: int) -> np.ndarray:
+        y0, y1 = max(0, y0), min(self.image.height, y1)
+        if y1 > self.bottom:
+            target = min(self.image.height, max(y1, self.bottom + self.step))
+            fresh = read_rows(self.image, self.bottom, target, self.path)
+            self.pixels = np.concatenate([self.pixels, fresh])
+            # Keep `keep` rows of history, and never the rows this call asked for.
+            drop = max(0, min(y0, self.bottom - self.keep) - self.top)
+            if drop:
+                self.pixels = self.pixels[drop:]
+                self.top += drop
+        if y0 < self.top:
+            raise ValueError(f"rows {y0}-{y1} already dropped (window starts at {self.top})")
+        return self.pixels[y0 - self.top : y1 - self.top]
