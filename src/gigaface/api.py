@@ -16,7 +16,7 @@ from .detector import CenterFace
 from .errors import GigafaceError
 from .index import CaptureRecord, Face, Library
 from .plan import settings_for
-from .scan import Reporter, ScanResult, scan_path
+from .scan_job import Reporter, ScanResult, scan_path
 from .search import DEFAULT_THRESHOLD, Match, Reference, rank, reference
 from .source import DEFAULT_MAX_PIXELS
 

@@ -1,6 +1,7 @@
 """The `gigaface` command: scan, faces, find, blur, demo."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -20,7 +21,7 @@ from .detector import CenterFace
 from .errors import GigafaceError
 from .index import Library
 from .plan import PRESETS, settings_for
-from .scan import Reporter, frames_of, scan_path
+from .scan_job import Reporter, frames_of, scan_path
 from .search import DEFAULT_THRESHOLD, contact_sheet, rank
 from .source import DEFAULT_MAX_PIXELS
 
@@ -102,28 +103,23 @@ def scan(
     settings = settings_for(preset, min_face)
     for path in images:  # every input is checked before the library is touched
         frames_of(path, max_pixels)
+    new_library = not os.path.exists(db)
     library = Library(db, create=True)
     detector = CenterFace(settings.tile)
-    summaries = []
-    with describing.EmbeddingPool(workers) as pool:
-        for path in images:
-            reporter = BarReporter(Path(path).name) if _bars_wanted(quiet, as_json) else QuietReporter()
-            if isinstance(reporter, BarReporter):
-                with reporter:
-                    result = scan_path(library, path, settings, detector=detector, pool=pool, resume=resume,
-                                       reporter=reporter, max_pixels=max_pixels)
-            else:
-                result = scan_path(library, path, settings, detector=detector, pool=pool, resume=resume,
-                                   reporter=reporter, max_pixels=max_pixels)
-            cap = result.capture
-            megapixels = cap.width * cap.height / 1e6
-            summaries.append({
-                "capture": cap.id, "source": cap.source, "width": cap.width, "height": cap.height,
-                "faces": result.faces, "described": result.described, "skipped": result.skipped,
-                "seconds": round(result.seconds, 2), "detect_seconds": round(result.detect_seconds, 2),
-                "describe_seconds": round(result.describe_seconds, 2), "tiles": result.tiles,
-                "megapixels_per_second": round(megapixels / result.detect_seconds, 2) if result.detect_seconds else None,
-            })
+    try:
+        with describing.EmbeddingPool(workers) as pool:
+            summaries = _scan_all(library, images, settings, detector, pool, resume, max_pixels, quiet, as_json)
+    except GigafaceError:
+        # A damaged image found mid-decode: a library this command created and left
+        # empty would be a half-written file.
+        if new_library and not library.captures():
+            library.close()
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(db + suffix):
+                    os.remove(db + suffix)
+        raise
+    for s in summaries:
+        s["peak_rss_mb"] = {"main": round(peak_rss_mb()), "worker": round(pool.peak_rss_mb())}
     if as_json:
         print(json.dumps(summaries, indent=2))
         return
@@ -133,6 +129,27 @@ def scan(
         else:
             out.print(f"capture {s['capture']}: {s['faces']:,} faces in {s['width']}x{s['height']} "
                       f"({s['width'] * s['height'] / 1e6:,.0f} MP) in {s['seconds']:.1f} s; peak memory {peak_rss_mb():,.0f} MB")
+
+
+def _scan_all(library, images, settings, detector, pool, resume, max_pixels, quiet, as_json) -> list[dict]:
+    summaries = []
+    for path in images:
+        bars = _bars_wanted(quiet, as_json)
+        reporter = BarReporter(Path(path).name) if bars else QuietReporter()
+        with reporter if bars else contextlib.nullcontext():
+            result = scan_path(library, path, settings, detector=detector, pool=pool, resume=resume,
+                               reporter=reporter, max_pixels=max_pixels)
+        cap = result.capture
+        megapixels = cap.width * cap.height / 1e6
+        summaries.append({
+            "capture": cap.id, "source": cap.source, "width": cap.width, "height": cap.height,
+            "faces": result.faces, "described": result.described,
+            "embedded": library.face_count(cap.id, embedded=True), "skipped": result.skipped,
+            "seconds": round(result.seconds, 2), "detect_seconds": round(result.detect_seconds, 2),
+            "describe_seconds": round(result.describe_seconds, 2), "tiles": result.tiles,
+            "megapixels_per_second": round(megapixels / result.detect_seconds, 2) if result.detect_seconds else None,
+        })
+    return summaries
 
 
 @app.command()

@@ -129,23 +129,77 @@ def embed(chips: np.ndarray) -> np.ndarray:
     return np.array([np.array(v) for v in vectors], np.float32)
 
 
-def _warm_worker() -> None:
+@dataclass
+class Region:
+    """Pixels around one face and where the face is in them: a unit of work for the pool."""
+
+    pixels: np.ndarray
+    box: tuple[float, float, float, float]
+    landmarks: np.ndarray
+    embed: bool  # False for faces too small to recognise: quality and crop only
+    scale: float = 1.0  # of `pixels` relative to the source, so quality reports source pixels
+
+
+def describe_regions(regions: list[Region]) -> list[tuple[dict, np.ndarray | None, bytes]]:
+    """(quality, embedding or None, JPEG crop) for each region."""
+    described = []
+    chips, chip_index = [], []
+    for k, r in enumerate(regions):
+        if r.embed:
+            chip = cut_chip(r.pixels, r.box, r.landmarks)
+            chips.append(chip.chip)
+            chip_index.append(k)
+            q, crop = chip.quality, chip.crop
+        else:
+            q, crop = quality(r.pixels, r.box, r.landmarks), thumbnail(r.pixels, r.box)
+        q["size"] = round(max(r.box[2], r.box[3]) / r.scale, 1)
+        described.append((q, None, crop))
+    if chips:
+        for k, vector in zip(chip_index, embed(np.stack(chips))):
+            q, _, crop = described[k]
+            described[k] = (q, vector, crop)
+    return described
+
+
+def _init_worker() -> None:
+    # dlib's BLAS would start a thread per core in every worker; the pool already uses
+    # every core (measured 45 ms a face with them, 38 ms without, on 2 cores).
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    shape_predictor()
     recogniser()
 
 
 class EmbeddingPool:
-    """Embeds chips in worker processes; `submit` returns a future of (n, 128) float32."""
+    """Describes face regions in worker processes; `submit` returns a future of a list."""
 
     def __init__(self, workers: int | None = None):
         self.workers = max(1, workers or os.cpu_count() or 1)
         # spawn, not fork: the parent holds onnxruntime threads and a prefetch thread.
         self.executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_warm_worker)
+                                            initializer=_init_worker)
 
-    def submit(self, chips: np.ndarray) -> Future:
-        return self.executor.submit(embed, chips)
+    def submit(self, regions: list[Region]) -> Future:
+        return self.executor.submit(describe_regions, regions)
+
+    def peak_rss_mb(self) -> float:
+        """The largest peak resident memory among the live workers (Linux; 0 elsewhere).
+
+        Read from /proc because getrusage() would report the parent's size at fork time,
+        which a spawned worker inherits across exec.
+        """
+        peak = 0.0
+        for pid in list(getattr(self.executor, "_processes", None) or {}):
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    peak = max(peak, next((int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM")), 0.0))
+            except OSError:
+                continue
+        self.peak_mb = max(getattr(self, "peak_mb", 0.0), peak)
+        return self.peak_mb
 
     def close(self) -> None:
+        self.peak_rss_mb()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> "EmbeddingPool":

@@ -49,6 +49,13 @@ class Detections:
         return Detections(boxes.astype(np.float32), self.scores,
                           (self.landmarks * scale + offset).astype(np.float32))
 
+    def clipped(self, width: float, height: float) -> "Detections":
+        """Boxes cut to the image; a face at the border keeps only its visible part."""
+        boxes = self.boxes.copy()
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+        return Detections(boxes, self.scores, self.landmarks)
+
     @property
     def sizes(self) -> np.ndarray:
         """Face size in pixels: the larger side of the box."""

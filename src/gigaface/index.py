@@ -45,7 +45,7 @@ CREATE TABLE detections (               -- raw per-pass detections, kept until t
 );
 CREATE INDEX detections_capture ON detections(capture_id);
 CREATE TABLE faces (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: an id names one face for good
     capture_id INTEGER NOT NULL REFERENCES captures(id) ON DELETE CASCADE,
     frame INTEGER NOT NULL,
     x REAL NOT NULL, y REAL NOT NULL, w REAL NOT NULL, h REAL NOT NULL,  -- panorama pixels
@@ -186,6 +186,16 @@ class Library:
                             " elapsed = 0 WHERE id = ?", (json.dumps(settings), capture_id))
         return self.capture(capture_id)
 
+    def relocate(self, capture_id: int, path: str) -> CaptureRecord:
+        """Point a single-image capture at the path its file now has."""
+        capture = self.capture(capture_id)
+        frame = capture.frames[0]
+        moved = Frame(path, frame.x, frame.y, frame.width, frame.height)
+        with self.transaction():
+            self.db.execute("UPDATE captures SET source = ?, frames = ? WHERE id = ?",
+                            (path, json.dumps([moved.__dict__]), capture_id))
+        return self.capture(capture_id)
+
     def delete_capture(self, capture_id: int) -> None:
         with self.transaction():
             self.db.execute("DELETE FROM captures WHERE id = ?", (capture_id,))
@@ -269,8 +279,9 @@ class Library:
             found += self._faces(f"WHERE f.id IN ({','.join('?' * len(chunk))})", tuple(chunk))
         return found
 
-    def face_count(self, capture_id: int) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM faces WHERE capture_id = ?", (capture_id,)).fetchone()[0]
+    def face_count(self, capture_id: int, embedded: bool = False) -> int:
+        where = " AND embedding IS NOT NULL" if embedded else ""
+        return self.db.execute(f"SELECT COUNT(*) FROM faces WHERE capture_id = ?{where}", (capture_id,)).fetchone()[0]
 
     def _faces(self, where: str, args: tuple) -> list[Face]:
         sources = {c.id: c.frames for c in self.captures()}

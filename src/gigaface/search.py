@@ -14,7 +14,7 @@ from .detector import CenterFace
 from .errors import GigafaceError
 from .index import Face, Library
 from .plan import plan_passes, settings_for
-from .scan import detect_bands
+from .scan_job import detect_bands
 from .source import as_rgb8, probe, _open
 
 DEFAULT_THRESHOLD = 0.6  # dlib's published operating point for its ResNet descriptor

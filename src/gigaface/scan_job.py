@@ -50,12 +50,22 @@ class ScanResult:
 
 
 def capture_key(path: str) -> str:
-    real = os.path.realpath(path)
-    if is_manifest(path):
-        with open(path, "rb") as f:
-            return f"manifest:{real}:{hashlib.sha256(f.read()).hexdigest()[:16]}"
-    st = os.stat(path)
-    return f"image:{real}:{st.st_size}:{st.st_mtime_ns}"
+    """What makes two scans the same capture: the content, not the path or the file's mtime.
+
+    For an image, its size and the hash of its first and last MiB (reading all of a
+    gigapixel file would cost seconds); for a manifest, its location and content.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if is_manifest(path):
+            digest.update(f.read())
+            return f"manifest:{os.path.realpath(path)}:{digest.hexdigest()[:24]}"
+        size = os.fstat(f.fileno()).st_size
+        digest.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            digest.update(f.read())
+    return f"image:{size}:{digest.hexdigest()[:24]}"
 
 
 def frames_of(path: str, max_pixels: int) -> tuple[str, list[Frame]]:
@@ -74,18 +84,21 @@ def detect_bands(info: ImageInfo, p: Pass, detector: Detector, threshold: float,
     count = (image.height + p.core - 1) // p.core
     start = next((i for i in range(count) if i not in skip), count)
     T = p.tile
+    buffer = np.empty((detector.batch, T, T, 3), np.uint8)  # reused: no page faults per tile
     for band in bands(image, p.core, p.margin, start=start, path=info.path):
         if band.index in skip:
             continue
         found = []
         for b0 in range(0, len(columns), detector.batch):
             batch = columns[b0 : b0 + detector.batch]
-            tiles = np.zeros((len(batch), T, T, 3), np.uint8)
+            tiles = buffer[: len(batch)]
             origins = []
             for k, (cx0, _) in enumerate(batch):
                 ox, oy = cx0 - p.margin, band.core_top - p.margin
                 sx0, sy0 = max(0, ox), max(0, oy)
                 sx1, sy1 = min(image.width, ox + T), min(band.top + band.pixels.shape[0], oy + T)
+                if (sx0 - ox, sy0 - oy, sx1 - ox, sy1 - oy) != (0, 0, T, T):
+                    tiles[k] = 0  # black beyond the image's edges
                 tiles[k, sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox] = band.pixels[sy0 - band.top : sy1 - band.top, sx0:sx1]
                 origins.append((ox, oy))
             for (ox, oy), (cx0, cx1), dets in zip(origins, batch, detector.detect(tiles, threshold)):
@@ -97,7 +110,8 @@ def detect_bands(info: ImageInfo, p: Pass, detector: Detector, threshold: float,
                 keep = ((cx >= cx0) & (cx < cx1) & (cy >= band.core_top) & (cy < band.core_bottom)
                         & (native_sizes >= p.min_size) & (native_sizes < p.max_size))
                 found.append(dets.select(keep))
-        dets = nms(Detections.concat(found), nms_iou, cell=2 * p.margin).transformed(1.0 / scale)
+        dets = nms(Detections.concat(found), nms_iou, cell=2 * p.margin)
+        dets = dets.clipped(image.width, image.height).transformed(1.0 / scale)
         yield band.index, len(columns), dets
 
 
@@ -145,22 +159,22 @@ def describe_faces(library: Library, capture: CaptureRecord, settings: Settings,
     def drain(limit: int) -> None:
         nonlocal described
         while len(in_flight) > limit:
-            future, rows = in_flight.popleft()
-            vectors = future.result()
-            library.save_descriptions([(i, q, v, c) for (i, q, c), v in zip(rows, vectors)])
-            described += len(rows)
-            reporter.advance(len(rows), faces=len(rows))
+            future, face_ids = in_flight.popleft()
+            library.save_descriptions([(i, q, v, c) for i, (q, v, c) in zip(face_ids, future.result())])
+            described += len(face_ids)
+            reporter.advance(len(face_ids), faces=len(face_ids))
 
-    chips: list[np.ndarray] = []
-    rows: list = []
+    batch: list[describing.Region] = []
+    ids: list[int] = []
 
     def flush() -> None:
-        if not chips:
+        if not batch:
             return
-        in_flight.append((pool.submit(np.stack(chips)) if pool else _done(describing.embed(np.stack(chips))),
-                          list(rows)))
-        chips.clear()
-        rows.clear()
+        work = list(batch)
+        future = pool.submit(work) if pool else _done(describing.describe_regions(work))
+        in_flight.append((future, list(ids)))
+        batch.clear()
+        ids.clear()
         drain(2 * (pool.workers if pool else 0) + 1)
 
     by_frame: dict[int, list[Face]] = {}
@@ -191,20 +205,14 @@ def describe_faces(library: Library, capture: CaptureRecord, settings: Settings,
             for _, face, box in local:
                 x0, y0, x1, y1 = describing.region_box(box)
                 x0c, y0c = max(0, x0), max(0, y0)
-                region = window.rows(y0c, y1)[:, x0c : max(x0c, min(image.width, x1))]
+                region = window.rows(y0c, y1, x0c, max(x0c, min(image.width, x1)))
                 rbox = (box[0] - x0c, box[1] - y0c, box[2], box[3])
                 lms = (np.array(face.landmarks, np.float32) - [frame.x, frame.y]) * exact - [x0c, y0c]
-                if face.box[2] >= settings.min_embed or face.box[3] >= settings.min_embed:
-                    chip = describing.cut_chip(region, rbox, lms)
-                    chips.append(chip.chip)
-                    rows.append((face.id, chip.quality, chip.crop))
-                    if len(chips) >= EMBED_BATCH:
-                        flush()
-                else:
-                    library.save_descriptions([(face.id, describing.quality(region, rbox, lms), None,
-                                                describing.thumbnail(region, rbox))])
-                    described += 1
-                    reporter.advance(1, faces=1)
+                big_enough = max(face.box[2], face.box[3]) >= settings.min_embed
+                batch.append(describing.Region(region, rbox, lms, big_enough, exact))
+                ids.append(face.id)
+                if len(batch) >= EMBED_BATCH:
+                    flush()
     flush()
     drain(0)
     return described
@@ -233,10 +241,11 @@ def scan_path(library: Library, path: str, settings: Settings, *, detector: Dete
     height = max(f.y + f.height for f in frames)
     wanted = settings.to_dict()
     capture = library.capture_by_key(key)
+    if capture is not None and capture.kind == "image" and capture.frames[0].path != frames[0].path:
+        capture = library.relocate(capture.id, frames[0].path)  # the same image, moved
     if capture is not None and capture.stage == "done" and capture.settings == wanted:
         return ScanResult(capture, library.face_count(capture.id), 0, 0.0, skipped=True)
-    created = capture is None
-    if created:
+    if capture is None:
         capture = library.create_capture(key, os.path.abspath(path), kind, width, height, frames, wanted)
     elif not (resume and capture.settings == wanted):
         if resume:

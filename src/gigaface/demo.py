@@ -1,0 +1,114 @@
+"""`gigaface demo`: a synthetic stadium built from images that scikit-image ships, scanned end to end."""
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import describe as describing
+from .api import blur_image, references
+from .detections import iou_one_to_many
+from .detector import CenterFace
+from .index import Library
+from .plan import settings_for
+from .scan_job import Reporter, scan_path
+from .search import contact_sheet, rank
+
+
+def _box_iou(a, b) -> float:
+    A = np.array([a[0], a[1], a[0] + a[2], a[1] + a[3]], np.float64)
+    B = np.array([[b[0], b[1], b[0] + b[2], b[1] + b[3]]], np.float64)
+    return float(iou_one_to_many(A, B)[0])
+
+
+DEMO_OCCUPANCY = 0.1  # a tenth of the seats: ~4,000 faces at 150 MP, about 3 minutes on 2 cores
+
+
+def run_demo(out_dir: str, size: float, preset: str, bars: Console | None, out: Console) -> None:
+    from .cli import BarReporter
+    from .demo_scene import build_stadium
+
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    scene_file = folder / "scene.json"
+    scene = None
+    if scene_file.exists():
+        # Rebuilding would give the panorama a new identity and a second capture.
+        saved = json.loads(scene_file.read_text())
+        if saved.get("megapixels") == size and Path(saved["panorama"]).exists():
+            from .demo_scene import DemoScene
+
+            scene = DemoScene(Path(saved["panorama"]), Path(saved["reference"]), Path(saved["truth"]),
+                              saved["width"], saved["height"], saved["faces"], tuple(saved["target_box"]))
+    if scene is None:
+        with Progress(TextColumn("[bold]building panorama"), BarColumn(), TimeElapsedColumn(), console=bars,
+                      disable=bars is None) as progress:
+            task = progress.add_task("build", total=1)
+            scene = build_stadium(folder, megapixels=size, occupancy=DEMO_OCCUPANCY,
+                                  on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+        scene_file.write_text(json.dumps({
+            "megapixels": size, "panorama": str(scene.panorama), "reference": str(scene.reference),
+            "truth": str(scene.truth), "width": scene.width, "height": scene.height, "faces": scene.faces,
+            "target_box": list(scene.target_box)}))
+    built = time.perf_counter() - t0
+
+    library = Library(str(folder / "library.db"), create=True)
+    settings = settings_for(preset)
+    detector = CenterFace(settings.tile)
+    reporter: Reporter = BarReporter(scene.panorama.name) if bars is not None else Reporter()
+    with describing.EmbeddingPool() as pool:
+        if isinstance(reporter, BarReporter):
+            with reporter:
+                result = scan_path(library, str(scene.panorama), settings, detector=detector, pool=pool, reporter=reporter)
+        else:
+            result = scan_path(library, str(scene.panorama), settings, detector=detector, pool=pool)
+        t1 = time.perf_counter()
+        refs = references([str(scene.reference)], detector)
+        matches = rank(library, refs, [result.capture.id], top=12)
+        sheet = contact_sheet(library, matches, str(folder / "matches.png"))
+        found_at = next((m.rank for m in matches if _box_iou(m.face.box, scene.target_box) > 0.3), None)
+        search_seconds = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        anonymised = str(folder / "stadium-anonymised.jpg")
+        blurred = blur_image(library, result.capture, anonymised, [str(scene.reference)], "blur", 0.6)
+        blur_seconds = time.perf_counter() - t2
+
+    truth = json.loads(Path(scene.truth).read_text())
+    faces = library.faces(result.capture.id)
+    recall = _recall(truth["faces"], [f.box for f in faces])
+    peak_main = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    mp = scene.width * scene.height / 1e6
+    table = Table(title="gigaface demo", show_header=False)
+    table.add_row("panorama", f"{scene.panorama}  ({scene.width}x{scene.height}, {mp:,.0f} MP, built in {built:.0f} s)")
+    table.add_row("faces found", f"{result.faces:,} (planted {scene.faces:,}; {recall:.0%} of planted found at IoU 0.3)")
+    table.add_row("scan", f"{result.seconds:.1f} s (detect {result.detect_seconds:.1f} s = "
+                          f"{mp / max(result.detect_seconds, 1e-9):.1f} MP/s, describe {result.describe_seconds:.1f} s)"
+                  if not result.skipped else "already scanned (delete library.db to scan again)")
+    table.add_row("find the astronaut", f"rank {found_at} of {len(library.faces(result.capture.id)):,}, "
+                  f"distance {matches[found_at - 1].distance:.3f}" if found_at else "not in the top 12")
+    table.add_row("search + contact sheet", f"{search_seconds:.1f} s -> {sheet}")
+    table.add_row("anonymised copy", f"{anonymised}  ({blurred:,} faces blurred, the astronaut kept; {blur_seconds:.1f} s)")
+    table.add_row("peak memory", f"{peak_main:,.0f} MB main process, {peak_child:,.0f} MB largest worker")
+    table.add_row("library", str(folder / "library.db"))
+    out.print(table)
+
+
+def _recall(truth: list, found: list) -> float:
+    if not truth:
+        return 1.0
+    if not found:
+        return 0.0
+    F = np.array([[x, y, x + w, y + h] for x, y, w, h in found], np.float64)
+    hits = 0
+    for x, y, w, h in truth:
+        hits += bool((iou_one_to_many(np.array([x, y, x + w, y + h], np.float64), F) >= 0.3).any())
+    return hits / len(truth)

@@ -1,0 +1,101 @@
+"""Synthetic test images built from real faces (skimage's astronaut) and shared helpers."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyvips
+import skimage.data
+
+# CenterFace's box for the astronaut's face in skimage.data.astronaut() (512x512), as
+# x, y, w, h, measured once with gigaface's detector: (181.4, 57.9)-(270.0, 178.1).
+ASTRONAUT_FACE = (181.4, 57.9, 88.6, 120.2)
+# A patch around that face: its centre is the face box's centre; 190 x 230 px.
+_PATCH = (131, 3, 321, 233)  # x0, y0, x1, y1 in the astronaut image
+_PATCH_FACE_H = ASTRONAUT_FACE[3]
+_PATCH_FACE_W = ASTRONAUT_FACE[2]
+
+
+@lru_cache(maxsize=1)
+def astronaut() -> np.ndarray:
+    return skimage.data.astronaut()
+
+
+def face_patch(face_height: float) -> np.ndarray:
+    """The astronaut's head, scaled so that the detector's face box is ~face_height tall."""
+    x0, y0, x1, y1 = _PATCH
+    patch = astronaut()[y0:y1, x0:x1]
+    f = face_height / _PATCH_FACE_H
+    interp = cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC
+    return cv2.resize(patch, (round(patch.shape[1] * f), round(patch.shape[0] * f)), interpolation=interp)
+
+
+def expected_box(cx: float, cy: float, face_height: float) -> tuple[float, float, float, float]:
+    """Where the detector's box should be for a face_patch(face_height) centred at (cx, cy)."""
+    f = face_height / _PATCH_FACE_H
+    w, h = _PATCH_FACE_W * f, _PATCH_FACE_H * f
+    return (cx - w / 2, cy - h / 2, w, h)
+
+
+def paste_centred(canvas: np.ndarray, patch: np.ndarray, cx: float, cy: float) -> tuple[int, int]:
+    """Paste `patch` with its centre at (cx, cy); returns its top-left. Must fit entirely."""
+    h, w = patch.shape[:2]
+    x0, y0 = int(round(cx - w / 2)), int(round(cy - h / 2))
+    assert 0 <= x0 and 0 <= y0 and x0 + w <= canvas.shape[1] and y0 + h <= canvas.shape[0], (cx, cy, w, h)
+    canvas[y0 : y0 + h, x0 : x0 + w] = patch
+    return x0, y0
+
+
+def background(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """Mid-grey with mild noise and a soft gradient: no faces, not flat."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(90, 150, width, dtype=np.float32)[None, :, None]
+    noise = rng.normal(0, 12, (height, width, 3)).astype(np.float32)
+    return np.clip(ramp + noise, 0, 255).astype(np.uint8)
+
+
+def crowd(width: int, height: int, faces: list[tuple[float, float, float]], seed: int = 0) -> np.ndarray:
+    """A background with an astronaut face of height s centred at each (cx, cy, s)."""
+    canvas = background(width, height, seed)
+    for cx, cy, s in faces:
+        paste_centred(canvas, face_patch(s), cx, cy)
+    return canvas
+
+
+def write_image(path: Path | str, rgb: np.ndarray, **options) -> Path:
+    """Write an RGB (or grey) uint8/uint16 array with libvips; the suffix picks the format."""
+    pyvips.Image.new_from_array(np.ascontiguousarray(rgb)).write_to_file(str(path), **options)
+    return Path(path)
+
+
+def read_image(path: Path | str) -> np.ndarray:
+    """The whole image as (h, w, 3) uint8 RGB, read with random access."""
+    image = pyvips.Image.new_from_file(str(path))
+    if image.hasalpha():
+        image = image.flatten(background=[255, 255, 255])
+    return image.colourspace("srgb").numpy()
+
+
+def iou(a, b) -> float:
+    """IoU of two boxes given as x, y, w, h."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = iw * ih
+    return inter / (aw * ah + bw * bh - inter)
+
+
+CLI = [sys.executable, "-c", "from gigaface.cli import main; main()"]
+
+
+def run_cli(*args, cwd: Path | str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real `gigaface` command in a subprocess (no terminal, so no progress bars)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200")
+    return subprocess.run([*CLI, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)

@@ -1,0 +1,245 @@
+"""User errors through the real command: exit code 2, one line on stderr, nothing half-written."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+from gigaface.index import Library
+from gigaface.plan import settings_for
+from gigaface.scan_job import scan_path
+from helpers import astronaut, crowd, run_cli, write_image
+
+
+def assert_user_error(proc, *needles: str) -> str:
+    """Exit code 2, exactly one stderr line 'gigaface: error: ...', no traceback, no stdout."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("gigaface: error: "), lines[0]
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def files_in(folder) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+@pytest.fixture
+def gradient(tmp_path):
+    """A photo with no face in it."""
+    ramp = np.linspace(0, 255, 400, dtype=np.float32)
+    rgb = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None] * 0.5, 128 + 0 * ramp[None, :]), axis=2)
+    return write_image(tmp_path / "gradient.png", np.broadcast_to(rgb, (400, 400, 3)).astype(np.uint8))
+
+
+# --- scan ---------------------------------------------------------------------------------
+def test_scan_not_an_image(tmp_path):
+    bogus = tmp_path / "holiday.jpg"
+    bogus.write_text("not a picture at all\n")
+    proc = run_cli("scan", bogus, "--db", tmp_path / "lib.db", "--quiet", cwd=tmp_path)
+    assert_user_error(proc, "holiday.jpg", "not an image")
+    assert files_in(tmp_path) == {"holiday.jpg"}  # no library created
+
+
+def test_scan_missing_image(tmp_path):
+    proc = run_cli("scan", tmp_path / "gone.jpg", "--db", tmp_path / "lib.db", cwd=tmp_path)
+    assert_user_error(proc, "gone.jpg", "no such file")
+    assert files_in(tmp_path) == set()
+
+
+def test_scan_checks_every_input_before_starting(tmp_path):
+    good = write_image(tmp_path / "good.png", crowd(300, 200, [(150, 100, 60)]))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n but then nothing")
+    proc = run_cli("scan", good, bad, "--db", tmp_path / "lib.db", cwd=tmp_path)
+    assert_user_error(proc, "bad.png")
+    assert not (tmp_path / "lib.db").exists()  # the good one was not scanned either
+
+
+def test_scan_pixel_limit(tmp_path):
+    image = write_image(tmp_path / "big.png", crowd(400, 300, []))
+    proc = run_cli("scan", image, "--db", tmp_path / "lib.db", "--max-pixels", "1000", cwd=tmp_path)
+    line = assert_user_error(proc, "big.png", "400x300", "--max-pixels")
+    assert "1,000" in line or "1000" in line  # the message says what the limit is
+    assert files_in(tmp_path) == {"big.png"}
+
+
+def _truncated_jpeg(tmp_path):
+    full = write_image(tmp_path / "full.jpg", np.concatenate([astronaut()] * 4, axis=0), Q=90)
+    data = full.read_bytes()
+    half = tmp_path / "half.jpg"
+    half.write_bytes(data[: len(data) // 2])
+    full.unlink()
+    return half
+
+
+@pytest.fixture
+def truncated_scan(tmp_path):
+    half = _truncated_jpeg(tmp_path)
+    db = tmp_path / "lib.db"
+    return half, db, run_cli("scan", half, "--db", db, "--quiet", cwd=tmp_path)
+
+
+def test_scan_truncated_jpeg(truncated_scan):
+    half, db, proc = truncated_scan
+    assert_user_error(proc, "half.jpg", "cannot decode")
+    # Found only while decoding, after the library was opened: no capture is left behind.
+    if db.exists():
+        library = Library(str(db))
+        assert library.captures() == []
+        assert library.db.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == 0
+
+
+def test_scan_truncated_jpeg_leaves_no_library_file(truncated_scan):
+    half, db, proc = truncated_scan
+    assert proc.returncode == 2
+    assert not db.exists()
+
+
+def test_scan_truncated_jpeg_into_existing_library_keeps_it(tmp_path):
+    """A failed scan leaves the library's earlier captures as they were."""
+    good = write_image(tmp_path / "good.png", crowd(400, 300, [(200, 150, 70)]))
+    db = tmp_path / "lib.db"
+    assert run_cli("scan", good, "--db", db, "--quiet").returncode == 0
+    proc = run_cli("scan", _truncated_jpeg(tmp_path), "--db", db, "--quiet")
+    assert_user_error(proc, "half.jpg")
+    library = Library(str(db))
+    (cap,) = library.captures()
+    assert cap.stage == "done" and library.face_count(cap.id) == 1
+
+
+def test_scan_into_sqlite_of_another_program(tmp_path):
+    image = write_image(tmp_path / "crowd.png", crowd(300, 200, [(150, 100, 60)]))
+    db = tmp_path / "other.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE foo (a INTEGER)")
+    con.commit()
+    con.close()
+    before = db.read_bytes()
+    proc = run_cli("scan", image, "--db", db, "--quiet", cwd=tmp_path)
+    assert_user_error(proc, "other.db", "another program")
+    assert db.read_bytes() == before
+    assert files_in(tmp_path) == {"crowd.png", "other.db"}
+
+
+@pytest.mark.parametrize("command", ["faces", "captures"])
+def test_reading_a_file_that_is_not_a_library(tmp_path, command):
+    db = tmp_path / "notes.txt"
+    db.write_text("shopping list\n" * 100)
+    proc = run_cli(command, db)
+    assert_user_error(proc, "notes.txt", "not a gigaface library")
+    assert db.read_text() == "shopping list\n" * 100
+
+
+def test_reading_a_missing_library(tmp_path):
+    proc = run_cli("faces", tmp_path / "nope.db")
+    assert_user_error(proc, "nope.db", "no such library")
+    assert not (tmp_path / "nope.db").exists()
+
+
+def test_scan_unknown_preset(tmp_path):
+    image = write_image(tmp_path / "crowd.png", crowd(300, 200, []))
+    proc = run_cli("scan", image, "--db", tmp_path / "lib.db", "--preset", "turbo")
+    assert_user_error(proc, "turbo")
+    assert not (tmp_path / "lib.db").exists()
+
+
+def test_scan_bad_manifest(tmp_path):
+    manifest = tmp_path / "frames.json"
+    manifest.write_text(json.dumps({"frames": [{"file": "cam0.png", "x": -10}]}))
+    write_image(tmp_path / "cam0.png", crowd(200, 100, []))
+    proc = run_cli("scan", manifest, "--db", tmp_path / "lib.db")
+    assert_user_error(proc, "frames.json", "negative offset")
+    assert not (tmp_path / "lib.db").exists()
+
+
+# --- find and blur --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory, detector):
+    folder = tmp_path_factory.mktemp("cli-errors")
+    image = write_image(folder / "crowd.png", crowd(600, 400, [(150, 150, 70), (420, 220, 90)], seed=11))
+    library = Library(str(folder / "lib.db"), create=True)
+    scan_path(library, str(image), settings_for("balanced"), detector=detector)
+    library.close()
+    return folder, image, folder / "lib.db"
+
+
+def test_find_with_a_photo_without_a_face(scanned, gradient, tmp_path):
+    folder, _, db = scanned
+    before = files_in(folder)
+    proc = run_cli("find", db, "--photo", gradient, "--json", "--sheet", tmp_path / "sheet.png")
+    assert_user_error(proc, "gradient.png", "no face")
+    assert not (tmp_path / "sheet.png").exists()
+    proc = run_cli("find", db, "--photo", gradient)  # default sheet beside the library
+    assert_user_error(proc, "no face")
+    assert files_in(folder) == before
+
+
+def test_find_with_a_missing_photo(scanned, tmp_path):
+    _, _, db = scanned
+    proc = run_cli("find", db, "--photo", tmp_path / "me.jpg", "--sheet", tmp_path / "sheet.png")
+    assert_user_error(proc, "me.jpg", "no such file")
+    assert not (tmp_path / "sheet.png").exists()
+
+
+def test_find_in_unknown_capture(scanned, tmp_path):
+    _, _, db = scanned
+    photo = write_image(tmp_path / "astronaut.png", astronaut())
+    proc = run_cli("find", db, "--photo", photo, "--capture", "99", "--sheet", tmp_path / "sheet.png")
+    assert_user_error(proc, "no capture 99")
+    assert not (tmp_path / "sheet.png").exists()
+
+
+def _blur_and_expect_nothing(tmp_path, *args, needles=()):
+    out = tmp_path / "out" / "public.jpg"
+    out.parent.mkdir(exist_ok=True)
+    proc = run_cli("blur", *args, "--out", out)
+    assert_user_error(proc, *needles)
+    assert files_in(out.parent) == set()  # no output, no temporary file left
+    return proc
+
+
+def test_blur_image_not_in_library(scanned, tmp_path):
+    folder, _, db = scanned
+    other = write_image(tmp_path / "other.png", crowd(300, 200, []))
+    _blur_and_expect_nothing(tmp_path, other, "--db", db, needles=("other.png", "not scanned"))
+
+
+def test_blur_keep_photo_without_a_face(scanned, gradient, tmp_path):
+    folder, image, db = scanned
+    _blur_and_expect_nothing(tmp_path, image, "--db", db, "--keep", gradient, needles=("gradient.png", "no face"))
+
+
+def test_blur_unknown_style(scanned, tmp_path):
+    folder, image, db = scanned
+    _blur_and_expect_nothing(tmp_path, image, "--db", db, "--style", "smudge", needles=("smudge",))
+
+
+def test_blur_unsupported_output_format(scanned, tmp_path):
+    folder, image, db = scanned
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run_cli("blur", image, "--db", db, "--out", out / "public.bmp")
+    assert_user_error(proc, "public.bmp")
+    assert files_in(out) == set()
+
+
+def test_blur_into_missing_folder(scanned, tmp_path):
+    folder, image, db = scanned
+    proc = run_cli("blur", image, "--db", db, "--out", tmp_path / "no" / "such" / "public.jpg")
+    assert_user_error(proc, "does not exist")
+    assert not (tmp_path / "no").exists()
+
+
+def test_blur_refuses_to_overwrite_the_original(scanned):
+    folder, image, db = scanned
+    before = image.read_bytes()
+    proc = run_cli("blur", image, "--db", db, "--out", image)
+    assert_user_error(proc, "overwrite")
+    assert image.read_bytes() == before

@@ -1,0 +1,241 @@
+"""The SQLite library: what it opens and refuses, re-scans, and resuming a killed scan."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from gigaface.errors import GigafaceError
+from gigaface.index import Library
+from gigaface.plan import settings_for
+from gigaface.scan_job import scan_path
+from helpers import CLI, background, crowd, face_patch, paste_centred, run_cli, write_image
+
+
+# --- opening ------------------------------------------------------------------------------
+def test_new_library_is_created(tmp_path):
+    path = tmp_path / "new.db"
+    library = Library(str(path), create=True)
+    assert path.is_file()
+    assert library.captures() == []
+    library.close()
+    reopened = Library(str(path))  # a library it made opens for reading
+    assert reopened.captures() == []
+
+
+def test_missing_library_is_not_created_for_reading(tmp_path):
+    path = tmp_path / "missing.db"
+    with pytest.raises(GigafaceError, match="no such library") as exc:
+        Library(str(path))
+    assert str(path) in str(exc.value)
+    assert not path.exists()
+
+
+def test_directory_is_not_a_library(tmp_path):
+    with pytest.raises(GigafaceError, match="directory"):
+        Library(str(tmp_path), create=True)
+
+
+@pytest.mark.parametrize("create", [False, True])
+def test_file_that_is_not_sqlite(tmp_path, create):
+    path = tmp_path / "notes.db"
+    content = b"these are my notes, not a database\n" * 200
+    path.write_bytes(content)
+    with pytest.raises(GigafaceError, match="not a gigaface library") as exc:
+        Library(str(path), create=create)
+    assert str(path) in str(exc.value)
+    assert path.read_bytes() == content
+
+
+def _foreign_sqlite(path, with_meta: bool = False) -> bytes:
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE foo (a INTEGER, b TEXT)")
+    db.execute("INSERT INTO foo VALUES (1, 'one')")
+    if with_meta:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('application', 'someone-else')")
+    db.commit()
+    db.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("with_meta", [False, True], ids=["plain", "with-meta-table"])
+@pytest.mark.parametrize("create", [False, True])
+def test_sqlite_file_of_another_program(tmp_path, create, with_meta):
+    path = tmp_path / "other.db"
+    before = _foreign_sqlite(path, with_meta)
+    with pytest.raises(GigafaceError, match="another program") as exc:
+        Library(str(path), create=create)
+    assert str(path) in str(exc.value)
+    assert path.read_bytes() == before  # untouched: not converted to WAL, no tables added
+    assert not (tmp_path / "other.db-wal").exists()
+
+
+def test_empty_file_is_not_a_library_for_reading(tmp_path):
+    path = tmp_path / "empty.db"
+    path.touch()
+    with pytest.raises(GigafaceError, match="empty file"):
+        Library(str(path))
+    assert path.stat().st_size == 0
+
+
+def test_library_from_a_newer_gigaface(tmp_path):
+    path = tmp_path / "future.db"
+    Library(str(path), create=True).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(GigafaceError, match="newer gigaface"):
+        Library(str(path))
+
+
+# --- re-scanning ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_crowd(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rescan")
+    faces = [(150, 150, 60), (450, 200, 90), (700, 420, 40), (250, 430, 120)]
+    return write_image(folder / "crowd.png", crowd(900, 600, faces, seed=7)), len(faces)
+
+
+def test_rescan_does_not_duplicate_faces(tmp_path, small_crowd, detector):
+    path, n = small_crowd
+    library = Library(str(tmp_path / "lib.db"), create=True)
+    settings = settings_for("balanced")
+    first = scan_path(library, str(path), settings, detector=detector)
+    assert first.faces == n and not first.skipped
+    ids = [f.id for f in library.faces()]
+    again = scan_path(library, str(path), settings, detector=detector)
+    assert again.skipped
+    assert again.capture.id == first.capture.id
+    assert len(library.captures()) == 1
+    assert [f.id for f in library.faces()] == ids
+    # Even when told to resume a finished capture.
+    resumed = scan_path(library, str(path), settings, detector=detector, resume=True)
+    assert resumed.skipped and len(library.faces()) == n
+
+
+def test_rescan_with_other_settings_replaces_the_faces(tmp_path, small_crowd, detector):
+    path, n = small_crowd
+    library = Library(str(tmp_path / "lib.db"), create=True)
+    first = scan_path(library, str(path), settings_for("balanced"), detector=detector)
+    second = scan_path(library, str(path), settings_for("fast"), detector=detector)
+    assert not second.skipped
+    assert second.capture.id == first.capture.id
+    assert len(library.captures()) == 1
+    assert library.capture(first.capture.id).settings["preset"] == "fast"
+    assert library.capture(first.capture.id).stage == "done"
+    faces = library.faces()
+    assert len(faces) == second.faces == n  # replaced, not added to
+    assert library.db.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == n
+    assert library.db.execute("SELECT COUNT(*) FROM detections").fetchone()[0] == 0
+
+
+def test_library_shared_by_two_captures(tmp_path, small_crowd, detector):
+    path, n = small_crowd
+    other = write_image(tmp_path / "other.png", crowd(500, 400, [(250, 200, 80)], seed=8))
+    library = Library(str(tmp_path / "lib.db"), create=True)
+    a = scan_path(library, str(path), settings_for("balanced"), detector=detector)
+    b = scan_path(library, str(other), settings_for("balanced"), detector=detector)
+    assert a.capture.id != b.capture.id
+    assert len(library.faces(a.capture.id)) == n and len(library.faces(b.capture.id)) == 1
+    assert {f.source for f in library.faces(b.capture.id)} == {str(other)}
+    ids, vectors = library.embeddings([b.capture.id])
+    assert len(ids) == 1 and vectors.shape == (1, 128)
+
+
+# --- resuming a killed scan ---------------------------------------------------------------
+def _big_crowd(path):
+    """5000x3000 JPEG: 15 tiles of 1000x1000 with three faces each, each a little different."""
+    tiles = []
+    for k in range(15):
+        tile = background(1000, 1000, seed=k)
+        for cx, cy, s in [(230, 260, 60), (680, 330, 95), (420, 760, 45)]:
+            paste_centred(tile, face_patch(s), cx + 5 * (k % 5), cy + 7 * (k % 3))
+        tiles.append(tile)
+    rows = [np.concatenate(tiles[r * 5 : r * 5 + 5], axis=1) for r in range(3)]
+    return write_image(path, np.concatenate(rows), Q=90)
+
+
+def _bands_done(db_path) -> int:
+    if not os.path.exists(db_path):
+        return 0
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1)
+        try:
+            return db.execute("SELECT COUNT(*) FROM bands_done").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0  # not created yet, or busy
+
+
+def _faces_by_place(db_path):
+    library = Library(str(db_path))
+    (cap,) = library.captures()
+    faces = sorted(library.faces(cap.id), key=lambda f: (round(f.box[1]), round(f.box[0])))
+    ids, vectors = library.embeddings([cap.id])
+    by_id = dict(zip(ids.tolist(), vectors))
+    return cap, faces, [by_id.get(f.id) for f in faces]
+
+
+def test_killed_scan_resumes_to_the_same_faces(tmp_path):
+    image = _big_crowd(tmp_path / "big.jpg")
+    killed_db, clean_db = tmp_path / "killed.db", tmp_path / "clean.db"
+
+    proc = subprocess.Popen([*CLI, "scan", str(image), "--db", str(killed_db), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _bands_done(killed_db) < 2:
+            assert proc.poll() is None, f"scan ended before it could be interrupted: {proc.communicate()}"
+            assert time.monotonic() < deadline, "the scan never finished two bands"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # the scan and any worker it started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+    # The library survives the kill: it opens, it is consistent, the capture is unfinished.
+    library = Library(str(killed_db))
+    assert library.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    (cap,) = library.captures()
+    assert cap.stage != "done"
+    done = library.bands_done(cap.id)
+    assert len(done) >= 2
+    library.close()
+
+    resumed = run_cli("scan", image, "--db", killed_db, "--resume", "--quiet", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming capture" in resumed.stderr
+    (summary,) = json.loads(resumed.stdout)
+    assert summary["capture"] == cap.id and not summary["skipped"]
+
+    clean = run_cli("scan", image, "--db", clean_db, "--quiet", "--json")
+    assert clean.returncode == 0, clean.stderr
+    (clean_summary,) = json.loads(clean.stdout)
+    # The resumed run did not redo the bands finished before the kill.
+    if cap.stage == "detect":
+        assert summary["tiles"] < clean_summary["tiles"]
+
+    cap_a, faces_a, emb_a = _faces_by_place(killed_db)
+    cap_b, faces_b, emb_b = _faces_by_place(clean_db)
+    assert cap_a.stage == cap_b.stage == "done"
+    assert len(faces_a) == len(faces_b) == summary["faces"] == clean_summary["faces"]
+    assert len(faces_b) >= 40  # most of the 45 pasted faces
+    np.testing.assert_allclose([f.box for f in faces_a], [f.box for f in faces_b], atol=0.01)
+    np.testing.assert_allclose([f.score for f in faces_a], [f.score for f in faces_b], atol=1e-5)
+    np.testing.assert_allclose([f.landmarks for f in faces_a], [f.landmarks for f in faces_b], atol=0.01)
+    assert [e is None for e in emb_a] == [e is None for e in emb_b]
+    assert sum(e is not None for e in emb_a) > 35
+    for ea, eb in zip(emb_a, emb_b):
+        if ea is not None:
+            np.testing.assert_allclose(ea, eb, atol=1e-4)

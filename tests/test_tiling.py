@@ -1,0 +1,189 @@
+"""Passes, tiles and the merge: every face size is covered, and a face on a seam is found once."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gigaface.detections import Detections, nms_indices
+from gigaface.index import Library
+from gigaface.plan import PRESETS, plan_passes, settings_for, tile_columns
+from gigaface.scan_job import count_tiles, frames_of, scan_path
+from helpers import crowd, expected_box, iou, write_image
+
+SIZES = [(640, 480), (1400, 700), (6000, 4000), (300, 20000), (120_000, 40_000)]
+
+
+def covered(intervals: list[tuple[float, float]], lo: float, hi: float) -> bool:
+    """Whether the union of [a, b) intervals covers [lo, hi]."""
+    reach = lo
+    for a, b in sorted(intervals):
+        if a > reach:
+            break
+        reach = max(reach, b)
+    return reach > hi
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("min_face", [None, 6, 8, 12, 30, 200])
+@pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
+def test_passes_cover_every_face_size(preset, min_face, size):
+    width, height = size
+    settings = settings_for(preset, min_face)
+    passes = plan_passes(width, height, settings)
+    assert passes[0].min_size == settings.min_face
+    assert any(p.scale == 1.0 for p in passes)
+    assert [p.scale for p in passes] == sorted({p.scale for p in passes}, reverse=True)  # fine to coarse
+    # Together the passes keep every face from min_face up to the largest the image can hold.
+    assert covered([(p.min_size, p.max_size) for p in passes], settings.min_face, min(width, height))
+    for prev, nxt in zip(passes, passes[1:]):
+        # Size ranges overlap, so a face at a boundary is seen by two passes (the merge dedups).
+        assert nxt.min_size < prev.max_size, (prev, nxt)
+    for p in passes:
+        assert 0 < p.core <= p.tile and p.tile % 32 == 0
+        # A tile sees `margin` pixels beyond its core: any face it keeps (centre in the core)
+        # lies whole inside the tile.
+        assert 2 * p.margin >= p.max_size * p.scale - 1e-6, p
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("width", [1, 100, 511, 512, 513, 1400, 6000, 99_999])
+def test_tile_columns_partition_the_width(preset, width):
+    for p in plan_passes(max(width, 2000), 2000, settings_for(preset)):
+        w = max(1, round(width * p.scale))
+        columns = tile_columns(w, p)
+        assert len(columns) == math.ceil(w / p.core)
+        assert columns[0][0] == 0 and columns[-1][1] == w
+        for (a0, a1), (b0, b1) in zip(columns, columns[1:]):
+            assert a1 == b0
+        assert all(0 < x1 - x0 <= p.core for x0, x1 in columns)
+
+
+# --- NMS --------------------------------------------------------------------------------
+def brute_force_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
+    """Textbook greedy NMS: best score first, drop anything overlapping a kept box."""
+    def iou_xyxy(a, b):
+        iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        inter = iw * ih
+        return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+    keep: list[int] = []
+    for i in sorted(range(len(scores)), key=lambda i: -scores[i]):  # stable for ties
+        if all(iou_xyxy(boxes[i], boxes[k]) <= threshold for k in keep):
+            keep.append(i)
+    return sorted(keep)
+
+
+def random_boxes(rng: np.random.Generator, n: int) -> Detections:
+    """Boxes of 4 to 3000 px (some far bigger than a grid cell), in clusters that overlap."""
+    centres = rng.uniform(-500, 5000, (n // 4, 2))
+    xy = np.repeat(centres, 4, axis=0)[:n] + rng.normal(0, 20, (n, 2))
+    size = np.exp(rng.uniform(np.log(4), np.log(3000), n))
+    aspect = rng.uniform(0.6, 1.6, n)
+    w, h = size, size * aspect
+    boxes = np.stack([xy[:, 0] - w / 2, xy[:, 1] - h / 2, xy[:, 0] + w / 2, xy[:, 1] + h / 2], axis=1)
+    scores = np.round(rng.uniform(0.3, 1.0, n), 2)  # rounded: ties happen
+    return Detections(boxes.astype(np.float32), scores.astype(np.float32), np.zeros((n, 5, 2), np.float32))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("threshold", [0.1, 0.4, 0.7])
+@pytest.mark.parametrize("cell", [48.0, 256.0])
+def test_grid_nms_equals_greedy_nms(seed, threshold, cell):
+    rng = np.random.default_rng(seed)
+    dets = random_boxes(rng, 300)
+    expected = brute_force_nms(dets.boxes.astype(np.float64), dets.scores, threshold)
+    got = nms_indices(dets, threshold, cell=cell)
+    assert got.tolist() == expected
+    assert 0 < len(expected) < len(dets)  # the test set does suppress something
+
+
+def test_nms_edge_cases():
+    assert nms_indices(Detections.empty()).tolist() == []
+    one = Detections(np.array([[0, 0, 10, 10]], np.float32), np.array([0.5], np.float32), np.zeros((1, 5, 2), np.float32))
+    assert nms_indices(one).tolist() == [0]
+    # A huge box over many small ones: only the best survives where they overlap enough.
+    boxes = np.array([[0, 0, 4000, 4000], [10, 10, 3990, 3990], [100, 100, 120, 120]], np.float32)
+    dets = Detections(boxes, np.array([0.6, 0.9, 0.8], np.float32), np.zeros((3, 5, 2), np.float32))
+    assert nms_indices(dets, 0.4, cell=16).tolist() == [1, 2]
+
+
+# --- seams in a real scan ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def seam_scan(tmp_path_factory, detector):
+    """A 1400x700 image with faces on the native pass's tile seams, corners and edges."""
+    folder = tmp_path_factory.mktemp("seams")
+    width, height = 1400, 700
+    settings = settings_for("balanced")
+    native = next(p for p in plan_passes(width, height, settings) if p.scale == 1.0)
+    core = native.core
+    assert 70 < core < width / 2 and core < height < 2 * core
+    s = 70  # px: a face the native pass owns
+    assert native.min_size <= s < native.max_size
+    places = {
+        "vertical seam": (core, 250),
+        "horizontal seam": (core / 2, core),
+        "four tiles meet": (2 * core, core),
+        "just left of a seam": (2 * core - 1.5, 180),
+        "top-left corner": (56, 67),
+        "bottom-right corner": (width - 56, height - 67),
+        "top edge": (700, 67),
+        "left edge": (56, 300),
+        "right edge": (width - 56, 330),
+        "open ground": (760, 620),
+    }
+    faces = [(cx, cy, s) for cx, cy in places.values()]
+    path = write_image(folder / "seams.png", crowd(width, height, faces, seed=3))
+    library = Library(str(folder / "seams.db"), create=True)
+    result = scan_path(library, str(path), settings, detector=detector)
+    return places, s, library.faces(result.capture.id), result, settings, path
+
+
+def test_face_on_a_seam_is_found_once(seam_scan):
+    places, s, faces, *_ = seam_scan
+    for name, (cx, cy) in places.items():
+        want = expected_box(cx, cy, s)
+        hits = [f for f in faces if iou(want, f.box) > 0.3]
+        assert len(hits) == 1, f"{name} at ({cx}, {cy}): {len(hits)} faces: {[f.box for f in hits]}"
+    assert len(faces) == len(places), [f.box for f in faces]
+
+
+def test_scan_runs_every_planned_tile(seam_scan):
+    *_, result, settings, path = seam_scan
+    _, frames = frames_of(str(path), 10**9)
+    assert result.tiles == count_tiles(frames, settings)
+
+
+def test_big_face_on_a_coarse_seam_is_found_once(tmp_path, detector):
+    width, height = 1600, 800
+    settings = settings_for("balanced")
+    coarse = next(p for p in plan_passes(width, height, settings) if p.scale < 1)
+    seam = coarse.core / coarse.scale  # native x of the coarse pass's first column edge
+    big = 200
+    assert coarse.min_size <= big < coarse.max_size and big >= 2 * 64
+    faces = [(seam, 400, big), (300, 300, 60)]
+    path = write_image(tmp_path / "coarse.png", crowd(width, height, faces, seed=4))
+    library = Library(str(tmp_path / "coarse.db"), create=True)
+    result = scan_path(library, str(path), settings, detector=detector)
+    found = library.faces(result.capture.id)
+    for cx, cy, s in faces:
+        hits = [f for f in found if iou(expected_box(cx, cy, s), f.box) > 0.3]
+        assert len(hits) == 1, (cx, cy, s, [f.box for f in found])
+    assert len(found) == len(faces)
+
+
+@pytest.mark.parametrize("preset, min_face", [("fast", None), ("balanced", None), ("balanced", 10), ("accurate", None)])
+def test_every_preset_scans_a_jpeg(tmp_path, detector, preset, min_face):
+    """Each pass reads the JPEG at its own scale (upscaled below 16 px faces), top to bottom."""
+    faces = [(150, 150, 30), (420, 300, 70), (700, 500, 150)]
+    path = write_image(tmp_path / "crowd.jpg", crowd(900, 700, faces, seed=6), Q=92)
+    settings = settings_for(preset, min_face)
+    assert len(plan_passes(900, 700, settings)) >= 2
+    library = Library(str(tmp_path / "lib.db"), create=True)
+    result = scan_path(library, str(path), settings, detector=detector)
+    found = library.faces(result.capture.id)
+    for cx, cy, s in faces:
+        assert sum(iou(expected_box(cx, cy, s), f.box) > 0.5 for f in found) == 1, (cx, cy, s)
+    assert len(found) == len(faces)
