@@ -17,7 +17,7 @@ from .errors import GigafaceError
 from .index import CaptureRecord, Face, Library
 from .plan import settings_for
 from .scan_job import Reporter, ScanResult, scan_path
-from .search import DEFAULT_THRESHOLD, Match, Reference, rank, reference
+from .search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, Match, Reference, rank, reference
 from .source import DEFAULT_MAX_PIXELS
 
 PhotoArg = str | Sequence[str]
@@ -48,7 +48,7 @@ class Capture:
         return rank(self.library, refs, [self.id], top=top, threshold=threshold)
 
     def anonymise(self, out: str, keep: PhotoArg = (), style: str = "blur",
-                  threshold: float = DEFAULT_THRESHOLD) -> int:
+                  threshold: float = KEEP_THRESHOLD) -> int:
         """Write `out` with every face blurred except those matching the `keep` photos."""
         if self.record.kind != "image":
             raise GigafaceError("anonymise one frame at a time for camera-array captures: gigaface blur FRAME")

@@ -22,7 +22,7 @@ from .errors import GigafaceError
 from .index import Library
 from .plan import PRESETS, settings_for
 from .scan_job import Reporter, frames_of, scan_path
-from .search import DEFAULT_THRESHOLD, contact_sheet, rank
+from .search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, contact_sheet, rank
 from .source import DEFAULT_MAX_PIXELS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -225,7 +225,7 @@ def blur(image: str = typer.Argument(..., help="A scanned image (or one frame of
          out_path: str = typer.Option(..., "--out", help="Where to write the anonymised copy (.jpg, .png, .tif, .webp)."),
          keep: Optional[list[str]] = typer.Option(None, "--keep", help="Photo of a person who stays visible (repeat)."),
          style: str = typer.Option("blur", help="blur or pixelate."),
-         threshold: float = typer.Option(DEFAULT_THRESHOLD, help="Match threshold for --keep.")) -> None:
+         threshold: float = typer.Option(KEEP_THRESHOLD, help="Distance under which a face counts as a --keep person (stricter than find's: showing a stranger is the worse mistake).")) -> None:
     """Write a copy of IMAGE with every face blurred, except people in --keep photos."""
     library = Library(db)
     real = os.path.realpath(image)

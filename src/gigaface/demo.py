@@ -19,7 +19,7 @@ from .detector import CenterFace
 from .index import Library
 from .plan import settings_for
 from .scan_job import Reporter, scan_path
-from .search import contact_sheet, rank
+from .search import KEEP_THRESHOLD, contact_sheet, rank
 
 
 def _box_iou(a, b) -> float:
@@ -78,7 +78,7 @@ def run_demo(out_dir: str, size: float, preset: str, bars: Console | None, out: 
         search_seconds = time.perf_counter() - t1
         t2 = time.perf_counter()
         anonymised = str(folder / "stadium-anonymised.jpg")
-        blurred = blur_image(library, result.capture, anonymised, [str(scene.reference)], "blur", 0.6)
+        blurred = blur_image(library, result.capture, anonymised, [str(scene.reference)], "blur", KEEP_THRESHOLD)
         blur_seconds = time.perf_counter() - t2
 
     truth = json.loads(Path(scene.truth).read_text())
@@ -96,7 +96,9 @@ def run_demo(out_dir: str, size: float, preset: str, bars: Console | None, out: 
     table.add_row("find the astronaut", f"rank {found_at} of {len(library.faces(result.capture.id)):,}, "
                   f"distance {matches[found_at - 1].distance:.3f}" if found_at else "not in the top 12")
     table.add_row("search + contact sheet", f"{search_seconds:.1f} s -> {sheet}")
-    table.add_row("anonymised copy", f"{anonymised}  ({blurred:,} faces blurred, the astronaut kept; {blur_seconds:.1f} s)")
+    kept = result.faces - blurred
+    table.add_row("anonymised copy", f"{anonymised}  ({blurred:,} faces blurred, {kept} kept because they match "
+                                     f"the reference at distance <= {KEEP_THRESHOLD}; {blur_seconds:.1f} s)")
     table.add_row("peak memory", f"{peak_main:,.0f} MB main process, {peak_child:,.0f} MB largest worker")
     table.add_row("library", str(folder / "library.db"))
     out.print(table)

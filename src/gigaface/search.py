@@ -18,6 +18,9 @@ from .scan_job import detect_bands
 from .source import as_rgb8, probe, _open
 
 DEFAULT_THRESHOLD = 0.6  # dlib's published operating point for its ResNet descriptor
+# Revealing a face is the costly mistake: a stranger shown is worse than a consenting
+# person blurred. In the demo stadium, 0.6 let 17 strangers through; 0.5 none.
+KEEP_THRESHOLD = 0.5
 REFERENCE_MAX_PIXELS = 100_000_000
 
 
