@@ -163,17 +163,24 @@ def _big_crowd(path):
     return write_image(path, np.concatenate(rows), Q=90)
 
 
-def _bands_done(db_path) -> int:
+# When to kill, per stage: enough finished work of that stage to resume from.
+PROGRESS_SQL = {
+    "detect": "SELECT COUNT(*) >= 2 FROM bands_done",
+    "describe": "SELECT COUNT(*) >= 1 FROM faces WHERE described = 1",
+}
+
+
+def _reached(db_path, stage: str) -> bool:
     if not os.path.exists(db_path):
-        return 0
+        return False
     try:
         db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1)
         try:
-            return db.execute("SELECT COUNT(*) FROM bands_done").fetchone()[0]
+            return bool(db.execute(PROGRESS_SQL[stage]).fetchone()[0])
         finally:
             db.close()
     except sqlite3.Error:
-        return 0  # not created yet, or busy
+        return False  # not created yet, or busy
 
 
 def _faces_by_place(db_path):
@@ -185,7 +192,8 @@ def _faces_by_place(db_path):
     return cap, faces, [by_id.get(f.id) for f in faces]
 
 
-def test_killed_scan_resumes_to_the_same_faces(tmp_path):
+@pytest.mark.parametrize("stage", ["detect", "describe"])
+def test_killed_scan_resumes_to_the_same_faces(tmp_path, stage):
     image = _big_crowd(tmp_path / "big.jpg")
     killed_db, clean_db = tmp_path / "killed.db", tmp_path / "clean.db"
 
@@ -193,10 +201,10 @@ def test_killed_scan_resumes_to_the_same_faces(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while _bands_done(killed_db) < 2:
+        while not _reached(killed_db, stage):
             assert proc.poll() is None, f"scan ended before it could be interrupted: {proc.communicate()}"
-            assert time.monotonic() < deadline, "the scan never finished two bands"
-            time.sleep(0.05)
+            assert time.monotonic() < deadline, f"the scan never got far enough into {stage}"
+            time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGKILL)  # the scan and any worker it started
     finally:
         if proc.poll() is None:
@@ -208,9 +216,11 @@ def test_killed_scan_resumes_to_the_same_faces(tmp_path):
     library = Library(str(killed_db))
     assert library.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     (cap,) = library.captures()
-    assert cap.stage != "done"
-    done = library.bands_done(cap.id)
-    assert len(done) >= 2
+    assert cap.stage == stage
+    if stage == "detect":
+        assert len(library.bands_done(cap.id)) >= 2
+    else:
+        assert 0 < len(library.faces(cap.id)) - len(library.undescribed(cap.id)) < len(library.faces(cap.id))
     library.close()
 
     resumed = run_cli("scan", image, "--db", killed_db, "--resume", "--quiet", "--json")
@@ -239,3 +249,45 @@ def test_killed_scan_resumes_to_the_same_faces(tmp_path):
     for ea, eb in zip(emb_a, emb_b):
         if ea is not None:
             np.testing.assert_allclose(ea, eb, atol=1e-4)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find the worker processes")
+def test_workers_exit_when_the_scan_is_killed(tmp_path):
+    """kill -9 of the scan alone must not leave its embedding workers waiting forever."""
+    image = _big_crowd(tmp_path / "big.jpg")
+    db = tmp_path / "lib.db"
+    # No pipes: orphaned workers would hold them open and hang the test instead of failing it.
+    proc = subprocess.Popen([*CLI, "scan", str(image), "--db", str(db), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _reached(db, "describe"):
+            assert proc.poll() is None, "scan ended before it could be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        workers = [c for c in _children(proc.pid) if "spawn_main" in open(f"/proc/{c}/cmdline").read()]
+        assert workers, "the describe stage runs in worker processes"
+        os.kill(proc.pid, signal.SIGKILL)  # the scan only, not its process group
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while any(os.path.exists(f"/proc/{w}") and "Z" not in open(f"/proc/{w}/stat").read().split()[2] for w in workers):
+            assert time.monotonic() < deadline, "embedding workers outlived their scan"
+            time.sleep(0.2)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

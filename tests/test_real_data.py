@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-import pytest
 
 from conftest import shared_data
 from gigaface.index import Library

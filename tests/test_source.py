@@ -8,7 +8,7 @@ import pytest
 from conftest import shared_data
 from gigaface.errors import GigafaceError
 from gigaface.source import RowWindow, bands, load_scaled, probe
-from helpers import astronaut, read_image, write_image
+from helpers import astronaut, crowd, read_image, write_image
 
 H, W = 480, 600
 
@@ -289,3 +289,18 @@ def test_grey_with_alpha(tmp_path, picture):
     assert rgb.shape == (H, W, 3) and rgb.dtype == np.uint8
     assert (rgb[-50:, -50:] == 255).all()
     np.testing.assert_array_equal(rgb[:-50, :, 1], grey[:-50])
+
+
+@pytest.mark.parametrize("name, options, kind", [("prog.jpg", {"interlace": True}, "progressive JPEG"),
+                                                 ("adam7.png", {"interlace": True}, "interlaced PNG")])
+def test_large_unstreamable_images_are_refused(tmp_path, monkeypatch, name, options, kind):
+    """Progressive JPEG / interlaced PNG decoders hold the whole image: refuse big ones."""
+    import gigaface.source as source
+
+    path = write_image(tmp_path / name, crowd(300, 200, []), **options)
+    baseline = write_image(tmp_path / ("plain" + path.suffix), crowd(300, 200, []))
+    monkeypatch.setattr(source, "UNSTREAMABLE_MAX_PIXELS", 1000)
+    with pytest.raises(GigafaceError, match=kind) as exc:
+        probe(str(path))
+    assert str(path) in str(exc.value)
+    assert probe(str(baseline)).width == 300  # the same pixels stored plainly are fine

@@ -16,7 +16,7 @@ import numpy as np
 import pyvips
 
 from .errors import GigafaceError
-from .source import _first_line, _open, as_rgb8
+from .source import as_rgb8, error_text, open_sequential
 
 STYLES = ("blur", "pixelate")
 BOX_GROW = 0.2  # blur this much beyond the detector's box on every side: hair, ears, chin
@@ -39,9 +39,9 @@ def anonymise(source: str, boxes: Iterable[tuple[float, float, float, float]], o
     if os.path.abspath(out) == os.path.abspath(source):
         raise GigafaceError(f"{out}: refusing to overwrite the original image")
     try:
-        image = as_rgb8(_open(source))
+        image = as_rgb8(open_sequential(source))
     except pyvips.Error as exc:
-        raise GigafaceError(f"{source}: cannot read ({_first_line(exc)})") from None
+        raise GigafaceError(f"{source}: cannot read ({error_text(exc)})") from None
     width, height = image.width, image.height
     boxes = [b for b in boxes if b[2] > 0 and b[3] > 0]
 
@@ -66,7 +66,7 @@ def anonymise(source: str, boxes: Iterable[tuple[float, float, float, float]], o
         mask_image = pyvips.Image.new_from_array(mask).cast("uchar").zoom(cell, cell).crop(0, 0, width, height)
         for level, block in enumerate(blocks, start=1):
             # Each branch reads the source on its own, so its rows arrive in order.
-            branch = as_rgb8(_open(source))
+            branch = as_rgb8(open_sequential(source))
             small = branch.shrink(block, block)
             if style == "pixelate":
                 big = small.zoom(block, block)
@@ -99,7 +99,7 @@ def _write(image: pyvips.Image, out: str, quality: int) -> None:
         image.write_to_file(tmp, **options)
         os.replace(tmp, out)
     except pyvips.Error as exc:
-        raise GigafaceError(f"{out}: cannot write ({_first_line(exc)})") from None
+        raise GigafaceError(f"{out}: cannot write ({error_text(exc)})") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

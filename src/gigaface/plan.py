@@ -34,7 +34,7 @@ class Settings:
     min_face: float = 16.0
     threshold: float = 0.45
     nms_iou: float = 0.4
-    min_embed: float = 20.0  # faces smaller than this are recorded but not described
+    min_embed: float = 20.0  # px: smaller faces get a quality record and a crop, no embedding
     tile: int = TILE
 
     def to_dict(self) -> dict:

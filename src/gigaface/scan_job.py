@@ -84,32 +84,29 @@ def detect_bands(info: ImageInfo, p: Pass, detector: Detector, threshold: float,
     count = (image.height + p.core - 1) // p.core
     start = next((i for i in range(count) if i not in skip), count)
     T = p.tile
-    buffer = np.empty((detector.batch, T, T, 3), np.uint8)  # reused: no page faults per tile
     for band in bands(image, p.core, p.margin, start=start, path=info.path):
         if band.index in skip:
             continue
+        oy = band.core_top - p.margin
+        sy0, sy1 = max(0, oy), min(band.top + band.pixels.shape[0], oy + T)
+
+        def fill(column: tuple[int, int], out: np.ndarray, band=band, oy=oy, sy0=sy0, sy1=sy1) -> None:
+            ox = column[0] - p.margin
+            sx0, sx1 = max(0, ox), min(image.width, ox + T)
+            if (sx0 - ox, sy0 - oy, sx1 - ox, sy1 - oy) != (0, 0, T, T):
+                out[:] = 0  # black beyond the image's edges
+            out[sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox] = band.pixels[sy0 - band.top : sy1 - band.top, sx0:sx1]
+
         found = []
-        for b0 in range(0, len(columns), detector.batch):
-            batch = columns[b0 : b0 + detector.batch]
-            tiles = buffer[: len(batch)]
-            origins = []
-            for k, (cx0, _) in enumerate(batch):
-                ox, oy = cx0 - p.margin, band.core_top - p.margin
-                sx0, sy0 = max(0, ox), max(0, oy)
-                sx1, sy1 = min(image.width, ox + T), min(band.top + band.pixels.shape[0], oy + T)
-                if (sx0 - ox, sy0 - oy, sx1 - ox, sy1 - oy) != (0, 0, T, T):
-                    tiles[k] = 0  # black beyond the image's edges
-                tiles[k, sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox] = band.pixels[sy0 - band.top : sy1 - band.top, sx0:sx1]
-                origins.append((ox, oy))
-            for (ox, oy), (cx0, cx1), dets in zip(origins, batch, detector.detect(tiles, threshold)):
-                if not len(dets):
-                    continue
-                dets = dets.transformed(1.0, ox, oy)
-                cx, cy = dets.centres[:, 0], dets.centres[:, 1]
-                native_sizes = dets.sizes / scale
-                keep = ((cx >= cx0) & (cx < cx1) & (cy >= band.core_top) & (cy < band.core_bottom)
-                        & (native_sizes >= p.min_size) & (native_sizes < p.max_size))
-                found.append(dets.select(keep))
+        for (cx0, cx1), dets in zip(columns, detector.detect_jobs(columns, fill, threshold)):
+            if not len(dets):
+                continue
+            dets = dets.transformed(1.0, cx0 - p.margin, oy)
+            cx, cy = dets.centres[:, 0], dets.centres[:, 1]
+            native_sizes = dets.sizes / scale
+            keep = ((cx >= cx0) & (cx < cx1) & (cy >= band.core_top) & (cy < band.core_bottom)
+                    & (native_sizes >= p.min_size) & (native_sizes < p.max_size))
+            found.append(dets.select(keep))
         dets = nms(Detections.concat(found), nms_iou, cell=2 * p.margin)
         dets = dets.clipped(image.width, image.height).transformed(1.0 / scale)
         yield band.index, len(columns), dets

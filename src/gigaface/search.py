@@ -9,13 +9,13 @@ import cv2
 import numpy as np
 
 from . import describe as describing
-from .detections import Detections
+from .detections import Detections, nms
 from .detector import CenterFace
 from .errors import GigafaceError
 from .index import Face, Library
 from .plan import plan_passes, settings_for
 from .scan_job import detect_bands
-from .source import as_rgb8, probe, _open
+from .source import as_rgb8, open_sequential, probe
 
 DEFAULT_THRESHOLD = 0.6  # dlib's published operating point for its ResNet descriptor
 # Revealing a face is the costly mistake: a stranger shown is worse than a consenting
@@ -54,10 +54,8 @@ def detect_whole(path: str, detector: CenterFace | None = None) -> tuple[np.ndar
     found = []
     for p in plan_passes(info.width, info.height, settings):
         found += [d for _, _, d in detect_bands(info, p, detector, settings.threshold, settings.nms_iou)]
-    from .detections import nms
-
     dets = nms(Detections.concat(found), settings.nms_iou)
-    pixels = as_rgb8(_open(path)).numpy()
+    pixels = as_rgb8(open_sequential(path)).numpy()
     return pixels, dets
 
 

@@ -17,6 +17,7 @@ import pyvips
 
 from .errors import GigafaceError
 
+
 def _release_large_buffers() -> None:
     """Make glibc return band-sized buffers to the system as soon as they are freed.
 
@@ -35,6 +36,10 @@ _release_large_buffers()
 pyvips.cache_set_max(0)
 
 DEFAULT_MAX_PIXELS = 4_000_000_000  # refuse decompression bombs; raise with --max-pixels
+# Progressive JPEGs and interlaced PNGs cannot be decoded a band at a time: the decoder
+# holds the whole image (about 2 bytes a sample for JPEG coefficients). Above this we
+# refuse rather than break the memory bound.
+UNSTREAMABLE_MAX_PIXELS = 250_000_000
 JPEG_SHRINKS = (2, 4, 8)
 
 
@@ -46,7 +51,7 @@ class ImageInfo:
     loader: str
 
 
-def _open(path: str, **options) -> pyvips.Image:
+def open_sequential(path: str, **options) -> pyvips.Image:
     # fail_on="truncated" turns libvips' "premature end of file" warning (which would
     # silently pad the image with grey) into an error we can report.
     return pyvips.Image.new_from_file(path, access="sequential", fail_on="truncated", **options)
@@ -59,9 +64,9 @@ def probe(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     if os.path.isdir(path):
         raise GigafaceError(f"{path}: is a directory, not an image")
     try:
-        image = _open(path)
+        image = open_sequential(path)
     except pyvips.Error as exc:
-        raise GigafaceError(f"{path}: not an image that libvips can read ({_first_line(exc)})") from None
+        raise GigafaceError(f"{path}: not an image that libvips can read ({error_text(exc)})") from None
     if image.width < 1 or image.height < 1:
         raise GigafaceError(f"{path}: image has no pixels")
     pixels = image.width * image.height
@@ -70,10 +75,15 @@ def probe(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
             f"{path}: {image.width}x{image.height} is {pixels:,} pixels, over the limit of "
             f"{max_pixels:,}; raise it with --max-pixels if you trust this file"
         )
+    layered = [field for field in ("jpeg-multiscan", "interlaced") if image.get_typeof(field) and image.get(field)]
+    if layered and pixels > UNSTREAMABLE_MAX_PIXELS:
+        raise GigafaceError(
+            f"{path}: {'a progressive JPEG' if layered[0] == 'jpeg-multiscan' else 'an interlaced PNG'} this large "
+            f"cannot be read band by band; convert it once, e.g. vips copy {path} big.tif[tile,compression=jpeg,bigtiff]")
     return ImageInfo(path, image.width, image.height, image.get("vips-loader") if image.get_typeof("vips-loader") else "")
 
 
-def _first_line(exc: Exception) -> str:
+def error_text(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return " ".join(text[:2])[:200] if text else type(exc).__name__
 
@@ -102,9 +112,9 @@ def load_scaled(info: ImageInfo, scale: float) -> tuple[pyvips.Image, float]:
         if shrink > 1:
             options["shrink"] = shrink
     try:
-        image = as_rgb8(_open(info.path, **options))
+        image = as_rgb8(open_sequential(info.path, **options))
     except pyvips.Error as exc:
-        raise GigafaceError(f"{info.path}: cannot read ({_first_line(exc)})") from None
+        raise GigafaceError(f"{info.path}: cannot read ({error_text(exc)})") from None
     if image.width != round(info.width * scale):
         residual = scale * info.width / image.width
         if abs(residual - 1) > 1e-6:
@@ -134,7 +144,7 @@ def read_rows(image: pyvips.Image, y0: int, y1: int, path: str = "",
             out[y - y0 : y - y0 + h] = np.frombuffer(region.fetch(0, y, image.width, h), np.uint8).reshape(
                 h, image.width, image.bands)
     except pyvips.Error as exc:
-        raise GigafaceError(f"{path or 'image'}: cannot decode rows {y0}-{y1} ({_first_line(exc)})") from None
+        raise GigafaceError(f"{path or 'image'}: cannot decode rows {y0}-{y1} ({error_text(exc)})") from None
     return out
 
 
