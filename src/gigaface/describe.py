@@ -1,8 +1,8 @@
 """Describe a face: dlib 5-point alignment, a 150x150 chip, a quality record, a 128-d embedding.
 
 The models are the files that `face-recognition-models` installs, run by dlib. dlib's
-descriptor uses one core (about 75 ms a face), so embeddings are computed in a pool of
-worker processes while the main process reads pixels and cuts chips.
+descriptor uses one core (about 75 ms a face), so a pool of worker processes aligns,
+embeds and measures faces while the main process reads the pixels around them.
 """
 from __future__ import annotations
 

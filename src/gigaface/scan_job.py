@@ -133,15 +133,20 @@ def merge(frames: list[Frame], frame_of: np.ndarray, dets: Detections, settings:
     return frame_of[index], dets.select(index)
 
 
-def owned_by_frame(frames: list[Frame], frame_of: np.ndarray, centres: np.ndarray) -> np.ndarray:
+def owned_by_frame(frames: list[Frame], frame_of: np.ndarray, centres: np.ndarray,
+                   chunk: int = 4096) -> np.ndarray:
     """Where frames overlap, a face belongs to the frame whose centre is nearest to it."""
     fc = np.array([(f.x + f.width / 2, f.y + f.height / 2) for f in frames])
     lo = np.array([(f.x, f.y) for f in frames])
     hi = lo + np.array([(f.width, f.height) for f in frames])
-    inside = ((centres[:, None, :] >= lo[None]) & (centres[:, None, :] < hi[None])).all(axis=2)
-    dist = np.linalg.norm(centres[:, None, :] - fc[None], axis=2)
-    dist[~inside] = np.inf
-    return dist.argmin(axis=1) == frame_of
+    owner = np.empty(len(centres), np.int64)
+    for s in range(0, len(centres), chunk):  # faces x frames at a time, bounded
+        c = centres[s : s + chunk, None, :]
+        inside = ((c >= lo[None]) & (c < hi[None])).all(axis=2)
+        dist = np.linalg.norm(c - fc[None], axis=2)
+        dist[~inside] = np.inf
+        owner[s : s + chunk] = dist.argmin(axis=1)
+    return owner == frame_of
 
 
 # --- description ------------------------------------------------------------------------

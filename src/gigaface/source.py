@@ -195,35 +195,40 @@ def bands(image: pyvips.Image, core_rows: int, margin: int, start: int = 0, path
 _DONE = object()
 
 
-def _prefetched(items: Iterator, depth: int = 1) -> Iterator:
-    q: queue.Queue = queue.Queue(maxsize=depth)
+def _prefetched(items: Iterator) -> Iterator:
+    """`items`, each produced in a thread while the consumer works on the one before.
+
+    A hand-over, not a queue: the thread starts the next item only once the consumer has
+    taken the last, so at most two bands are alive (a queue of one would allow three).
+    """
+    wanted = threading.Semaphore(0)
+    handed: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
 
     def worker() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(_DONE)
+                while not wanted.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
+                handed.put(item)
+            wanted.acquire()
+            handed.put(_DONE)
         except BaseException as exc:  # re-raised in the consumer
-            q.put(exc)
+            handed.put(exc)
 
     thread = threading.Thread(target=worker, daemon=True, name="band-prefetch")
     thread.start()
     try:
         while True:
-            item = q.get()
+            wanted.release()
+            item = handed.get()
             if item is _DONE:
                 return
             if isinstance(item, BaseException):
                 raise item
             yield item
+            item = None  # drop our reference before asking for the next
     finally:
         stop.set()
 
