@@ -62,14 +62,15 @@ def references(photos: list[str], detector: CenterFace | None = None) -> list[Re
 
 
 def blur_image(library: Library, capture: CaptureRecord, out: str, keep: list[str], style: str,
-               threshold: float, frame_path: str | None = None) -> int:
+               threshold: float, frame_path: str | None = None, detector: CenterFace | None = None) -> int:
     frame = next((f for f in capture.frames if frame_path is None or f.path == frame_path), None)
     if frame is None:
         raise GigafaceError(f"{frame_path}: not a frame of capture {capture.id}")
     faces = [f for f in library.faces(capture.id) if f.source == frame.path]
     kept: set[int] = set()
     if keep:
-        kept = {m.face.id for m in rank(library, references(keep), [capture.id], threshold=threshold) if m.match}
+        refs = references(keep, detector)
+        kept = {m.face.id for m in rank(library, refs, [capture.id], threshold=threshold) if m.match}
     boxes = [(f.box[0] - frame.x, f.box[1] - frame.y, f.box[2], f.box[3]) for f in faces if f.id not in kept]
     return _anonymise(frame.path, boxes, out, style)
 
