@@ -47,6 +47,16 @@ def test_scan_not_an_image(tmp_path):
     assert files_in(tmp_path) == {"holiday.jpg"}  # no library created
 
 
+@pytest.mark.parametrize("args, needle", [(["--preset", "turbo"], "unknown preset"),
+                                          (["--min-face", "2"], "--min-face 2"),
+                                          (["--min-embed", "-1"], "--min-embed")])
+def test_scan_bad_settings(tmp_path, args, needle):
+    image = write_image(tmp_path / "crowd.png", crowd(300, 200, [(150, 100, 60)]))
+    proc = run_cli("scan", image, "--db", tmp_path / "lib.db", *args, cwd=tmp_path)
+    assert_user_error(proc, needle)
+    assert files_in(tmp_path) == {"crowd.png"}
+
+
 def test_scan_missing_image(tmp_path):
     proc = run_cli("scan", tmp_path / "gone.jpg", "--db", tmp_path / "lib.db", cwd=tmp_path)
     assert_user_error(proc, "gone.jpg", "no such file")

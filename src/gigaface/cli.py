@@ -99,8 +99,6 @@ def scan(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Find every face in IMAGE... and store them in the library."""
-    if preset not in PRESETS:
-        raise GigafaceError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     settings = settings_for(preset, min_face, min_embed=min_embed)
     for path in images:  # every input is checked before the library is touched
         frames_of(path, max_pixels)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .errors import GigafaceError
+
 PRESETS = ("fast", "balanced", "accurate")
 TILE = 640
 DETECTOR_FLOOR = 16  # px: below this the detector at native scale misses about half the faces
 COARSE_MIN = 20  # px at pass scale: smallest face a downscaled pass is trusted with
+MIN_FACE_FLOOR = 4  # px: even upscaled 4x, smaller faces are below the detector's reach
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,14 @@ NATIVE_MARGIN = {"fast": 48, "balanced": 64, "accurate": 96}
 
 def settings_for(preset: str = "balanced", min_face: float | None = None, **overrides) -> Settings:
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise GigafaceError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     values = dict(PRESET_DEFAULTS[preset])
     if min_face is not None:
+        if not MIN_FACE_FLOOR <= min_face:
+            raise GigafaceError(f"--min-face {min_face:g}: the detector cannot look for faces under {MIN_FACE_FLOOR} px")
         values["min_face"] = float(min_face)
+    if overrides.get("min_embed") is not None and overrides["min_embed"] < 0:
+        raise GigafaceError("--min-embed cannot be negative")
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(preset=preset, **values)
 
