@@ -16,7 +16,7 @@ import numpy as np
 import pyvips
 
 from .errors import GigafaceError
-from .source import as_rgb8, error_text, open_sequential
+from .source import as_rgb8, error_text, loader_of, open_sequential, open_shrunk
 
 STYLES = ("blur", "pixelate")
 BOX_GROW = 0.2  # blur this much beyond the detector's box on every side: hair, ears, chin
@@ -40,7 +40,7 @@ def anonymise(source: str, boxes: Iterable[tuple[float, float, float, float]], o
         raise GigafaceError(f"{out}: refusing to overwrite the original image")
     try:
         image = as_rgb8(open_sequential(source))
-        loader = image.get("vips-loader") if image.get_typeof("vips-loader") else ""
+        loader = loader_of(image)
     except pyvips.Error as exc:
         raise GigafaceError(f"{source}: cannot read ({error_text(exc)})") from None
     width, height = image.width, image.height
@@ -65,13 +65,12 @@ def anonymise(source: str, boxes: Iterable[tuple[float, float, float, float]], o
     out_image = image
     if blocks:
         mask_image = pyvips.Image.new_from_array(mask).cast("uchar").zoom(cell, cell).crop(0, 0, width, height)
-        jpeg = loader.startswith("jpegload")
         for level, block in enumerate(blocks, start=1):
             # Each branch reads the source on its own, so its rows arrive in order. A JPEG
             # branch decodes at 1/2-1/8 size (libjpeg's DCT scaling): a full-size decoder
             # costs ~200 MB of buffers at 27,000 px wide, a 1/8 one an eighth of that.
-            pre = max((f for f in (2, 4, 8) if f <= block), default=1) if jpeg else 1
-            branch = as_rgb8(open_sequential(source, **({"shrink": pre} if pre > 1 else {})))
+            branch, pre = open_shrunk(source, loader, block)
+            branch = as_rgb8(branch)
             small = branch.shrink(block // pre, block // pre) if block > pre else branch
             if style == "pixelate":
                 big = small.zoom(block, block)

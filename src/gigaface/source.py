@@ -80,7 +80,18 @@ def probe(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
         raise GigafaceError(
             f"{path}: {'a progressive JPEG' if layered[0] == 'jpeg-multiscan' else 'an interlaced PNG'} this large "
             f"cannot be read band by band; convert it once, e.g. vips copy {path} big.tif[tile,compression=jpeg,bigtiff]")
-    return ImageInfo(path, image.width, image.height, image.get("vips-loader") if image.get_typeof("vips-loader") else "")
+    return ImageInfo(path, image.width, image.height, loader_of(image))
+
+
+def loader_of(image: pyvips.Image) -> str:
+    return image.get("vips-loader") if image.get_typeof("vips-loader") else ""
+
+
+def open_shrunk(path: str, loader: str, factor: int) -> tuple[pyvips.Image, int]:
+    """The image opened at 1/shrink size, shrink <= factor, and shrink: JPEGs decode at 1/2,
+    1/4 or 1/8 with libjpeg's DCT scaling, far cheaper than decoding all and shrinking."""
+    shrink = max((s for s in JPEG_SHRINKS if s <= factor), default=1) if loader.startswith("jpegload") else 1
+    return open_sequential(path, **({"shrink": shrink} if shrink > 1 else {})), shrink
 
 
 def error_text(exc: Exception) -> str:
@@ -106,13 +117,8 @@ def load_scaled(info: ImageInfo, scale: float) -> tuple[pyvips.Image, float]:
 
     Downscaling a JPEG uses libjpeg's shrink-on-load, which decodes far fewer pixels.
     """
-    options = {}
-    if scale < 1 and info.loader.startswith("jpegload"):
-        shrink = max((s for s in JPEG_SHRINKS if s <= round(1 / scale)), default=1)
-        if shrink > 1:
-            options["shrink"] = shrink
     try:
-        image = as_rgb8(open_sequential(info.path, **options))
+        image = as_rgb8(open_shrunk(info.path, info.loader, round(1 / scale) if scale < 1 else 1)[0])
     except pyvips.Error as exc:
         raise GigafaceError(f"{info.path}: cannot read ({error_text(exc)})") from None
     if image.width != round(info.width * scale):
