@@ -1,7 +1,6 @@
 """The `gigaface` command: scan, faces, find, blur, demo."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import resource
@@ -133,9 +132,7 @@ def scan(
 def _scan_all(library, images, settings, detector, pool, resume, max_pixels, quiet, as_json) -> list[dict]:
     summaries = []
     for path in images:
-        bars = _bars_wanted(quiet, as_json)
-        reporter = BarReporter(Path(path).name) if bars else QuietReporter()
-        with reporter if bars else contextlib.nullcontext():
+        with BarReporter(Path(path).name) if _bars_wanted(quiet, as_json) else QuietReporter() as reporter:
             result = scan_path(library, path, settings, detector=detector, pool=pool, resume=resume,
                                reporter=reporter, max_pixels=max_pixels)
         cap = result.capture

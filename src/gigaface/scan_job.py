@@ -30,7 +30,16 @@ EMBED_BATCH = 8
 
 
 class Reporter:
-    """Receives progress; the CLI draws bars from it. Every method is optional to override."""
+    """Receives progress; the CLI draws bars from it. Every method is optional to override.
+
+    A reporter is also a context manager, so a caller can hold any reporter open around a
+    scan (bars need starting and stopping; this one does nothing).
+    """
+
+    def __enter__(self) -> "Reporter":
+        return self
+
+    def __exit__(self, *exc) -> None: ...
 
     def stage(self, name: str, total: int) -> None: ...
     def advance(self, n: int = 1, faces: int = 0) -> None: ...
