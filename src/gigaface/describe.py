@@ -144,23 +144,22 @@ class Region:
 
 def describe_regions(regions: list[Region]) -> list[tuple[dict, np.ndarray | None, bytes]]:
     """(quality, embedding or None, JPEG crop) for each region."""
-    described = []
-    chips, chip_index = [], []
-    for k, r in enumerate(regions):
+    qualities, crops, chips = [], [], []
+    vectors: list[np.ndarray | None] = [None] * len(regions)
+    for r in regions:
         if r.embed:
             chip = cut_chip(r.pixels, r.box, r.landmarks)
             chips.append(chip.chip)
-            chip_index.append(k)
             q, crop = chip.quality, chip.crop
         else:
             q, crop = quality(r.pixels, r.box, r.landmarks), thumbnail(r.pixels, r.box)
         q["size"] = round(max(r.box[2], r.box[3]) / r.scale, 1)
-        described.append((q, None, crop))
-    if chips:
-        for k, vector in zip(chip_index, embed(np.stack(chips))):
-            q, _, crop = described[k]
-            described[k] = (q, vector, crop)
-    return described
+        qualities.append(q)
+        crops.append(crop)
+    if chips:  # one batched call: ~10% faster a face than one call each
+        embedded = iter(embed(np.stack(chips)))
+        vectors = [next(embedded) if r.embed else None for r in regions]
+    return list(zip(qualities, vectors, crops))
 
 
 def _init_worker(parent: int) -> None:
@@ -185,6 +184,7 @@ class EmbeddingPool:
 
     def __init__(self, workers: int | None = None):
         self.workers = max(1, workers or os.cpu_count() or 1)
+        self.peak_mb = 0.0
         # spawn, not fork: the parent holds onnxruntime threads and a prefetch thread.
         self.executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_init_worker, initargs=(os.getpid(),))
@@ -205,7 +205,7 @@ class EmbeddingPool:
                     peak = max(peak, next((int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM")), 0.0))
             except OSError:
                 continue
-        self.peak_mb = max(getattr(self, "peak_mb", 0.0), peak)
+        self.peak_mb = max(self.peak_mb, peak)
         return self.peak_mb
 
     def close(self) -> None:
