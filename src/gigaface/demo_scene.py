@@ -8,19 +8,14 @@ so that a demo can search for her from a separate reference photo.
 The panorama can be far larger than RAM, so it is never held whole: the seat
 plan (a small table of people) is laid out first, then the image is drawn in
 full-width bands, each band drawing every person that overlaps it (cv2 clips
-the shapes), and the bands are streamed as an uncompressed PNG through a
-``pyvips.SourceCustom`` straight into libvips' JPEG writer.  PNG is the wire
-format because the libvips bundled with pyvips has no PPM loader and memory-
-maps raw files whole.
+the shapes), and the bands are streamed into libvips' JPEG writer
+(``streamed_image.write_streamed``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import struct
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +23,9 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
-import pyvips
 from skimage import data as skdata
+
+from .streamed_image import write_atomic, write_streamed
 
 __all__ = ["DemoScene", "build_stadium"]
 
@@ -139,15 +135,16 @@ def build_stadium(out_dir: Path, megapixels: float = 150.0, seed: int = 0,
     faces = _Faces()
 
     reference = out_dir / "stadium_reference.jpg"
-    _write_atomic(reference, faces.reference_jpeg())
+    write_atomic(reference, faces.reference_jpeg())
     panorama = out_dir / "stadium.jpg"
-    _write_panorama(panorama, _Renderer(layout, faces, rng), on_progress)
+    renderer = _Renderer(layout, faces, rng)
+    write_streamed(panorama, width, height, renderer.bands(), on_progress, Q=90)
 
     boxes = np.concatenate([np.stack([c["x"], c["y"], c["f"], c["f"]], 1) for c in layout.rows])
     r, seat = layout.target
     target_box = tuple(int(layout.rows[r][k][seat]) for k in ("x", "y", "f", "f"))
     truth = out_dir / "stadium_truth.json"
-    _write_atomic(truth, _truth_json(width, height, boxes, target_box))
+    write_atomic(truth, _truth_json(width, height, boxes, target_box))
     return DemoScene(panorama, reference, truth, width, height, len(boxes), target_box)
 
 
@@ -357,17 +354,17 @@ class _Renderer:
         self.light_phase = rng.uniform(0, 2 * np.pi, 4)
         self.x = np.arange(self.width, dtype=np.float32)
 
-    def bands(self) -> Iterator[tuple[int, np.ndarray]]:
-        """(rows done, scanlines) per band; scanlines are PNG rows (filter
-        byte 0 + RGB), in a buffer that the next band overwrites."""
-        scanlines = np.zeros((self.band_rows, 1 + 3 * self.width), np.uint8)
+    def bands(self) -> Iterator[np.ndarray]:
+        """The panorama's RGB rows, band by band, in one buffer that the next
+        band overwrites."""
+        buffer = np.zeros((self.band_rows, self.width, 3), np.uint8)
         for y0 in range(0, self.height, self.band_rows):
             y1 = min(y0 + self.band_rows, self.height)
-            band = scanlines[:y1 - y0, 1:].reshape(y1 - y0, self.width, 3)   # a view
+            band = buffer[:y1 - y0]
             self._background(band, y0)
             self._people(band, y0)
             self._expose(band, y0)
-            yield y1, scanlines[:y1 - y0]
+            yield band
 
     def _background(self, band: np.ndarray, y0: int) -> None:
         """Concrete tiers with a row of seat backs behind each row of people."""
@@ -467,74 +464,6 @@ class _Renderer:
 
 # --- output -------------------------------------------------------------------
 
-def _png_stream(width: int, height: int, bands: Iterator[tuple[int, np.ndarray]],
-                on_progress: Callable[[int, int], None] | None) -> Iterator[bytes | memoryview]:
-    """An RGB PNG whose deflate stream uses stored (uncompressed) blocks, so
-    the scanline buffer is passed on without copies or compression work."""
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    yield b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-    yield chunk(b"IDAT", b"\x78\x01")                       # zlib header
-    adler = 1
-    for rows_done, scanlines in bands:
-        data = memoryview(scanlines.reshape(-1))
-        adler = zlib.adler32(data, adler)
-        blocks = range(0, len(data), 0xFFFF)
-        yield struct.pack(">I", len(data) + 5 * len(blocks)) + b"IDAT"
-        crc = zlib.crc32(b"IDAT")
-        for i in blocks:
-            n = min(0xFFFF, len(data) - i)
-            head = struct.pack("<BHH", 0, n, n ^ 0xFFFF)     # stored block, not final
-            crc = zlib.crc32(data[i:i + n], zlib.crc32(head, crc))
-            yield head
-            yield data[i:i + n]
-        yield struct.pack(">I", crc)
-        if on_progress is not None:
-            on_progress(rows_done, height)
-    # An empty final block, then the checksum of all the scanlines.
-    yield chunk(b"IDAT", struct.pack("<BHH", 1, 0, 0xFFFF) + struct.pack(">I", adler))
-    yield chunk(b"IEND", b"")
-
-
-def _write_panorama(path: Path, renderer: _Renderer,
-                    on_progress: Callable[[int, int], None] | None) -> None:
-    stream = _png_stream(renderer.width, renderer.height, renderer.bands(), on_progress)
-    pending = memoryview(b"")
-    failure: list[BaseException] = []
-
-    def read(size: int) -> memoryview | None:
-        # Runs on a libvips thread.  An exception escaping here would only
-        # look like end-of-file to libvips, so keep it and raise it later.
-        nonlocal pending
-        try:
-            while not pending:
-                pending = memoryview(next(stream))
-        except StopIteration:
-            return None
-        except BaseException as exc:
-            failure.append(exc)
-            return None
-        piece, pending = pending[:size], pending[size:]
-        return piece
-
-    source = pyvips.SourceCustom()
-    source.on_read(read)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        image = pyvips.Image.pngload_source(source, access="sequential", fail_on="truncated")
-        try:
-            image.jpegsave(str(tmp), Q=90)
-        except pyvips.Error:
-            if not failure:
-                raise
-        if failure:             # the real cause of a truncated stream
-            raise failure[0]
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _truth_json(width: int, height: int, boxes: np.ndarray,
                 target: tuple[int, int, int, int]) -> bytes:
     # Hand-assembled: json.dumps of hundreds of thousands of small lists is
@@ -542,12 +471,3 @@ def _truth_json(width: int, height: int, boxes: np.ndarray,
     faces = ",".join(f"[{x},{y},{w},{h}]" for x, y, w, h in boxes.tolist())
     return (f'{{"width": {width}, "height": {height}, "faces": [{faces}], '
             f'"target": {json.dumps(list(target))}}}').encode()
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
