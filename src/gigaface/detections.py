@@ -49,6 +49,23 @@ class Detections:
         return Detections(boxes.astype(np.float32), self.scores,
                           (self.landmarks * scale + offset).astype(np.float32))
 
+    def mirrored(self, width: float) -> "Detections":
+        """Detections of a horizontally mirrored image, mapped back to the original.
+
+        Left and right swap in a mirror, so the eye and mouth-corner landmarks swap too.
+        """
+        boxes = self.boxes.copy()
+        boxes[:, 0], boxes[:, 2] = width - self.boxes[:, 2], width - self.boxes[:, 0]
+        landmarks = self.landmarks[:, [1, 0, 2, 4, 3]].copy()
+        landmarks[:, :, 0] = width - landmarks[:, :, 0]
+        return Detections(boxes, self.scores, landmarks)
+
+    def reweighted(self, weight: float) -> "Detections":
+        """Scores times `weight`, kept within [0, 1]."""
+        if weight == 1.0:
+            return self
+        return Detections(self.boxes, np.minimum(self.scores * weight, 1.0).astype(np.float32), self.landmarks)
+
     def clipped(self, width: float, height: float) -> "Detections":
         """Boxes cut to the image; a face at the border keeps only its visible part."""
         boxes = self.boxes.copy()

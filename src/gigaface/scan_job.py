@@ -99,26 +99,45 @@ def detect_bands(info: ImageInfo, p: Pass, detector: Detector, threshold: float,
         oy = band.core_top - p.margin
         sy0, sy1 = max(0, oy), min(band.top + band.pixels.shape[0], oy + T)
 
-        def fill(column: tuple[int, int], out: np.ndarray, band=band, oy=oy, sy0=sy0, sy1=sy1) -> None:
-            ox = column[0] - p.margin
+        def fill(job: tuple[tuple[int, int], bool], out: np.ndarray, band=band, oy=oy, sy0=sy0, sy1=sy1) -> None:
+            (x0, _), mirrored = job
+            ox = x0 - p.margin
             sx0, sx1 = max(0, ox), min(image.width, ox + T)
             if (sx0 - ox, sy0 - oy, sx1 - ox, sy1 - oy) != (0, 0, T, T):
                 out[:] = 0  # black beyond the image's edges
             out[sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox] = band.pixels[sy0 - band.top : sy1 - band.top, sx0:sx1]
+            if mirrored:
+                out[:] = out[:, ::-1]
 
+        jobs = [(column, mirrored) for column in columns for mirrored in ((False, True) if p.flip else (False,))]
         found = []
-        for (cx0, cx1), dets in zip(columns, detector.detect_jobs(columns, fill, threshold)):
+        for ((cx0, cx1), mirrored), dets in zip(jobs, detector.detect_jobs(jobs, fill, threshold)):
             if not len(dets):
                 continue
+            if mirrored:
+                dets = dets.mirrored(T)
             dets = dets.transformed(1.0, cx0 - p.margin, oy)
             cx, cy = dets.centres[:, 0], dets.centres[:, 1]
             native_sizes = dets.sizes / scale
             keep = ((cx >= cx0) & (cx < cx1) & (cy >= band.core_top) & (cy < band.core_bottom)
                     & (native_sizes >= p.min_size) & (native_sizes < p.max_size))
-            found.append(dets.select(keep))
+            found.append(dets.select(keep).reweighted(p.weight))
         dets = nms(Detections.concat(found), nms_iou, cell=2 * p.margin)
         dets = dets.clipped(image.width, image.height).transformed(1.0 / scale)
-        yield band.index, len(columns), dets
+        yield band.index, len(jobs), dets
+
+
+def detect_image(path: str, settings: Settings, detector: Detector | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Detections:
+    """Every face in one image, held nowhere but in the detections: the scan's detect and
+    merge stages without a library, for photos and for measuring the detector."""
+    info = probe(path, max_pixels)
+    detector = detector or CenterFace(settings.tile)
+    found = [dets for p in plan_passes(info.width, info.height, settings)
+             for _, _, dets in detect_bands(info, p, detector, settings.threshold, settings.nms_iou)]
+    dets = Detections.concat(found)
+    frame = Frame(path, 0, 0, info.width, info.height)
+    return merge([frame], np.zeros(len(dets), np.int64), dets, settings)[1]
 
 
 def count_tiles(frames: list[Frame], settings: Settings) -> int:
@@ -126,7 +145,7 @@ def count_tiles(frames: list[Frame], settings: Settings) -> int:
     for frame in frames:
         for p in plan_passes(frame.width, frame.height, settings):
             w, h = round(frame.width * p.scale), round(frame.height * p.scale)
-            total += -(-w // p.core) * -(-h // p.core)
+            total += -(-w // p.core) * -(-h // p.core) * p.looks
     return total
 
 

@@ -9,13 +9,13 @@ import cv2
 import numpy as np
 
 from . import describe as describing
-from .detections import Detections, nms
+from .detections import Detections
 from .detector import CenterFace
 from .errors import GigafaceError
 from .index import Face, Library
-from .plan import plan_passes, settings_for
-from .scan_job import detect_bands
-from .source import as_rgb8, open_sequential, probe
+from .plan import settings_for
+from .scan_job import detect_image
+from .source import as_rgb8, open_sequential
 
 DEFAULT_THRESHOLD = 0.6  # dlib's published operating point for its ResNet descriptor
 # Revealing a face is the costly mistake: a stranger shown is worse than a consenting
@@ -48,13 +48,7 @@ class Match:
 
 def detect_whole(path: str, detector: CenterFace | None = None) -> tuple[np.ndarray, Detections]:
     """Detect faces in a small photo, holding it in memory; returns (RGB pixels, detections)."""
-    info = probe(path, REFERENCE_MAX_PIXELS)
-    settings = settings_for("balanced")
-    detector = detector or CenterFace(settings.tile)
-    found = []
-    for p in plan_passes(info.width, info.height, settings):
-        found += [d for _, _, d in detect_bands(info, p, detector, settings.threshold, settings.nms_iou)]
-    dets = nms(Detections.concat(found), settings.nms_iou)
+    dets = detect_image(path, settings_for("balanced"), detector, REFERENCE_MAX_PIXELS)
     pixels = as_rgb8(open_sequential(path)).numpy()
     return pixels, dets
 
