@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -24,7 +24,7 @@ test-all: setup
 	$(BIN)/python -m pytest -q -m ''
 
 bench: setup
-	$(BIN)/python bench/scan_bench.py
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf demo-output bench/out .pytest_cache

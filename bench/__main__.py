@@ -1,0 +1,110 @@
+"""Run the benchmark suite and write bench/report.md with its plots.
+
+    python -m bench                          # the default size: about 20 minutes on 2 cores
+    python -m bench --size 500 --scaling 100,250,500,1000
+    python -m bench --sections identity      # one section; the report keeps the others' last results
+    python -m bench --report-only            # rewrite the report from saved results
+
+Each section saves its results as JSON under bench/out/results/ as soon as it finishes, so
+an interrupted run loses one section at most and the report can be rebuilt at any time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .data import MissingData
+
+HERE = Path(__file__).resolve().parent
+SECTIONS = ("wider", "identity", "mosaic", "scaling")
+
+
+def save_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(value, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+def run_section(name: str, args, results: Path, plots: Path) -> None:
+    started = time.perf_counter()
+    print(f"== {name}", flush=True)
+    try:
+        if name == "wider":
+            from . import wider
+
+            value = {"rows": wider.run()}
+        elif name == "identity":
+            from . import identity
+
+            value = identity.run(plots)
+        elif name == "mosaic":
+            value = run_mosaic(args, plots)
+        else:
+            from . import scaling
+
+            rows = scaling.run([float(s) for s in args.scaling.split(",")], args.work)
+            value = {"rows": rows}
+    except MissingData as exc:
+        value = {"skipped": str(exc)}
+        print(f"{name}: skipped: {exc}")
+    value["seconds"] = round(time.perf_counter() - started, 1)
+    value["command"] = " ".join(["python -m bench"] + sys.argv[1:])
+    save_json(results / f"{name}.json", value)
+
+
+def run_mosaic(args, plots: Path) -> dict:
+    from . import panorama
+    from .mosaic import build_mosaic
+
+    start = time.perf_counter()
+    mosaic = build_mosaic(args.work / f"mosaic-{args.size:g}mp", megapixels=args.size)
+    built = time.perf_counter() - start
+    print(f"mosaic {mosaic.width}x{mosaic.height}, {len(mosaic.boxes):,} faces, built in {built:.0f} s", flush=True)
+    latency = panorama.tile_latency()
+    scan = panorama.full_scan(mosaic, args.work / f"mosaic-{args.size:g}mp.db")
+    print(f"full scan: {scan}", flush=True)
+    found = panorama.search(mosaic, Path(scan["db"]))
+    for row in found:
+        print(f"search: {row}", flush=True)
+    rows = panorama.side_by_side(mosaic, tuple(args.mosaic_presets.split(",")))
+    return {"mosaic": {"size": f"{mosaic.width}x{mosaic.height}", "megapixels": round(mosaic.width * mosaic.height / 1e6, 1),
+                       "faces": int((~mosaic.invalid).sum()), "invalid": int(mosaic.invalid.sum()),
+                       "cells": len(mosaic.cells), "planted": len(mosaic.planted), "build_s": round(built, 1)},
+            "scan": scan, "floor": panorama.floor(mosaic, scan["detect_s"], latency), "search": found,
+            "side_by_side": rows, "ratios": panorama.ratios(rows)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=float, default=100, help="mosaic size in megapixels (default 100)")
+    parser.add_argument("--scaling", default="25,50,100",
+                        help="comma-separated mosaic sizes for the scaling curve (default 25,50,100)")
+    parser.add_argument("--mosaic-presets", default="balanced,accurate",
+                        help="gigaface presets in the side-by-side on the mosaic")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"any of {', '.join(SECTIONS)}")
+    parser.add_argument("--work", type=Path, default=HERE / "out", help="where mosaics and libraries go")
+    parser.add_argument("--report", type=Path, default=HERE / "report.md")
+    parser.add_argument("--report-only", action="store_true", help="only rewrite the report from saved results")
+    args = parser.parse_args()
+    results, plots = args.work / "results", args.report.parent / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        for name in args.sections.split(","):
+            if name not in SECTIONS:
+                parser.error(f"unknown section {name!r}; choose from {', '.join(SECTIONS)}")
+            run_section(name, args, results, plots)
+    from .report import write_report
+
+    print(f"report: {write_report(results, args.report, plots)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""WIDER FACE section: AP50 and recall by face size for each preset and for the plain detector.
+
+Every image goes through the engine's own detection (`gigaface.scan_job.detect_image`,
+the passes, tiles and merge a scan uses), timed per image with the detector already
+loaded. The plain baseline is what `deface` does: CenterFace once on the whole image at
+its own resolution.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gigaface.detections import Detections, nms
+from gigaface.detector import CenterFace, decode, prepared_model
+from gigaface.plan import PRESETS, settings_for
+from gigaface.scan_job import detect_image
+
+from .ap import SIZE_LABELS, ImageResult, evaluate, judge, xywh_to_xyxy
+from .data import WiderImage, wider_images
+
+PLAIN_THRESHOLD = 0.05  # the plain pass reports everything; AP sweeps the threshold anyway
+
+
+def run_preset(images: list[WiderImage], preset: str, detector: CenterFace) -> tuple[list[ImageResult], list[float]]:
+    settings = settings_for(preset)
+    results, seconds = [], []
+    for im in images:
+        start = time.perf_counter()
+        dets = detect_image(str(im.path), settings, detector)
+        seconds.append(time.perf_counter() - start)
+        results.append(judge(dets.boxes, dets.scores, xywh_to_xyxy(im.boxes), im.invalid))
+    return results, seconds
+
+
+class PlainPass:
+    """CenterFace on a whole image in one inference, one session per input shape (cached)."""
+
+    def __init__(self):
+        import onnxruntime as ort
+
+        self._ort = ort
+        self._sessions: dict[tuple[int, int], object] = {}
+
+    def __call__(self, rgb: np.ndarray, threshold: float = PLAIN_THRESHOLD) -> Detections:
+        h, w = rgb.shape[:2]
+        H, W = -(-h // 32) * 32, -(-w // 32) * 32
+        session = self._sessions.get((H, W))
+        if session is None:
+            options = self._ort.SessionOptions()
+            options.log_severity_level = 3
+            session = self._ort.InferenceSession(prepared_model(1, H, W), sess_options=options,
+                                                 providers=["CPUExecutionProvider"])
+            self._sessions[(H, W)] = session
+        tiles = np.zeros((1, H, W, 3), np.uint8)
+        tiles[0, :h, :w] = rgb
+        heat, scale, offset, lms = session.run(None, {"tiles": tiles})
+        dets = decode(heat[0], scale[0], offset[0], lms[0], threshold)
+        return nms(dets.clipped(w, h), 0.4)
+
+
+def run_plain(images: list[WiderImage]) -> tuple[list[ImageResult], list[float]]:
+    import cv2
+
+    plain = PlainPass()
+    results, seconds = [], []
+    for im in images:
+        start = time.perf_counter()
+        rgb = cv2.cvtColor(cv2.imread(str(im.path)), cv2.COLOR_BGR2RGB)
+        dets = plain(rgb)
+        seconds.append(time.perf_counter() - start)
+        results.append(judge(dets.boxes, dets.scores, xywh_to_xyxy(im.boxes), im.invalid))
+    return results, seconds
+
+
+def summarise(name: str, results: list[ImageResult], seconds: list[float], operating: float) -> dict:
+    ev = evaluate(results)
+    by_size = ev.recall_by_size(results, operating)
+    return {
+        "name": name, "ap50": round(ev.ap, 4), "faces": ev.faces, "images": len(results),
+        "recall_at_operating": {k: (round(v, 3), n) for k, (v, n) in by_size.items()},
+        "operating_threshold": operating,
+        "seconds_per_image": round(float(np.mean(seconds)), 3),
+        "curve": {"recall": ev.recall[:: max(1, len(ev.recall) // 400)].round(4).tolist(),
+                  "precision": ev.precision[:: max(1, len(ev.precision) // 400)].round(4).tolist()},
+    }
+
+
+def run(presets: tuple[str, ...] = PRESETS, limit: int | None = None, log=print) -> list[dict]:
+    images = wider_images()[:limit]
+    rows = []
+    results, seconds = run_plain(images)
+    rows.append(summarise("plain CenterFace, whole image at 1x (deface)", results, seconds, 0.5))
+    log(_line(rows[-1]))
+    detector = CenterFace()
+    for preset in presets:
+        results, seconds = run_preset(images, preset, detector)
+        rows.append(summarise(f"gigaface --preset {preset}", results, seconds, settings_for(preset).threshold))
+        log(_line(rows[-1]))
+    return rows
+
+
+def _line(row: dict) -> str:
+    sizes = ", ".join(f"{k} {v[0]:.2f}" for k, v in row["recall_at_operating"].items())
+    return f"{row['name']}: AP50 {row['ap50']:.3f}, {row['seconds_per_image']:.2f} s/image; recall by size: {sizes}"
+
+
+def markdown(rows: list[dict]) -> str:
+    labels = " | ".join(f"recall {k} ({rows[0]['recall_at_operating'][k][1]})" for k in SIZE_LABELS)
+    lines = [f"| detector | AP50 | s / image | {labels} |", "|---" * (3 + len(SIZE_LABELS)) + "|"]
+    for r in rows:
+        rec = " | ".join(f"{r['recall_at_operating'][k][0]:.3f}" for k in SIZE_LABELS)
+        lines.append(f"| {r['name']} | **{r['ap50']:.3f}** | {r['seconds_per_image']:.2f} | {rec} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    args = parser.parse_args()
+    rows = run(tuple(args.presets.split(",")), args.limit)
+    print(markdown(rows))
+    if args.out:
+        args.out.write_text(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
