@@ -46,6 +46,7 @@ def run_section(name: str, args, results: Path, plots: Path) -> None:
             value = identity.run(plots)
         elif name == "mosaic":
             value = run_mosaic(args, plots)
+            name = mosaic_results_name(args.size)
         else:
             from . import scaling
 
@@ -57,6 +58,11 @@ def run_section(name: str, args, results: Path, plots: Path) -> None:
     value["seconds"] = round(time.perf_counter() - started, 1)
     value["command"] = " ".join(["python -m bench"] + sys.argv[1:])
     save_json(results / f"{name}.json", value)
+
+
+def mosaic_results_name(size: float) -> str:
+    """One results file per mosaic size, so a bigger run sits beside the default one."""
+    return "mosaic" if size == 100 else f"mosaic-{size:g}mp"
 
 
 def run_mosaic(args, plots: Path) -> dict:

@@ -25,10 +25,13 @@ from .data import WiderImage, wider_images
 PLAIN_THRESHOLD = 0.05  # the plain pass reports everything; AP sweeps the threshold anyway
 
 
-def run_preset(images: list[WiderImage], preset: str, detector: CenterFace) -> tuple[list[ImageResult], list[float]]:
+def run_preset(images: list[WiderImage], preset: str, detector: CenterFace,
+               log=print) -> tuple[list[ImageResult], list[float]]:
     settings = settings_for(preset)
     results, seconds = [], []
-    for im in images:
+    for k, im in enumerate(images):
+        if k and k % 50 == 0:
+            log(f"  {preset}: {k}/{len(images)} images, {np.mean(seconds):.2f} s/image so far")
         start = time.perf_counter()
         dets = detect_image(str(im.path), settings, detector)
         seconds.append(time.perf_counter() - start)
@@ -97,7 +100,7 @@ def run(presets: tuple[str, ...] = PRESETS, limit: int | None = None, log=print)
     log(_line(rows[-1]))
     detector = CenterFace()
     for preset in presets:
-        results, seconds = run_preset(images, preset, detector)
+        results, seconds = run_preset(images, preset, detector, log)
         rows.append(summarise(f"gigaface --preset {preset}", results, seconds, settings_for(preset).threshold))
         log(_line(rows[-1]))
     return rows
