@@ -465,7 +465,7 @@ def plot(result: dict, distances: dict, out_dir: Path) -> dict:
 
 
 def run(out_dir: Path) -> dict:
-    """Describe, pair, measure, plot; the result is JSON-ready and carries `markdown`.
+    """Describe, pair, measure, plot (PNGs in out_dir); the result is JSON-ready and carries `markdown`.
 
     Raises MissingData when the shared data folder is absent.
     """
@@ -473,8 +473,6 @@ def run(out_dir: Path) -> dict:
     photos, dropped, faceless = describe_photos(identity_photos())
     result = measure(photos, dropped, faceless, Path(out_dir))
     result["seconds"] = round(time.perf_counter() - start, 1)
-    (Path(out_dir) / "identity.json").write_text(json.dumps(result, indent=1))
-    (Path(out_dir) / "identity.md").write_text(result["markdown"])
     return result
 
 
@@ -519,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     except MissingData as e:
         print(f"identity benchmark skipped: {e}", file=sys.stderr)
         return 2
+    (args.out / "identity.json").write_text(json.dumps(result, indent=1))
+    (args.out / "identity.md").write_text(result["markdown"])
     print(render(result))
     print(f"\nrecommended default threshold: {result['recommended_threshold']:g}\n{result['justification']}")
     print(f"\n{result['seconds']} s; plots, identity.json and identity.md in {args.out}")

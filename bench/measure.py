@@ -14,14 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size (VmHWM) in MB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from gigaface.memory import peak_rss_mb
 
 
 @dataclass

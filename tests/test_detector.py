@@ -30,3 +30,31 @@ def test_lanes_give_the_same_detections_as_one_session(tmp_path):
     for a, b in zip(one, two):
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+def test_mirrored_tile_maps_back_onto_the_same_face(detector):
+    from helpers import crowd
+
+    from gigaface.detections import iou_one_to_many
+
+    image = crowd(640, 640, [(220, 300, 90)], seed=5)
+    plain, flipped = detector.detect(np.stack([image, image[:, ::-1].copy()]), 0.3)
+    assert len(plain) >= 1 and len(flipped) >= 1
+    back = flipped.mirrored(640)
+    i, j = int(np.argmax(plain.scores)), int(np.argmax(back.scores))
+    assert iou_one_to_many(plain.boxes[i], back.boxes[j : j + 1])[0] > 0.8
+    # Landmarks come back in the same order: left eye left of the right eye, and each
+    # point near where the unmirrored pass put it.
+    assert back.landmarks[j, 0, 0] < back.landmarks[j, 1, 0]
+    assert np.abs(back.landmarks[j] - plain.landmarks[i]).max() < 0.15 * (plain.boxes[i, 2] - plain.boxes[i, 0])
+
+
+def test_accurate_plan_mirrors_and_calibrates_only_where_it_helped():
+    from gigaface.plan import plan_passes, settings_for
+
+    passes = plan_passes(4000, 3000, settings_for("accurate"))
+    by_scale = {p.scale: p for p in passes}
+    assert by_scale[3.0].min_size == 4.0 and not by_scale[3.0].flip and by_scale[3.0].weight > 1
+    assert by_scale[2.0].flip and by_scale[2.0].weight > 1
+    assert all(p.flip and p.weight == 1.0 for p in passes if p.scale <= 1.0)
+    assert all(not p.flip and p.weight == 1.0 for p in plan_passes(4000, 3000, settings_for("balanced")))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 from pathlib import Path
 from typing import Optional
@@ -19,6 +18,7 @@ from .api import blur_image, references
 from .detector import CenterFace
 from .errors import GigafaceError
 from .index import Library
+from .memory import peak_rss_mb
 from .plan import PRESETS, settings_for
 from .scan_job import Reporter, frames_of, scan_path
 from .search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, contact_sheet, rank
@@ -74,10 +74,6 @@ class BarReporter(Reporter):
 class QuietReporter(Reporter):
     def note(self, message: str) -> None:
         print(f"gigaface: {message}", file=sys.stderr)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _bars_wanted(quiet: bool, as_json: bool) -> bool:

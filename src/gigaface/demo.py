@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -19,6 +18,7 @@ from .detections import iou_one_to_many
 from .demo_scene import build_stadium
 from .detector import CenterFace
 from .index import Library
+from .memory import peak_rss_mb
 from .plan import settings_for
 from .scan_job import Reporter, scan_path
 from .search import KEEP_THRESHOLD, contact_sheet, rank
@@ -69,7 +69,7 @@ def run_demo(out_dir: str, size: float, preset: str, bars: Console | None, out: 
     truth = json.loads(Path(scene.truth).read_text())
     faces = library.faces(result.capture.id)
     recall = _recall(truth["faces"], [f.box for f in faces])
-    peak_main = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_main = peak_rss_mb()
     mp = scene.width * scene.height / 1e6
     table = Table(title="gigaface demo", show_header=False)
     table.add_row("panorama", f"{scene.panorama}  ({scene.width}x{scene.height}, {mp:,.0f} MP, built in {built:.0f} s)")

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from .errors import GigafaceError
+from .memory import peak_rss_mb
 
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
@@ -193,19 +194,9 @@ class EmbeddingPool:
         return self.executor.submit(describe_regions, regions)
 
     def peak_rss_mb(self) -> float:
-        """The largest peak resident memory among the live workers (Linux; 0 elsewhere).
-
-        Read from /proc because getrusage() would report the parent's size at fork time,
-        which a spawned worker inherits across exec.
-        """
-        peak = 0.0
-        for pid in list(getattr(self.executor, "_processes", None) or {}):
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    peak = max(peak, next((int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM")), 0.0))
-            except OSError:
-                continue
-        self.peak_mb = max(self.peak_mb, peak)
+        """The largest peak resident memory among the live workers."""
+        pids = list(getattr(self.executor, "_processes", None) or {})
+        self.peak_mb = max([self.peak_mb] + [peak_rss_mb(pid) for pid in pids])
         return self.peak_mb
 
     def close(self) -> None:
