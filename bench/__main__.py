@@ -1,6 +1,6 @@
 """Run the benchmark suite and write bench/report.md with its plots.
 
-    python -m bench                          # the default size: about 18 minutes on 2 cores
+    python -m bench                          # the default size: 16 minutes on 2 cores (measured)
     python -m bench --sections mosaic --mosaic-presets balanced,accurate   # + accurate (4 min more)
     python -m bench --size 500 --scaling 100,250,500,1000
     python -m bench --sections identity      # one section; the report keeps the others' last results

@@ -24,7 +24,9 @@ class Measured:
     peak_rss_mb: float
 
 
-def _call(target: str, args: tuple, kwargs: dict) -> tuple[Any, float, float]:
+def timed_call(target: str, args: tuple, kwargs: dict) -> tuple[Any, float, float]:
+    """(value, seconds, peak RSS MB) of `module:function`, run in this process; meant to be
+    the body of a fresh process (see `measured`)."""
     module, name = target.rsplit(":", 1)
     fn = getattr(importlib.import_module(module), name)
     start = time.perf_counter()
@@ -40,7 +42,7 @@ def measured(target: str, *args, **kwargs) -> Measured:
     """
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-        value, wall, peak = pool.submit(_call, target, args, kwargs).result()
+        value, wall, peak = pool.submit(timed_call, target, args, kwargs).result()
     return Measured(value, wall, peak)
 
 

@@ -29,7 +29,7 @@ from sahi.prediction import ObjectPrediction
 from sahi.utils.compatibility import fix_full_shape_list, fix_shift_amount_list
 
 from bench.ap import evaluate, judge, xywh_to_xyxy
-from bench.measure import _call
+from bench.measure import timed_call
 from gigaface.detections import nms
 from gigaface.detector import TILES_INPUT, available_providers, decode, prepared_model
 
@@ -269,7 +269,7 @@ def sahi_estimate_mb(width: int, height: int) -> float:
 
 
 def _child(conn, target: str, kwargs: dict) -> None:
-    conn.send(_call(target, (), kwargs))
+    conn.send(timed_call(target, (), kwargs))
 
 
 def measured_with_timeout(target: str, kwargs: dict, timeout_s: float | None):
