@@ -18,9 +18,14 @@ import numpy as np
 from gigaface.plan import settings_for
 from gigaface.search import DEFAULT_THRESHOLD
 
-from .ap import evaluate, iou_matrix, judge
+from .ap import evaluate, iou_matrix, judge, xywh_to_xyxy
 from .mosaic import Mosaic
 from .peers import DEFAULT_PEERS, compare, measured_with_timeout
+
+
+def xyxy(faces) -> np.ndarray:
+    """(N, 4) x1, y1, x2, y2 of library faces, whose boxes are x, y, w, h."""
+    return xywh_to_xyxy([f.box for f in faces])
 
 
 def tile_latency(repeats: int = 30) -> float:
@@ -102,7 +107,7 @@ def full_scan(mosaic: Mosaic, db: Path, preset: str = "balanced") -> dict:
     (summary,) = json.loads(done.stdout)
     library = Library(str(db))
     faces = library.faces(library.captures()[-1].id)
-    boxes = np.array([(x, y, x + w, y + h) for x, y, w, h in (f.box for f in faces)], np.float64).reshape(-1, 4)
+    boxes = xyxy(faces)
     scores = np.array([f.score for f in faces])
     ev = evaluate([judge(boxes, scores, mosaic.boxes, mosaic.invalid)])
     mp = mosaic.width * mosaic.height / 1e6
@@ -137,7 +142,7 @@ def search(mosaic: Mosaic, db: Path, threshold: float = DEFAULT_THRESHOLD) -> li
     library = Library(str(db))
     capture = library.captures()[-1].id
     faces = library.faces(capture)
-    boxes = np.array([(x, y, x + w, y + h) for x, y, w, h in (f.box for f in faces)], np.float64).reshape(-1, 4)
+    boxes = xyxy(faces)
     detector = CenterFace()
     rows = []
     for planted in mosaic.planted:

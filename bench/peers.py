@@ -29,9 +29,10 @@ from sahi.prediction import ObjectPrediction
 from sahi.utils.compatibility import fix_full_shape_list, fix_shift_amount_list
 
 from bench.ap import evaluate, judge, xywh_to_xyxy
+from bench import whole_image
 from bench.measure import timed_call
 from gigaface.detections import nms
-from gigaface.detector import TILES_INPUT, available_providers, decode, prepared_model
+from gigaface.detector import available_providers
 
 THRESHOLD = 0.45  # gigaface's detection threshold
 NMS_IOU = 0.4  # gigaface's NMS overlap
@@ -58,21 +59,6 @@ PEERS: dict[str, tuple[str, dict]] = {
 DEFAULT_PEERS = ("sahi-default", "sahi-tuned", "plain")
 
 
-def _session(height: int, width: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(prepared_model(1, height, width), sess_options=options,
-                                providers=available_providers())
-
-
-def _round32(n: int) -> int:
-    return -(-n // 32) * 32
-
-
 def _rgb(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         return np.repeat(image[:, :, None], 3, axis=2)
@@ -93,17 +79,16 @@ class CenterFaceSahiModel(DetectionModel):
     """
 
     def __init__(self, input_size: int = 512, confidence_threshold: float = THRESHOLD, **kwargs):
-        self.input_size = _round32(input_size)
+        self.input_size = whole_image.padded(input_size)
         self.boxes_seen = 0  # detections handed to SAHI before its merging, for the report
         super().__init__(confidence_threshold=confidence_threshold, category_mapping={"0": FACE},
                          image_size=self.input_size, **kwargs)
 
     def load_model(self) -> None:
-        self.set_model(_session(self.input_size, self.input_size))
+        self.set_model(whole_image.session(self.input_size, self.input_size, THREADS, available_providers()))
 
     def set_model(self, model, **kwargs) -> None:
         self.model = model
-        self._input = np.zeros((1, self.input_size, self.input_size, 3), np.uint8)
 
     @property
     def num_categories(self) -> int:
@@ -126,10 +111,7 @@ class CenterFaceSahiModel(DetectionModel):
         if scale < 1.0:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        self._input[:] = 0
-        self._input[0, : image.shape[0], : image.shape[1]] = image
-        heat, box_scale, offset, lms = self.model.run(None, {TILES_INPUT: self._input})
-        dets = decode(heat[0], box_scale[0], offset[0], lms[0], self.confidence_threshold)
+        dets = whole_image.detect(self.model, image, self.confidence_threshold)
         dets = nms(dets.transformed(1.0 / scale), NMS_IOU).clipped(width, height)
         self.boxes_seen += len(dets)
         self._original_predictions = [dets]
@@ -237,10 +219,8 @@ def run_plain(image_path: str, fit: int = 4096, threshold: float = THRESHOLD) ->
         small = small.flatten()
     pixels = _rgb(small.numpy())
     height, width = pixels.shape[:2]
-    padded = np.zeros((1, _round32(height), _round32(width), 3), np.uint8)
-    padded[0, :height, :width] = pixels
-    heat, box_scale, offset, lms = _session(*padded.shape[1:3]).run(None, {TILES_INPUT: padded})
-    dets = decode(heat[0], box_scale[0], offset[0], lms[0], threshold)
+    model = whole_image.session(whole_image.padded(height), whole_image.padded(width), THREADS, available_providers())
+    dets = whole_image.detect(model, pixels, threshold)
     # thumbnail keeps the aspect ratio (to a rounding pixel), so one scale maps both axes
     dets = nms(dets.transformed(full.width / width).clipped(full.width, full.height), NMS_IOU)
     pairs = overlapping_pairs(dets.boxes)

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from gigaface.detections import Detections, nms
-from gigaface.detector import CenterFace, decode, prepared_model
+from gigaface.detector import CenterFace
 from gigaface.plan import PRESETS, settings_for
 from gigaface.scan_job import detect_image
 
+from . import whole_image
 from .ap import SIZE_LABELS, ImageResult, evaluate, judge, xywh_to_xyxy
 from .data import WiderImage, wider_images
 
@@ -54,25 +55,16 @@ class PlainPass:
         self._keep = keep
 
     def _session(self, shape: tuple[int, int]):
-        import onnxruntime as ort
-
         if shape not in self._sessions:
             while len(self._sessions) >= self._keep:
                 self._sessions.pop(next(iter(self._sessions)))
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            self._sessions[shape] = ort.InferenceSession(prepared_model(1, *shape), sess_options=options,
-                                                         providers=["CPUExecutionProvider"])
+            self._sessions[shape] = whole_image.session(*shape)
         return self._sessions[shape]
 
     def __call__(self, rgb: np.ndarray, threshold: float = PLAIN_THRESHOLD) -> Detections:
         h, w = rgb.shape[:2]
-        H, W = -(-h // BUCKET) * BUCKET, -(-w // BUCKET) * BUCKET
-        tiles = np.zeros((1, H, W, 3), np.uint8)
-        tiles[0, :h, :w] = rgb
-        heat, scale, offset, lms = self._session((H, W)).run(None, {"tiles": tiles})
-        dets = decode(heat[0], scale[0], offset[0], lms[0], threshold)
-        return nms(dets.clipped(w, h), 0.4)
+        model = self._session((whole_image.padded(h, BUCKET), whole_image.padded(w, BUCKET)))
+        return nms(whole_image.detect(model, rgb, threshold).clipped(w, h), 0.4)
 
 
 def run_plain(images: list[WiderImage]) -> tuple[list[ImageResult], list[float]]:
@@ -83,7 +75,7 @@ def run_plain(images: list[WiderImage]) -> tuple[list[ImageResult], list[float]]
     results, seconds = [], []
     # Visit images grouped by padded shape, so each session is made once.
     headers = [pyvips.Image.new_from_file(str(im.path)) for im in images]
-    shapes = [(-(-h.height // BUCKET), -(-h.width // BUCKET)) for h in headers]
+    shapes = [(whole_image.padded(h.height, BUCKET), whole_image.padded(h.width, BUCKET)) for h in headers]
     order = sorted(range(len(images)), key=lambda i: shapes[i])
     by_index: dict[int, ImageResult] = {}
     for i in order:
