@@ -3,8 +3,12 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+WEB := src/gigaface/web
+OSD := $(WEB)/node_modules/openseadragon/package.json
+# apt-get needs root; use sudo when we are not.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup browser demo test test-all bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -12,19 +16,29 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The viewer's OpenSeadragon, from the npm registry at the version the lock file names.
+$(OSD): $(WEB)/package.json $(WEB)/package-lock.json
+	npm ci --prefix $(WEB) --no-audit --no-fund --loglevel=error
+	touch $(OSD)
+
+setup: $(STAMP) $(OSD)
+
+# Debian's Chromium, which the viewer's browser tests drive through Playwright.
+browser:
+	@command -v chromium >/dev/null || $(SUDO) apt-get install -y -q chromium \
+	  || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
 
 demo: setup
 	$(BIN)/gigaface demo --out demo-output
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
 
-test-all: setup
+test-all: setup browser
 	$(BIN)/python -m pytest -q -m ''
 
 bench: setup
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf demo-output bench/out .pytest_cache
+	rm -rf demo-output bench/out .pytest_cache test-artifacts

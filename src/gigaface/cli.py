@@ -99,6 +99,9 @@ def scan(
         frames_of(path, max_pixels)
     new_library = not os.path.exists(db)
     library = Library(db, create=True)
+    for path in images:
+        if library.is_own_file(path):
+            raise GigafaceError(f"{path}: is the library itself, not an image")
     detector = CenterFace(settings.tile)
     try:
         with describing.EmbeddingPool(workers) as pool:
@@ -238,6 +241,101 @@ def demo(out_dir: str = typer.Option("demo-output", "--out", help="Folder for th
     from .demo import run_demo
 
     run_demo(out_dir, size, preset, err if err.is_terminal else None, out)
+
+
+token_app = typer.Typer(no_args_is_help=True, help="API tokens for `gigaface serve` (admin or viewer).")
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(db: str = typer.Argument(..., help="Library file."),
+                 name: str = typer.Option(..., "--name", help="Who or what uses the token."),
+                 role: str = typer.Option("viewer", "--role", help="admin (everything) or viewer (look and search).")) -> None:
+    """Create a token; it is printed once and stored only as a hash."""
+    from .tokens import create_token
+
+    token, secret = create_token(Library(db, create=True), name, role)
+    err.print(f"token {token.id} ({token.role}, {token.name}); keep it now, it cannot be shown again:")
+    print(secret)
+
+
+@token_app.command("list")
+def token_list(db: str = typer.Argument(..., help="Library file."),
+               as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List tokens (never their secrets)."""
+    tokens = Library(db).tokens()
+    if as_json:
+        print(json.dumps([t.__dict__ for t in tokens], indent=2))
+        return
+    table = Table("id", "name", "role", "created", "last used", "revoked")
+    for t in tokens:
+        table.add_row(str(t.id), t.name, t.role, _when(t.created_at), _when(t.last_used), "yes" if t.revoked else "")
+    out.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(db: str = typer.Argument(..., help="Library file."),
+                 token_id: int = typer.Argument(..., help="The token's id (gigaface token list).")) -> None:
+    """Revoke a token: requests with it are refused from now on."""
+    Library(db).revoke_token(token_id)
+    out.print(f"token {token_id} revoked")
+
+
+def _when(t: float | None) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else ""
+
+
+@app.command()
+def serve(db: str = typer.Argument(..., help="Library file (created if missing)."),
+          host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for every one)."),
+          port: int = typer.Option(8000, help="TCP port."),
+          public: bool = typer.Option(False, "--public", help="Also serve the anonymised images to anyone, at /public."),
+          max_upload_mb: int = typer.Option(4096, "--max-upload-mb", help="Largest image upload accepted."),
+          max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse larger images.")) -> None:
+    """Run the REST service and the web viewer; every request needs a token (gigaface token create)."""
+    from .service import Config, serve as run_server
+
+    library = Library(db, create=True)
+    if not any(not t.revoked for t in library.tokens()):
+        err.print(f"[yellow]no tokens yet: create one with `gigaface token create {db} --name you --role admin`")
+    library.close()
+    _check_port(host, port)
+    err.print(f"gigaface: serving {db} on http://{host}:{port}/ (API docs at /docs)"
+              + (f", public view at http://{host}:{port}/public" if public else ""))
+    run_server(Config(db, public=public, max_upload=max_upload_mb << 20, max_pixels=max_pixels), host, port)
+
+
+@app.command()
+def view(db: str = typer.Argument(..., help="Library file."),
+         port: int = typer.Option(8000, help="TCP port on 127.0.0.1 (0 picks a free one)."),
+         browser: bool = typer.Option(True, "--browser/--no-browser", help="Open the viewer in a web browser.")) -> None:
+    """Open the viewer for one library on this computer, without tokens (127.0.0.1 only)."""
+    import socket
+    import webbrowser
+
+    from .service import Config, serve as run_server
+
+    Library(db)
+    if port == 0:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    _check_port("127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}/"
+    err.print(f"gigaface: viewer for {db} at {url} (Ctrl-C to stop)")
+    run_server(Config(db, local=True), "127.0.0.1", port, on_ready=(lambda: webbrowser.open(url)) if browser else None)
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise GigafaceError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
 
 
 def main() -> None:

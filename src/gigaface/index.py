@@ -14,7 +14,7 @@ from .detections import Detections
 from .errors import GigafaceError
 
 APPLICATION = "gigaface"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EMBEDDING_DIM = 128
 
 SCHEMA = """
@@ -57,7 +57,30 @@ CREATE TABLE faces (
     described INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX faces_capture ON faces(capture_id);
+""" + """
+CREATE TABLE IF NOT EXISTS jobs (      -- the service's background work on a capture (schema 2)
+    capture_id INTEGER PRIMARY KEY REFERENCES captures(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,              -- queued, running, done, failed
+    stage TEXT NOT NULL,              -- detect, merge, describe, pyramid, export, done
+    done INTEGER NOT NULL DEFAULT 0,  -- units of the stage finished (tiles, faces)
+    total INTEGER NOT NULL DEFAULT 0,
+    faces INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    owned_file TEXT,                  -- an uploaded image the library owns: deleted with the capture
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (    -- API tokens, stored as SHA-256 of the secret (schema 2)
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,               -- admin or viewer
+    hash TEXT UNIQUE NOT NULL,
+    created_at REAL NOT NULL,
+    last_used REAL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
 """
+# Tables added after schema 1; created when an older library is opened.
+MIGRATIONS = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS jobs"):]
 
 
 @dataclass(frozen=True)
@@ -107,6 +130,35 @@ class Face:
         }
 
 
+@dataclass(frozen=True)
+class Job:
+    """The service's background work on one capture: scan, then pyramid and export."""
+
+    capture: int
+    state: str
+    stage: str
+    done: int
+    total: int
+    faces: int
+    error: str | None
+    owned_file: str | None
+    updated_at: float
+
+    def to_dict(self) -> dict:
+        return {"state": self.state, "stage": self.stage, "error": self.error,
+                "progress": {"done": self.done, "total": self.total, "faces": self.faces}}
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    name: str
+    role: str
+    created_at: float
+    last_used: float | None
+    revoked: bool
+
+
 class Library:
     """A gigaface library file. Opened for writing by one scan at a time."""
 
@@ -132,6 +184,9 @@ class Library:
             raise GigafaceError(f"{path}: made by a newer gigaface (schema {self._meta('schema')})")
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")
+        if tables and int(self._meta("schema") or 0) < SCHEMA_VERSION:
+            self.db.executescript(f"BEGIN; {MIGRATIONS} UPDATE meta SET value = '{SCHEMA_VERSION}'"
+                                  " WHERE key = 'schema'; COMMIT;")
 
     def _meta(self, key: str) -> str | None:
         try:
@@ -145,6 +200,12 @@ class Library:
         self.db.executescript(
             f"BEGIN; {SCHEMA} INSERT INTO meta VALUES ('application', '{APPLICATION}'),"
             f" ('schema', '{SCHEMA_VERSION}'); COMMIT;")
+
+    def is_own_file(self, path: str) -> bool:
+        """Whether `path` is this library's database, its WAL or its shared memory: opening
+        and closing one of those in this process would drop SQLite's locks on it."""
+        real = os.path.realpath(path)
+        return any(real == os.path.realpath(self.path + suffix) for suffix in ("", "-wal", "-shm", "-journal"))
 
     def transaction(self):
         return _Transaction(self.db)
@@ -170,12 +231,17 @@ class Library:
                        frames: Iterable[Frame], settings: dict) -> CaptureRecord:
         frames_json = json.dumps([f.__dict__ for f in frames])
         with self.transaction():
-            cur = self.db.execute(
-                "INSERT INTO captures (key, source, kind, width, height, frames, settings, stage, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'detect', ?)",
-                (key, source, kind, width, height, frames_json, json.dumps(settings), time.time()),
+            # Ids are never reused, so a stale link or a cached tile never shows another
+            # capture: the highest id ever given is kept in meta.
+            last = max(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM captures").fetchone()[0],
+                       int(self._meta("last_capture_id") or 0))
+            self.db.execute(
+                "INSERT INTO captures (id, key, source, kind, width, height, frames, settings, stage, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'detect', ?)",
+                (last + 1, key, source, kind, width, height, frames_json, json.dumps(settings), time.time()),
             )
-        return self.capture(cur.lastrowid)
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('last_capture_id', ?)", (str(last + 1),))
+        return self.capture(last + 1)
 
     def restart_capture(self, capture_id: int, settings: dict) -> CaptureRecord:
         """Forget everything a capture's earlier scan found, keeping its id."""
@@ -279,6 +345,22 @@ class Library:
             found += self._faces(f"WHERE f.id IN ({','.join('?' * len(chunk))})", tuple(chunk))
         return found
 
+    def face_page(self, capture_id: int, offset: int = 0, limit: int = 1000, min_size: float | None = None,
+                  max_size: float | None = None, min_score: float | None = None,
+                  min_sharpness: float | None = None, min_frontalness: float | None = None) -> tuple[int, list[Face]]:
+        """(how many faces pass the filters, one page of them in id order)."""
+        where, args = ["f.capture_id = ?"], [capture_id]
+        for sql, value in (("MAX(f.w, f.h) >= ?", min_size), ("MAX(f.w, f.h) <= ?", max_size),
+                           ("f.score >= ?", min_score),
+                           ("json_extract(f.quality, '$.sharpness') >= ?", min_sharpness),
+                           ("json_extract(f.quality, '$.frontalness') >= ?", min_frontalness)):
+            if value is not None:
+                where.append(sql)
+                args.append(value)
+        clause = "WHERE " + " AND ".join(where)
+        total = self.db.execute(f"SELECT COUNT(*) FROM faces f {clause}", args).fetchone()[0]
+        return total, self._faces(f"{clause} ORDER BY f.id LIMIT ? OFFSET ?", (*args, limit, offset))
+
     def face_count(self, capture_id: int, embedded: bool = False) -> int:
         where = " AND embedding IS NOT NULL" if embedded else ""
         return self.db.execute(f"SELECT COUNT(*) FROM faces WHERE capture_id = ?{where}", (capture_id,)).fetchone()[0]
@@ -310,6 +392,62 @@ class Library:
         return row[0] if row else None
 
 
+    # --- background jobs (the service) ---------------------------------------------------
+    def put_job(self, capture_id: int, state: str = "queued", stage: str = "detect",
+                owned_file: str | None = None) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO jobs (capture_id, state, stage, owned_file, updated_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(capture_id) DO UPDATE SET state = excluded.state, stage = excluded.stage,"
+                " error = NULL, done = 0, total = 0,"
+                " owned_file = COALESCE(excluded.owned_file, jobs.owned_file), updated_at = excluded.updated_at",
+                (capture_id, state, stage, owned_file, time.time()))
+
+    def update_job(self, capture_id: int, **fields) -> None:
+        allowed = {"state", "stage", "done", "total", "faces", "error"}
+        if not fields or set(fields) - allowed:
+            raise ValueError(f"job fields: {sorted(allowed)}")
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.transaction():
+            self.db.execute(f"UPDATE jobs SET {sets}, updated_at = ? WHERE capture_id = ?",
+                            (*fields.values(), time.time(), capture_id))
+
+    def job(self, capture_id: int) -> Job | None:
+        row = self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE capture_id = ?", (capture_id,)).fetchone()
+        return Job(*row) if row else None
+
+    def jobs(self, states: Iterable[str] | None = None) -> list[Job]:
+        rows = self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY capture_id").fetchall()
+        wanted = set(states) if states is not None else None
+        return [Job(*r) for r in rows if wanted is None or r[1] in wanted]
+
+    # --- API tokens ----------------------------------------------------------------------
+    def add_token(self, name: str, role: str, digest: str) -> Token:
+        with self.transaction():
+            cur = self.db.execute("INSERT INTO tokens (name, role, hash, created_at) VALUES (?, ?, ?, ?)",
+                                  (name, role, digest, time.time()))
+        return next(t for t in self.tokens() if t.id == cur.lastrowid)
+
+    def tokens(self) -> list[Token]:
+        rows = self.db.execute("SELECT id, name, role, created_at, last_used, revoked FROM tokens ORDER BY id")
+        return [Token(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
+
+    def token_by_hash(self, digest: str) -> Token | None:
+        row = self.db.execute("SELECT id, name, role, created_at, last_used, revoked FROM tokens"
+                              " WHERE hash = ? AND revoked = 0", (digest,)).fetchone()
+        return Token(row[0], row[1], row[2], row[3], row[4], False) if row else None
+
+    def touch_token(self, token_id: int) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE tokens SET last_used = ? WHERE id = ?", (time.time(), token_id))
+
+    def revoke_token(self, token_id: int) -> None:
+        with self.transaction():
+            cur = self.db.execute("UPDATE tokens SET revoked = 1 WHERE id = ?", (token_id,))
+        if not cur.rowcount:
+            raise GigafaceError(f"{self.path}: no token {token_id}")
+
+
 class _Transaction:
     def __init__(self, db: sqlite3.Connection):
         self.db = db
@@ -323,6 +461,7 @@ class _Transaction:
         return False
 
 
+_JOB_COLUMNS = "capture_id, state, stage, done, total, faces, error, owned_file, updated_at"
 _CAPTURE_COLUMNS = "id, key, source, kind, width, height, frames, settings, stage, created_at, finished_at, elapsed"
 
 

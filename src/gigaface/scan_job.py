@@ -261,8 +261,12 @@ class _done:
 # --- the job ----------------------------------------------------------------------------
 def scan_path(library: Library, path: str, settings: Settings, *, detector: Detector | None = None,
               pool: describing.EmbeddingPool | None = None, resume: bool = False,
-              reporter: Reporter | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> ScanResult:
-    """Scan one image (or manifest) into the library; see the module docstring for stages."""
+              reporter: Reporter | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+              discard_on_error: bool = True) -> ScanResult:
+    """Scan one image (or manifest) into the library; see the module docstring for stages.
+
+    Bad input found mid-way (a truncated file) deletes the half-scanned capture, unless
+    `discard_on_error` is False: the service keeps it, to show the error on it."""
     reporter = reporter or Reporter()
     started = time.perf_counter()
     kind, frames = frames_of(path, max_pixels)
@@ -287,8 +291,8 @@ def scan_path(library: Library, path: str, settings: Settings, *, detector: Dete
     try:
         result = _run_stages(library, capture, frames, settings, detector, pool, reporter, max_pixels)
     except GigafaceError:
-        # Bad input discovered mid-way (a truncated file): leave no half-scanned capture.
-        library.delete_capture(capture.id)
+        if discard_on_error:
+            library.delete_capture(capture.id)
         raise
     elapsed = time.perf_counter() - started
     library.set_stage(capture.id, "done", elapsed=elapsed)

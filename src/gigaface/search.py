@@ -74,6 +74,29 @@ def reference(path: str, detector: CenterFace | None = None) -> Reference:
     return Reference(path, describing.embed(chip.chip[None])[0], box, len(dets))
 
 
+# Photos received over the network are decoded from RAM: a tmpfs file with a name of its
+# own (libvips caches loads by file name, so a reused name could return another photo).
+RAM_FOLDER = "/dev/shm"
+
+
+def reference_from_bytes(name: str, data: bytes, detector: CenterFace | None = None) -> Reference:
+    """The embedding of the largest face in a photo given as bytes; the photo never
+    touches the disk, and is gone when this returns."""
+    if not os.path.isdir(RAM_FOLDER):
+        raise GigafaceError(f"{RAM_FOLDER} is missing: reference photos are only decoded in RAM")
+    fd, scratch = tempfile.mkstemp(prefix="gigaface-ref-", dir=RAM_FOLDER)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            ref = reference(scratch, detector)
+        except GigafaceError as exc:
+            raise GigafaceError(str(exc).replace(scratch, name)) from None
+    finally:
+        os.remove(scratch)
+    return Reference(name, ref.embedding, ref.box, ref.faces_in_photo)
+
+
 def rank(library: Library, refs: list[Reference], capture_ids: list[int] | None = None,
          top: int | None = None, threshold: float = DEFAULT_THRESHOLD) -> list[Match]:
     """Faces of the captures ordered by distance to the person (the mean of the references)."""
