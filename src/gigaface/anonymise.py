@@ -34,10 +34,17 @@ def anonymise(source: str, boxes: Iterable[tuple[float, float, float, float]], o
 
     Returns how many boxes were blurred.
     """
-    if style not in STYLES:
-        raise GigafaceError(f"unknown style {style!r}; choose one of {', '.join(STYLES)}")
     if os.path.abspath(out) == os.path.abspath(source):
         raise GigafaceError(f"{out}: refusing to overwrite the original image")
+    boxes = [b for b in boxes if b[2] > 0 and b[3] > 0]
+    _write(blurred(source, boxes, style), out, quality)
+    return len(boxes)
+
+
+def blurred(source: str, boxes: Iterable[tuple[float, float, float, float]], style: str = "blur") -> pyvips.Image:
+    """`source` with `boxes` blurred, as a lazy libvips image to be read top to bottom once."""
+    if style not in STYLES:
+        raise GigafaceError(f"unknown style {style!r}; choose one of {', '.join(STYLES)}")
     try:
         image = as_rgb8(open_sequential(source))
         loader = loader_of(image)
@@ -78,8 +85,7 @@ def anonymise(source: str, boxes: Iterable[tuple[float, float, float, float]], o
                 big = small.resize(block, kernel="linear").gaussblur(block / 4)
             big = big.embed(0, 0, width, height, extend="copy")
             out_image = (mask_image == level).ifthenelse(big, out_image)
-    _write(out_image, out, quality)
-    return len(boxes)
+    return out_image
 
 
 def _write(image: pyvips.Image, out: str, quality: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import consent
 from . import describe as describing
 from .anonymise import anonymise as _anonymise
 from .detector import CenterFace
@@ -17,7 +18,7 @@ from .errors import GigafaceError
 from .index import CaptureRecord, Face, Library
 from .plan import settings_for
 from .scan_job import Reporter, ScanResult, scan_path
-from .search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, Match, Reference, rank, reference
+from .search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, Match, Reference, audited_rank, local_user, reference
 from .source import DEFAULT_MAX_PIXELS
 
 PhotoArg = str | Sequence[str]
@@ -45,7 +46,7 @@ class Capture:
 
     def find(self, photo: PhotoArg, top: int | None = None, threshold: float = DEFAULT_THRESHOLD) -> list[Match]:
         refs = references([photo] if isinstance(photo, str) else list(photo))
-        return rank(self.library, refs, [self.id], top=top, threshold=threshold)
+        return audited_rank(self.library, refs, [self.id], local_user(), top=top, threshold=threshold)
 
     def anonymise(self, out: str, keep: PhotoArg = (), style: str = "blur",
                   threshold: float = KEEP_THRESHOLD) -> int:
@@ -67,10 +68,12 @@ def blur_image(library: Library, capture: CaptureRecord, out: str, keep: list[st
     if frame is None:
         raise GigafaceError(f"{frame_path}: not a frame of capture {capture.id}")
     faces = [f for f in library.faces(capture.id) if f.source == frame.path]
-    kept: set[int] = set()
-    if keep:
-        refs = references(keep, detector)
-        kept = {m.face.id for m in rank(library, refs, [capture.id], threshold=threshold) if m.match}
+    kept = set(consent.revealed(library, capture.id))  # people on the capture's consent list
+    for photo in keep:
+        matches = audited_rank(library, references([photo], detector), [capture.id], local_user(),
+                               threshold=threshold, purpose="keep")
+        kept |= {m.face.id for m in matches if m.match}
+    kept -= {f.id for f in faces if f.erased}
     boxes = [(f.box[0] - frame.x, f.box[1] - frame.y, f.box[2], f.box[3]) for f in faces if f.id not in kept]
     return _anonymise(frame.path, boxes, out, style)
 

@@ -21,13 +21,26 @@ from .index import Library
 from .memory import peak_rss_mb
 from .plan import PRESETS, settings_for
 from .scan_job import Reporter, frames_of, scan_path
-from .search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, contact_sheet, rank
+from .search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, audited_rank, contact_sheet, local_user
 from .source import DEFAULT_MAX_PIXELS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find every face in a gigapixel crowd image, and find one person among them.")
 err = Console(stderr=True)
 out = Console()
+
+
+@app.callback()
+def options(key_file: Optional[str] = typer.Option(
+        None, "--key-file", help="The key that encrypts the library's embeddings (default: $GIGAFACE_KEY,"
+        " $GIGAFACE_KEY_FILE, or LIBRARY.key beside the library, made when the library is created).")) -> None:
+    """Find every face in a gigapixel crowd image, and find one person among them."""
+    if key_file is not None:
+        from .sealing import ENV_KEY, ENV_KEY_FILE, read_key_file
+
+        read_key_file(key_file)  # a bad key file is one clear error now, not a failure mid-scan
+        os.environ[ENV_KEY_FILE] = os.path.abspath(key_file)  # job workers inherit it
+        os.environ.pop(ENV_KEY, None)
 
 
 class RateColumn(ProgressColumn):
@@ -152,15 +165,21 @@ def captures(db: str = typer.Argument(..., help="Library file."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the captures in a library."""
     library = Library(db)
+    from .retention import describe_expiry
+
     rows = [{"id": c.id, "source": c.source, "kind": c.kind, "width": c.width, "height": c.height,
-             "stage": c.stage, "faces": library.face_count(c.id), "settings": c.settings} for c in library.captures()]
+             "stage": c.stage, "faces": library.face_count(c.id), "settings": c.settings,
+             "expires_at": c.expires_at, "expires": describe_expiry(c)} for c in library.captures()]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("id", "source", "size", "faces", "stage")
+    table = Table("id", "source", "size", "faces", "stage", "expires")
     for r in rows:
-        table.add_row(str(r["id"]), r["source"], f"{r['width']}x{r['height']}", f"{r['faces']:,}", r["stage"])
+        table.add_row(str(r["id"]), r["source"], f"{r['width']}x{r['height']}", f"{r['faces']:,}", r["stage"],
+                      r["expires"])
     out.print(table)
+    if not library.has_key():
+        out.print("[yellow]no key for this library's embeddings: it can be listed, not searched (--key-file)")
 
 
 @app.command()
@@ -196,11 +215,12 @@ def find(db: str = typer.Argument(..., help="Library file."),
     library = Library(db)
     for c in capture or []:
         library.capture(c)
+    library.key()  # without its key a library can be listed, not searched: say so before any work
     refs = references(photo)
     for r in refs:
         if r.faces_in_photo > 1:
             err.print(f"[yellow]warning: {r.path} shows {r.faces_in_photo} faces; using the largest")
-    matches = rank(library, refs, capture or None, top=top, threshold=threshold)
+    matches = audited_rank(library, refs, capture or None, local_user(), top=top, threshold=threshold)
     sheet_path = sheet or os.path.join(os.path.dirname(os.path.abspath(db)), "matches.png")
     contact_sheet(library, matches, sheet_path)
     if as_json:
@@ -285,6 +305,173 @@ def _when(t: float | None) -> str:
     import time
 
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else ""
+
+
+# --- consent, erasure, audit, retention -------------------------------------------------
+consent_app = typer.Typer(no_args_is_help=True, help="Who is shown unblurred in a capture's exports (opt-in).")
+app.add_typer(consent_app, name="consent")
+
+
+def _one_capture(library: Library, capture: Optional[int]) -> int:
+    if capture is not None:
+        return library.capture(capture).id
+    ids = [c.id for c in library.captures()]
+    if len(ids) != 1:
+        raise GigafaceError(f"{library.path} holds {len(ids)} captures; choose one with --capture")
+    return ids[0]
+
+
+def _refresh_files(db: str, capture_ids: list[int], originals_too: bool) -> list[int]:
+    """Rebuild the exports and pyramids (made by `gigaface serve`) that show the wrong people
+    now; the stale ones are removed first so that none is served meanwhile."""
+    from .job_worker import has_files, run_job, stale
+
+    rebuilt = []
+    for capture_id in capture_ids:
+        if has_files(db, capture_id):
+            stale(db, capture_id, originals_too)
+            err.print(f"rebuilding the exports and pyramids of capture {capture_id} ...")
+            run_job(db, capture_id)
+            rebuilt.append(capture_id)
+    return rebuilt
+
+
+@consent_app.command("add")
+def consent_add(db: str = typer.Argument(..., help="Library file."),
+                photo: str = typer.Option(..., "--photo", help="The person's own photo (read, never stored)."),
+                name: str = typer.Option(..., "--name", help="Who asked to be visible."),
+                note: str = typer.Option("", "--note", help="Where the consent is recorded (form, email...)."),
+                capture: Optional[int] = typer.Option(None, "--capture", help="The capture (needed when the library has several).")) -> None:
+    """Add a person who asked to be shown unblurred in a capture's exports and public view."""
+    from . import consent
+    from .consent import revealed
+
+    library = Library(db)
+    capture_id = _one_capture(library, capture)
+    library.key()
+    ref = references([photo])[0]
+    if ref.faces_in_photo > 1:
+        err.print(f"[yellow]warning: {photo} shows {ref.faces_in_photo} faces; using the largest")
+    added = consent.add(library, capture_id, ref, name, note)
+    shown = [f for f, c in revealed(library, capture_id).items() if c == added.id]
+    out.print(f"consent {added.id}: {added.name} in capture {capture_id}; "
+              + (f"shown unblurred: face {shown[0]}" if shown else "no face of this capture is close enough to show"))
+    _refresh_files(db, [capture_id], originals_too=False)
+
+
+@consent_app.command("list")
+def consent_list(db: str = typer.Argument(..., help="Library file."),
+                 capture: Optional[int] = typer.Option(None, "--capture", help="Only this capture."),
+                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List consents (the embeddings stay sealed in the library)."""
+    from .consent import revealed
+
+    library = Library(db)
+    if capture is not None:
+        library.capture(capture)
+    consents = library.consents(capture)
+    shown: dict[int, list[int]] = {}
+    if library.has_key():
+        for capture_id in {c.capture for c in consents}:
+            for face, consent_id in revealed(library, capture_id).items():
+                shown.setdefault(consent_id, []).append(face)
+    rows = [{**c.__dict__, "faces_shown": shown.get(c.id, [])} for c in consents]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("id", "capture", "name", "note", "date", "face shown")
+    for r in rows:
+        table.add_row(str(r["id"]), str(r["capture"]), r["name"], r["note"], _when(r["created_at"]),
+                      ", ".join(map(str, r["faces_shown"])) or "none")
+    out.print(table)
+
+
+@consent_app.command("remove")
+def consent_remove(db: str = typer.Argument(..., help="Library file."),
+                   consent_id: int = typer.Argument(..., help="The consent's id (gigaface consent list).")) -> None:
+    """Withdraw a consent: the person is blurred again in the capture's exports."""
+    library = Library(db)
+    removed = library.remove_consent(consent_id)
+    out.print(f"consent {removed.id} ({removed.name}) removed from capture {removed.capture}")
+    _refresh_files(db, [removed.capture], originals_too=False)
+
+
+@app.command()
+def forget(db: str = typer.Argument(..., help="Library file."),
+           photo: list[str] = typer.Option(..., "--photo", help="A photo of the person to erase (repeat for more; never stored)."),
+           threshold: float = typer.Option(DEFAULT_THRESHOLD, help="Distance at or under which a face is the person's."),
+           as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
+    """Erase a person on request: their embeddings and crops in every capture, for good."""
+    from .erasure import forget as erase
+
+    library = Library(db)
+    library.key()
+    report = erase(library, references(photo), local_user(), threshold)
+    rebuilt = _refresh_files(db, [c.capture for c in report.captures], originals_too=True)
+    result = {**report.to_dict(), "rebuilt": rebuilt}
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table("capture", "faces erased", "boxes (x, y, w, h)", "consents withdrawn", "files rebuilt")
+    for c in report.captures:
+        table.add_row(str(c.capture), str(len(c.faces)), "; ".join(", ".join(f"{v:.0f}" for v in b) for b in c.boxes[:5])
+                      + (" ..." if len(c.boxes) > 5 else ""), str(len(c.consents)), "yes" if c.capture in rebuilt else "")
+    out.print(table)
+    out.print(f"{report.faces} face(s) erased at threshold {threshold}: embeddings and crops deleted, "
+              "always blurred from now on")
+
+
+@app.command()
+def audit(db: str = typer.Argument(..., help="Library file."),
+          days: Optional[float] = typer.Option(None, "--days", help="Only the last DAYS days."),
+          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Show the audit log: every search, when, by whom, over which captures."""
+    import time
+
+    entries = Library(db).audit(since=time.time() - days * 86400 if days is not None else None)
+    if as_json:
+        print(json.dumps([e.__dict__ for e in entries], indent=2))
+        return
+    table = Table("id", "time", "who", "purpose", "captures", "reference (SHA-256)", "results", "matches")
+    for e in entries:
+        table.add_row(str(e.id), _when(e.at), e.who, e.purpose, ",".join(map(str, e.captures)),
+                      e.reference_hash[:16], str(e.results), str(e.matches))
+    out.print(table)
+    out.print(f"{len(entries)} search(es)")
+
+
+@app.command()
+def purge(db: str = typer.Argument(..., help="Library file."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="Only list what has expired."),
+          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Remove the captures whose retention has passed: embeddings first, then faces and files."""
+    from .retention import purge as remove_expired
+
+    library = Library(db)
+    purged = remove_expired(library, db, dry_run=dry_run)
+    if as_json:
+        print(json.dumps([p.__dict__ for p in purged], indent=2))
+        return
+    for p in purged:
+        out.print(f"capture {p.capture} ({p.source}, expired {_when(p.expired_at)}): {p.faces:,} faces,"
+                  f" {p.embeddings:,} embeddings {'would be ' if dry_run else ''}removed")
+    out.print(f"{len(purged)} capture(s) {'expired' if dry_run else 'removed'}")
+
+
+@app.command()
+def retention(db: str = typer.Argument(..., help="Library file."),
+              days: Optional[float] = typer.Option(None, "--days", help="Keep new captures this many days."),
+              forever: bool = typer.Option(False, "--forever", help="Keep new captures until removed by hand."),
+              existing: bool = typer.Option(False, "--existing", help="Also re-date the captures already here, from when each was added.")) -> None:
+    """Show or set how long the library keeps captures (default 30 days)."""
+    library = Library(db)
+    if days is not None and forever:
+        raise GigafaceError("give --days or --forever, not both")
+    if days is not None or forever:
+        library.set_retention(None if forever else days, existing)
+    current = library.retention_days()
+    out.print(f"{db}: captures are kept " + ("until removed by hand" if current is None else f"{current:g} days")
+              + (" (captures already here re-dated)" if existing else ""))
 
 
 @app.command()

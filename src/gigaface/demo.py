@@ -21,7 +21,7 @@ from .index import Library
 from .memory import peak_rss_mb
 from .plan import settings_for
 from .scan_job import Reporter, scan_path
-from .search import KEEP_THRESHOLD, contact_sheet, rank
+from .search import KEEP_THRESHOLD, audited_rank, contact_sheet, local_user
 
 
 def _corners(boxes) -> np.ndarray:
@@ -54,7 +54,7 @@ def run_demo(out_dir: str, size: float, preset: str, bars: Console | None, out: 
             result = scan_path(library, str(scene.panorama), settings, detector=detector, pool=pool, reporter=reporter)
         t1 = time.perf_counter()
         refs = references([str(scene.reference)], detector)
-        matches = rank(library, refs, [result.capture.id], top=12)
+        matches = audited_rank(library, refs, [result.capture.id], local_user(), top=12)
         sheet = contact_sheet(library, matches, str(folder / "matches.png"))
         target = _corners(scene.target_box)[0]
         found_at = next((m.rank for m in matches if iou_one_to_many(target, _corners(m.face.box))[0] > 0.3), None)

@@ -1,6 +1,8 @@
 """The face index: one SQLite file holding captures, their scan progress and their faces."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import sqlite3
@@ -12,9 +14,10 @@ import numpy as np
 
 from .detections import Detections
 from .errors import GigafaceError
+from .sealing import ENV_KEY_FILE, LibraryKey, find_key, key_file_beside, key_for_new_library
 
 APPLICATION = "gigaface"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 EMBEDDING_DIM = 128
 
 SCHEMA = """
@@ -31,7 +34,8 @@ CREATE TABLE captures (
     stage TEXT NOT NULL,              -- detect, merge, describe, done
     created_at REAL NOT NULL,
     finished_at REAL,
-    elapsed REAL NOT NULL DEFAULT 0   -- seconds of scanning, summed over resumed runs
+    elapsed REAL NOT NULL DEFAULT 0,  -- seconds of scanning summed over resumed runs
+    expires_at REAL                   -- removed by gigaface purge after this (NULL: kept)
 );
 CREATE TABLE bands_done (
     capture_id INTEGER NOT NULL REFERENCES captures(id) ON DELETE CASCADE,
@@ -52,9 +56,10 @@ CREATE TABLE faces (
     score REAL NOT NULL,
     landmarks TEXT NOT NULL,          -- JSON [[x, y] x 5], panorama pixels, from the detector
     quality TEXT,                     -- JSON {size, sharpness, frontalness}
-    embedding BLOB,                   -- 128 float32, NULL for faces too small to describe
+    embedding BLOB,                   -- 128 float32 sealed (sealing.py); NULL: too small, or erased
     crop BLOB,                        -- small JPEG of the face for contact sheets and viewers
-    described INTEGER NOT NULL DEFAULT 0
+    described INTEGER NOT NULL DEFAULT 0,
+    erased INTEGER NOT NULL DEFAULT 0 -- the person asked to be forgotten: no embedding, no crop, always blurred
 );
 CREATE INDEX faces_capture ON faces(capture_id);
 """ + """
@@ -79,8 +84,38 @@ CREATE TABLE IF NOT EXISTS tokens (    -- API tokens, stored as SHA-256 of the s
     revoked INTEGER NOT NULL DEFAULT 0
 );
 """
-# Tables added after schema 1; created when an older library is opened.
-MIGRATIONS = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS jobs"):]
+GOVERNANCE = """
+CREATE TABLE IF NOT EXISTS consents (  -- people who asked to stay visible in a capture's exports (schema 3)
+    id INTEGER PRIMARY KEY,
+    capture_id INTEGER NOT NULL REFERENCES captures(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT '',
+    embedding BLOB NOT NULL,          -- from the person's own photo, sealed like the faces'
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS searches (  -- the audit log: one row per search, never changed (schema 3)
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    who TEXT NOT NULL,                -- 'token 3 (wall)' or 'local alice'
+    purpose TEXT NOT NULL,            -- search, erasure, consent
+    captures TEXT NOT NULL,           -- JSON list of capture ids searched
+    reference_hash TEXT NOT NULL,     -- SHA-256 of the reference embedding, never the embedding
+    results INTEGER NOT NULL,
+    matches INTEGER NOT NULL          -- results at or under the threshold
+);
+CREATE TRIGGER IF NOT EXISTS searches_append_only_update BEFORE UPDATE ON searches
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS searches_append_only_delete BEFORE DELETE ON searches
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"""
+SCHEMA += GOVERNANCE
+DEFAULT_RETENTION_DAYS = 30
+# What an older library needs to become the current one, by the version it has.
+MIGRATIONS = {
+    1: SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS jobs"):SCHEMA.index(GOVERNANCE)],
+    2: "ALTER TABLE captures ADD COLUMN expires_at REAL;"
+       " ALTER TABLE faces ADD COLUMN erased INTEGER NOT NULL DEFAULT 0;" + GOVERNANCE,
+}
 
 
 @dataclass(frozen=True)
@@ -108,6 +143,7 @@ class CaptureRecord:
     created_at: float
     finished_at: float | None
     elapsed: float
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -120,13 +156,14 @@ class Face:
     landmarks: list[list[float]]
     quality: dict = field(default_factory=dict)
     embedded: bool = False
+    erased: bool = False
 
     def to_dict(self) -> dict:
         return {
             "id": self.id, "capture": self.capture, "source": self.source,
             "box": [round(v, 1) for v in self.box], "score": round(self.score, 4),
             "landmarks": [[round(x, 1), round(y, 1)] for x, y in self.landmarks],
-            "quality": self.quality, "embedded": self.embedded,
+            "quality": self.quality, "embedded": self.embedded, "erased": self.erased,
         }
 
 
@@ -147,6 +184,30 @@ class Job:
     def to_dict(self) -> dict:
         return {"state": self.state, "stage": self.stage, "error": self.error,
                 "progress": {"done": self.done, "total": self.total, "faces": self.faces}}
+
+
+@dataclass(frozen=True)
+class Consent:
+    """A person who asked to be visible in a capture's exports (their embedding stays sealed
+    in the library)."""
+
+    id: int
+    capture: int
+    name: str
+    note: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: float
+    who: str
+    purpose: str
+    captures: list[int]
+    reference_hash: str
+    results: int
+    matches: int
 
 
 @dataclass(frozen=True)
@@ -184,9 +245,11 @@ class Library:
             raise GigafaceError(f"{path}: made by a newer gigaface (schema {self._meta('schema')})")
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")
-        if tables and int(self._meta("schema") or 0) < SCHEMA_VERSION:
-            self.db.executescript(f"BEGIN; {MIGRATIONS} UPDATE meta SET value = '{SCHEMA_VERSION}'"
-                                  " WHERE key = 'schema'; COMMIT;")
+        # Erased and expired templates must not linger in free pages of the file.
+        self.db.execute("PRAGMA secure_delete = ON")
+        if int(self._meta("schema") or 0) < SCHEMA_VERSION:
+            self._migrate()
+        self._key: LibraryKey | None = None
 
     def _meta(self, key: str) -> str | None:
         try:
@@ -196,10 +259,58 @@ class Library:
         return row[0] if row else None
 
     def _create(self) -> None:
+        key = key_for_new_library(self.path)
         # One script, one transaction: a library file is either complete or absent.
         self.db.executescript(
             f"BEGIN; {SCHEMA} INSERT INTO meta VALUES ('application', '{APPLICATION}'),"
-            f" ('schema', '{SCHEMA_VERSION}'); COMMIT;")
+            f" ('schema', '{SCHEMA_VERSION}'), ('key_check', '{key.check}'),"
+            f" ('retention_days', '{DEFAULT_RETENTION_DAYS}'); COMMIT;")
+
+    def _migrate(self) -> None:
+        """Bring an older library up to this schema in one transaction; its plain embeddings
+        are sealed on the way, and its captures get the default retention from today."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(self._meta("schema") or 0)  # another process may have migrated it meanwhile
+            if version < 3:
+                key = key_for_new_library(self.path)
+                for v in range(version, SCHEMA_VERSION):
+                    if v in MIGRATIONS:
+                        for statement in _statements(MIGRATIONS[v]):
+                            self.db.execute(statement)
+                rows = self.db.execute("SELECT id, embedding FROM faces WHERE embedding IS NOT NULL").fetchall()
+                self.db.executemany("UPDATE faces SET embedding = ? WHERE id = ?",
+                                    [(key.seal(blob), i) for i, blob in rows])
+                expires = time.time() + DEFAULT_RETENTION_DAYS * 86400
+                self.db.execute("UPDATE captures SET expires_at = ?", (expires,))
+                self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                    [("key_check", key.check), ("retention_days", str(DEFAULT_RETENTION_DAYS)),
+                                     ("schema", str(SCHEMA_VERSION))])
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    # --- the key that seals embeddings ------------------------------------------------
+    def key(self) -> LibraryKey:
+        """The library's key, or a clear error: without it, faces can be listed, not searched."""
+        if self._key is None:
+            key = find_key(self.path)
+            if key is None:
+                raise GigafaceError(
+                    f"{self.path}: its embeddings are encrypted and no key was given (the key file"
+                    f" {key_file_beside(self.path)} is missing; use --key-file or ${ENV_KEY_FILE})")
+            if not hmac.compare_digest(key.check, self._meta("key_check") or ""):
+                raise GigafaceError(f"{self.path}: the key from {key.origin} is not this library's key")
+            self._key = key
+        return self._key
+
+    def has_key(self) -> bool:
+        try:
+            self.key()
+        except GigafaceError:
+            return False
+        return True
 
     def is_own_file(self, path: str) -> bool:
         """Whether `path` is this library's database, its WAL or its shared memory: opening
@@ -235,10 +346,13 @@ class Library:
             # capture: the highest id ever given is kept in meta.
             last = max(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM captures").fetchone()[0],
                        int(self._meta("last_capture_id") or 0))
+            now = time.time()
+            days = self.retention_days()
             self.db.execute(
-                "INSERT INTO captures (id, key, source, kind, width, height, frames, settings, stage, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'detect', ?)",
-                (last + 1, key, source, kind, width, height, frames_json, json.dumps(settings), time.time()),
+                "INSERT INTO captures (id, key, source, kind, width, height, frames, settings, stage, created_at,"
+                " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'detect', ?, ?)",
+                (last + 1, key, source, kind, width, height, frames_json, json.dumps(settings), now,
+                 now + days * 86400 if days else None),
             )
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('last_capture_id', ?)", (str(last + 1),))
         return self.capture(last + 1)
@@ -326,10 +440,11 @@ class Library:
 
     def save_descriptions(self, rows: list[tuple[int, dict, np.ndarray | None, bytes | None]]) -> None:
         """(face id, quality, embedding or None, crop JPEG) for a batch of faces, atomically."""
+        key = self.key() if any(e is not None for _, _, e, _ in rows) else None
         with self.transaction():
             self.db.executemany(
-                "UPDATE faces SET quality = ?, embedding = ?, crop = ?, described = 1 WHERE id = ?",
-                [(json.dumps(q), None if e is None else np.asarray(e, np.float32).tobytes(), c, i)
+                "UPDATE faces SET quality = ?, embedding = ?, crop = ?, described = 1 WHERE id = ? AND erased = 0",
+                [(json.dumps(q), None if e is None else key.seal(np.asarray(e, np.float32).tobytes()), c, i)
                  for i, q, e, c in rows])
 
     # --- queries --------------------------------------------------------------------
@@ -369,9 +484,9 @@ class Library:
         sources = {c.id: c.frames for c in self.captures()}
         rows = self.db.execute(
             "SELECT f.id, f.capture_id, f.frame, f.x, f.y, f.w, f.h, f.score, f.landmarks, f.quality,"
-            f" f.embedding IS NOT NULL FROM faces f {where}", args)
+            f" f.embedding IS NOT NULL, f.erased FROM faces f {where}", args)
         return [Face(r[0], r[1], sources[r[1]][r[2]].path, (r[3], r[4], r[5], r[6]), r[7],
-                     json.loads(r[8]), json.loads(r[9]) if r[9] else {}, bool(r[10])) for r in rows]
+                     json.loads(r[8]), json.loads(r[9]) if r[9] else {}, bool(r[10]), bool(r[11])) for r in rows]
 
     def embeddings(self, capture_ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(face ids, (N, 128) float32) of every described face in the given captures."""
@@ -381,16 +496,126 @@ class Library:
             ids = list(capture_ids)
             sql += f" AND capture_id IN ({','.join('?' * len(ids))})"
             args = tuple(ids)
+        key = self.key()  # before the query: a library without its key is not searchable at all
         rows = self.db.execute(sql + " ORDER BY id", args).fetchall()
         if not rows:
             return np.zeros((0,), np.int64), np.zeros((0, EMBEDDING_DIM), np.float32)
         return (np.array([r[0] for r in rows], np.int64),
-                np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
+                np.stack([np.frombuffer(key.unseal(r[1]), np.float32) for r in rows]))
 
     def crop(self, face_id: int) -> bytes | None:
         row = self.db.execute("SELECT crop FROM faces WHERE id = ?", (face_id,)).fetchone()
         return row[0] if row else None
 
+
+    # --- consent: people who asked to stay visible -------------------------------------
+    def add_consent(self, capture_id: int, name: str, note: str, embedding: np.ndarray) -> Consent:
+        sealed = self.key().seal(np.asarray(embedding, np.float32).tobytes(), b"consent")
+        with self.transaction():
+            cur = self.db.execute("INSERT INTO consents (capture_id, name, note, embedding, created_at)"
+                                  " VALUES (?, ?, ?, ?, ?)", (capture_id, name, note, sealed, time.time()))
+        return next(c for c in self.consents(capture_id) if c.id == cur.lastrowid)
+
+    def consents(self, capture_id: int | None = None) -> list[Consent]:
+        where, args = ("WHERE capture_id = ?", (capture_id,)) if capture_id is not None else ("", ())
+        rows = self.db.execute(f"SELECT id, capture_id, name, note, created_at FROM consents {where} ORDER BY id",
+                               args)
+        return [Consent(*r) for r in rows]
+
+    def consent_embeddings(self, capture_id: int) -> tuple[list[Consent], np.ndarray]:
+        consents = self.consents(capture_id)
+        if not consents:
+            return [], np.zeros((0, EMBEDDING_DIM), np.float32)
+        key = self.key()
+        rows = dict(self.db.execute("SELECT id, embedding FROM consents WHERE capture_id = ?", (capture_id,)))
+        return consents, np.stack([np.frombuffer(key.unseal(rows[c.id], b"consent"), np.float32) for c in consents])
+
+    def remove_consent(self, consent_id: int) -> Consent:
+        found = [c for c in self.consents() if c.id == consent_id]
+        if not found:
+            raise GigafaceError(f"{self.path}: no consent {consent_id}")
+        with self.transaction():
+            self.db.execute("DELETE FROM consents WHERE id = ?", (consent_id,))
+        return found[0]
+
+    # --- erasure -------------------------------------------------------------------------
+    def erase_faces(self, face_ids: Iterable[int]) -> int:
+        """Drop the embeddings and crops of these faces, for good, and mark them to be
+        blurred everywhere; returns how many were not erased before."""
+        ids = [int(i) for i in face_ids]
+        erased = 0
+        with self.transaction():
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                cur = self.db.execute(
+                    f"UPDATE faces SET embedding = NULL, crop = NULL, erased = 1, described = 1"
+                    f" WHERE erased = 0 AND id IN ({','.join('?' * len(chunk))})", chunk)
+                erased += cur.rowcount
+        self.flush_deleted()
+        return erased
+
+    def flush_deleted(self) -> None:
+        """Move the WAL, whose pages still hold what was just deleted, into the main file
+        (where secure_delete has zeroed it) and empty it. Best effort while others read."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # --- retention -----------------------------------------------------------------------
+    def retention_days(self) -> float | None:
+        """Days a new capture is kept (None: until removed by hand)."""
+        value = self._meta("retention_days")
+        return None if value in (None, "none") else float(value)
+
+    def set_retention(self, days: float | None, existing: bool = False) -> None:
+        """The library's retention for new captures; `existing` re-dates the captures it has
+        from their creation time too."""
+        if days is not None and not 0 < days <= 36500:
+            raise GigafaceError("retention is more than 0 and at most 36,500 days (100 years), or --forever")
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('retention_days', ?)",
+                            ("none" if days is None else repr(float(days)),))
+            if existing:
+                self.db.execute("UPDATE captures SET expires_at = CASE WHEN ? IS NULL THEN NULL"
+                                " ELSE created_at + ? * 86400 END", (days, days))
+
+    def set_expiry(self, capture_id: int, expires_at: float | None) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE captures SET expires_at = ? WHERE id = ?", (expires_at, capture_id))
+
+    def expired(self, now: float | None = None) -> list[CaptureRecord]:
+        now = time.time() if now is None else now
+        return [c for c in self.captures() if c.expires_at is not None and c.expires_at <= now]
+
+    def drop_embeddings(self, capture_id: int) -> int:
+        """A capture's templates first, in their own transaction: if removing the rest is
+        interrupted, what is left is no longer biometric."""
+        with self.transaction():
+            cur = self.db.execute("UPDATE faces SET embedding = NULL WHERE capture_id = ? AND embedding IS NOT NULL",
+                                  (capture_id,))
+            self.db.execute("DELETE FROM consents WHERE capture_id = ?", (capture_id,))
+        return cur.rowcount
+
+    # --- the audit log -------------------------------------------------------------------
+    def record_search(self, who: str, purpose: str, capture_ids: Iterable[int], reference: np.ndarray,
+                      results: int, matches: int) -> None:
+        digest = hashlib.sha256(np.asarray(reference, np.float32).tobytes()).hexdigest()
+        with self.transaction():
+            self.db.execute("INSERT INTO searches (at, who, purpose, captures, reference_hash, results, matches)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (time.time(), who, purpose, json.dumps(sorted(int(c) for c in capture_ids)), digest,
+                             results, matches))
+
+    def audit(self, since: float | None = None, limit: int | None = None) -> list[AuditEntry]:
+        sql = "SELECT id, at, who, purpose, captures, reference_hash, results, matches FROM searches"
+        args: list = []
+        if since is not None:
+            sql += " WHERE at >= ?"
+            args.append(since)
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [AuditEntry(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7])
+                for r in self.db.execute(sql, args)]
 
     # --- background jobs (the service) ---------------------------------------------------
     def put_job(self, capture_id: int, state: str = "queued", stage: str = "detect",
@@ -448,6 +673,18 @@ class Library:
             raise GigafaceError(f"{self.path}: no token {token_id}")
 
 
+def _statements(script: str) -> list[str]:
+    """A script's statements, one by one (a trigger's body holds semicolons of its own)."""
+    statements, current = [], ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \n;"):
+                statements.append(current.strip())
+            current = ""
+    return statements
+
+
 class _Transaction:
     def __init__(self, db: sqlite3.Connection):
         self.db = db
@@ -462,10 +699,11 @@ class _Transaction:
 
 
 _JOB_COLUMNS = "capture_id, state, stage, done, total, faces, error, owned_file, updated_at"
-_CAPTURE_COLUMNS = "id, key, source, kind, width, height, frames, settings, stage, created_at, finished_at, elapsed"
+_CAPTURE_COLUMNS = ("id, key, source, kind, width, height, frames, settings, stage, created_at, finished_at,"
+                    " elapsed, expires_at")
 
 
 def _capture(row) -> CaptureRecord:
     frames = tuple(Frame(**f) for f in json.loads(row[6]))
     return CaptureRecord(row[0], row[1], row[2], row[3], row[4], row[5], frames, json.loads(row[7]),
-                         row[8], row[9], row[10], row[11])
+                         row[8], row[9], row[10], row[11], row[12])

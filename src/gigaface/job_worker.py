@@ -14,14 +14,16 @@ import os
 import sys
 import time
 
+from . import consent
 from . import describe as describing
-from .anonymise import anonymise
+from .anonymise import anonymise, blurred
 from .artifacts import capture_files
 from .errors import GigafaceError
 from .index import CaptureRecord, Library
 from .plan import Settings
-from .pyramid import build_pyramid, composed
+from .pyramid import build_pyramid, composed, remove_pyramid
 from .scan_job import Reporter, capture_key, scan_path
+from .source import open_sequential
 
 PROGRESS_EVERY = 0.5  # s between progress writes: readers poll the row
 
@@ -97,22 +99,59 @@ def _scan(library: Library, capture: CaptureRecord, reporter: JobReporter) -> Ca
 def _pyramids(library: Library, capture: CaptureRecord, files, reporter: JobReporter) -> None:
     if not os.path.exists(files.pyramid):
         reporter.stage("pyramid", 100)
-        build_pyramid(composed(capture.frames), files.pyramid, reporter.percent)
+        build_pyramid(composed(capture.frames, originals(library, capture)), files.pyramid, reporter.percent)
     exports = files.exports(capture.frames)
     if not os.path.exists(files.public_pyramid) or not all(map(os.path.exists, exports)):
         reporter.stage("export", 100)
         write_exports(library, capture, exports)
-        build_pyramid(composed(capture.frames, exports), files.public_pyramid, reporter.percent)
+        build_pyramid(composed(capture.frames, [open_sequential(p) for p in exports]), files.public_pyramid,
+                      reporter.percent)
+
+
+def originals(library: Library, capture: CaptureRecord) -> list:
+    """Each frame as the viewer's own pyramid shows it: untouched, but for the faces of
+    people who asked to be forgotten, which are blurred there too."""
+    erased = [f for f in library.faces(capture.id) if f.erased]
+    return [blurred(frame.path, _boxes_in(frame, [f for f in erased if f.source == frame.path]))
+            if any(f.source == frame.path for f in erased) else open_sequential(frame.path)
+            for frame in capture.frames]
 
 
 def write_exports(library: Library, capture: CaptureRecord, exports: list[str]) -> int:
-    """Each frame with every face blurred, written atomically; returns faces blurred."""
-    faces = library.faces(capture.id)
-    blurred = 0
+    """Each frame with every face blurred but consented matches, written atomically;
+    returns faces blurred."""
+    shown = consent.revealed(library, capture.id)
+    faces = [f for f in library.faces(capture.id) if f.id not in shown]
+    blurred_count = 0
     for frame, out in zip(capture.frames, exports):
-        boxes = [(f.box[0] - frame.x, f.box[1] - frame.y, f.box[2], f.box[3]) for f in faces if f.source == frame.path]
-        blurred += anonymise(frame.path, boxes, out)
-    return blurred
+        blurred_count += anonymise(frame.path, _boxes_in(frame, [f for f in faces if f.source == frame.path]), out)
+    return blurred_count
+
+
+def _boxes_in(frame, faces) -> list[tuple[float, float, float, float]]:
+    return [(f.box[0] - frame.x, f.box[1] - frame.y, f.box[2], f.box[3]) for f in faces]
+
+
+def stale(db: str, capture_id: int, originals_too: bool) -> None:
+    """Remove a capture's exports and public pyramid (and with `originals_too` its own
+    pyramid) after consent or erasure changed who is shown: nothing outdated stays served
+    while the next job makes them again."""
+    files = capture_files(db, capture_id)
+    try:
+        capture = Library(db).capture(capture_id)
+    except GigafaceError:
+        return
+    remove_pyramid(files.public_pyramid)
+    if originals_too:
+        remove_pyramid(files.pyramid)
+    for path in files.exports(capture.frames):
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def has_files(db: str, capture_id: int) -> bool:
+    files = capture_files(db, capture_id)
+    return os.path.exists(files.pyramid) or os.path.exists(files.public_pyramid)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,17 +21,19 @@ TILE = 254      # + 1 px overlap each side = 256-px tiles, OpenSeadragon's defau
 QUALITY = 85
 
 
-def composed(frames: Sequence[Frame], paths: Sequence[str] | None = None) -> pyvips.Image:
+def composed(frames: Sequence[Frame], images: Sequence[pyvips.Image] | None = None) -> pyvips.Image:
     """The capture's panorama as one lazy image: a single image as is, camera-array frames
-    placed at their offsets on black (each frame is still decoded top to bottom)."""
-    paths = list(paths) if paths is not None else [f.path for f in frames]
+    placed at their offsets on black (each frame is still decoded top to bottom). `images`
+    replaces the frames' files, e.g. with blurred copies."""
+    images = list(images) if images is not None else [open_sequential(f.path) for f in frames]
+    images = [as_rgb8(image) for image in images]
     if len(frames) == 1 and frames[0].x == 0 and frames[0].y == 0:
-        return as_rgb8(open_sequential(paths[0]))
+        return images[0]
     width = max(f.x + f.width for f in frames)
     height = max(f.y + f.height for f in frames)
     canvas = pyvips.Image.black(width, height, bands=3).cast("uchar").copy(interpretation="srgb")
-    for frame, path in zip(frames, paths):
-        canvas = canvas.insert(as_rgb8(open_sequential(path)), frame.x, frame.y)
+    for frame, image in zip(frames, images):
+        canvas = canvas.insert(image, frame.x, frame.y)
     return canvas
 
 

@@ -1,6 +1,7 @@
 """Find a person: reference photos -> one embedding -> faces ranked by distance."""
 from __future__ import annotations
 
+import getpass
 import os
 import tempfile
 from dataclasses import dataclass
@@ -113,6 +114,25 @@ def rank(library: Library, refs: list[Reference], capture_ids: list[int] | None 
     faces = {f.id: f for f in library.faces_by_id([int(ids[i]) for i in order])}
     return [Match(k + 1, faces[int(ids[i])], float(distances[i]), bool(distances[i] <= threshold))
             for k, i in enumerate(order)]
+
+
+def audited_rank(library: Library, refs: list[Reference], capture_ids: list[int] | None, who: str,
+                 top: int | None = None, threshold: float = DEFAULT_THRESHOLD, purpose: str = "search") -> list[Match]:
+    """`rank`, recorded in the library's audit log: when, who, which captures, a hash of
+    the reference embedding and how many results. Every search goes through here."""
+    matches = rank(library, refs, capture_ids, top=top, threshold=threshold)
+    searched = capture_ids if capture_ids is not None else [c.id for c in library.captures()]
+    library.record_search(who, purpose, searched, np.mean([r.embedding for r in refs], axis=0),
+                          len(matches), sum(m.match for m in matches))
+    return matches
+
+
+def local_user() -> str:
+    """Who searches from this computer's command line or Python API, for the audit log."""
+    try:
+        return f"local {getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"local uid {os.getuid()}"
 
 
 def contact_sheet(library: Library, matches: list[Match], out: str, columns: int = 6) -> str:

@@ -1,0 +1,61 @@
+"""Erasure on request: find a person's faces in every capture and forget them.
+
+Their embeddings and crops are deleted for good (secure_delete zeroes the freed pages),
+the faces stay as bare boxes marked `erased`, so every export and pyramid blurs them from
+then on, and any consent that matches them is withdrawn. The caller rebuilds the files
+of the captures named in the report (`job_worker.stale` + a job).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .index import Library
+from .search import DEFAULT_THRESHOLD, Reference, audited_rank
+
+
+@dataclass
+class CaptureErasure:
+    capture: int
+    faces: list[int] = field(default_factory=list)
+    boxes: list[list[float]] = field(default_factory=list)
+    consents: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ErasureReport:
+    threshold: float
+    captures: list[CaptureErasure]
+
+    @property
+    def faces(self) -> int:
+        return sum(len(c.faces) for c in self.captures)
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold, "faces_erased": self.faces,
+                "consents_removed": sum(len(c.consents) for c in self.captures),
+                "captures": [c.__dict__ for c in self.captures]}
+
+
+def forget(library: Library, refs: list[Reference], who: str, threshold: float = DEFAULT_THRESHOLD) -> ErasureReport:
+    """Erase every face within `threshold` of the person in `refs`, in every capture.
+
+    The threshold is the search's, not the stricter reveal one: here a missed face is the
+    costly mistake, and a stranger erased by error only becomes unsearchable and blurred.
+    """
+    matches = [m for m in audited_rank(library, refs, None, who, threshold=threshold, purpose="erasure") if m.match]
+    by_capture: dict[int, CaptureErasure] = {}
+    for m in matches:
+        entry = by_capture.setdefault(m.face.capture, CaptureErasure(m.face.capture))
+        entry.faces.append(m.face.id)
+        entry.boxes.append([round(v, 1) for v in m.face.box])
+    target = np.mean([r.embedding for r in refs], axis=0)
+    for capture in library.captures():
+        consents, templates = library.consent_embeddings(capture.id)
+        for consent, template in zip(consents, templates):
+            if np.linalg.norm(template - target) <= threshold:
+                library.remove_consent(consent.id)
+                by_capture.setdefault(capture.id, CaptureErasure(capture.id)).consents.append(consent.id)
+    library.erase_faces([m.face.id for m in matches])
+    return ErasureReport(threshold, [by_capture[c] for c in sorted(by_capture)])

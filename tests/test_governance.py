@@ -1,0 +1,243 @@
+"""Consent, erasure, the audit log, retention and embeddings encrypted at rest, through the
+real `gigaface` command on a small stadium (strangers and one target with a reference photo)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from gigaface.demo_scene import build_stadium
+from gigaface.index import Library
+from tests.helpers import iou, read_image, run_cli
+
+
+@pytest.fixture(scope="module")
+def stadium(tmp_path_factory):
+    """A 1.5-MP stadium, scanned once; each test works on its own copy of the library."""
+    folder = tmp_path_factory.mktemp("governance")
+    built = build_stadium(folder, megapixels=1.5, occupancy=0.4)
+    db = folder / "lib.db"
+    done = run_cli("scan", built.panorama, "--db", db, "--quiet")
+    assert done.returncode == 0, done.stderr
+    return built, db
+
+
+@pytest.fixture
+def lib(stadium, tmp_path):
+    """(scene, a fresh copy of the scanned library and its key file)."""
+    built, db = stadium
+    copy = tmp_path / "lib.db"
+    Library(str(db)).flush_deleted()  # everything in the main file, so a copy of it is whole
+    shutil.copy(db, copy)
+    shutil.copy(str(db) + ".key", str(copy) + ".key")
+    return built, copy
+
+
+def ok(*args) -> str:
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def fails(*args) -> str:
+    """The command's one-line error (exit 2, no traceback)."""
+    done = run_cli(*args)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gigaface: error: "), done.stderr
+    return lines[0]
+
+
+def target_face(built, db) -> dict:
+    faces = json.loads(ok("faces", db, "--json"))
+    best = max(faces, key=lambda f: iou(f["box"], built.target_box))
+    assert iou(best["box"], built.target_box) > 0.4
+    return best
+
+
+def detail(rgb: np.ndarray, box) -> float:
+    """High-frequency energy inside the middle of a face box: what a blur removes."""
+    x, y, w, h = box
+    crop = rgb[int(y + h * 0.2) : int(y + h * 0.8), int(x + w * 0.2) : int(x + w * 0.8)]
+    return float(cv2.Laplacian(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), cv2.CV_32F).var())
+
+
+# --- encryption at rest -----------------------------------------------------------------
+def test_embeddings_are_sealed_in_the_file(lib):
+    _, db = lib
+    key_file = Path(str(db) + ".key")
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    library = Library(str(db))
+    ids, vectors = library.embeddings()
+    assert len(ids) > 20
+    raw = dict(sqlite3.connect(db).execute("SELECT id, embedding FROM faces WHERE embedding IS NOT NULL"))
+    for face_id, vector in zip(ids[:20], vectors[:20]):
+        sealed = raw[int(face_id)]
+        assert len(sealed) == 128 * 4 + 12 + 16  # nonce + ciphertext + tag
+        assert vector.tobytes() not in sealed and vector.tobytes()[:16] not in sealed
+
+
+def test_without_the_key_a_library_lists_but_does_not_search(lib, tmp_path):
+    built, db = lib
+    key_file = Path(str(db) + ".key")
+    elsewhere = tmp_path / "kept-apart.key"
+    key_file.rename(elsewhere)
+    assert "stadium.jpg" in ok("captures", db)
+    assert len(json.loads(ok("faces", db, "--json"))) > 20
+    message = fails("find", db, "--photo", built.reference)
+    assert "encrypted" in message and "--key-file" in message
+    assert "rank" in ok("--key-file", elsewhere, "find", db, "--photo", built.reference, "--top", "1")
+    os.environ["GIGAFACE_KEY"] = elsewhere.read_text().strip()
+    try:
+        assert "rank" in ok("find", db, "--photo", built.reference, "--top", "1")
+    finally:
+        del os.environ["GIGAFACE_KEY"]
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text("A" * 43 + "=\n")
+    assert "not this library's key" in fails("--key-file", wrong, "find", db, "--photo", built.reference)
+    garbage = tmp_path / "garbage.key"
+    garbage.write_text("not a key")
+    assert "not a gigaface key" in fails("--key-file", garbage, "captures", db)
+
+
+def test_an_older_library_is_migrated_and_its_embeddings_sealed(lib):
+    _, db = lib
+    ids, vectors = Library(str(db)).embeddings()
+    # Turn the copy back into a schema-2 library: plain embeddings, no governance tables.
+    key = Library(str(db)).key()
+    con = sqlite3.connect(db, isolation_level=None)
+    con.executescript("DROP TABLE consents; DROP TABLE searches; ALTER TABLE faces DROP COLUMN erased;"
+                      " ALTER TABLE captures DROP COLUMN expires_at;"
+                      " DELETE FROM meta WHERE key IN ('key_check', 'retention_days');"
+                      " UPDATE meta SET value = '2' WHERE key = 'schema';")
+    con.executemany("UPDATE faces SET embedding = ? WHERE id = ?",
+                    [(key.unseal(blob), i) for i, blob in con.execute("SELECT id, embedding FROM faces"
+                                                                      " WHERE embedding IS NOT NULL").fetchall()])
+    con.close()
+    migrated = Library(str(db))
+    again_ids, again = migrated.embeddings()
+    assert np.array_equal(ids, again_ids) and np.array_equal(vectors, again)
+    assert migrated.captures()[0].expires_at > time.time() + 29 * 86400  # dated from the migration
+    sealed = sqlite3.connect(db).execute("SELECT embedding FROM faces WHERE id = ?", (int(ids[0]),)).fetchone()[0]
+    assert vectors[0].tobytes() not in sealed
+
+
+# --- consent -------------------------------------------------------------------------------
+def test_consent_reveals_only_the_person_in_exports(lib, tmp_path):
+    built, db = lib
+    target = target_face(built, db)
+    out = ok("consent", "add", db, "--photo", built.reference, "--name", "Eileen", "--note", "form 12")
+    assert f"shown unblurred: face {target['id']}" in out
+    listed = json.loads(ok("consent", "list", db, "--json"))
+    assert [(c["name"], c["note"], c["faces_shown"]) for c in listed] == [("Eileen", "form 12", [target["id"]])]
+    assert abs(listed[0]["created_at"] - time.time()) < 600
+
+    export = tmp_path / "public.jpg"
+    ok("blur", built.panorama, "--db", db, "--out", export)
+    original, public = read_image(built.panorama), read_image(export)
+    assert detail(public, target["box"]) > 0.8 * detail(original, target["box"])  # shown
+    others = [f for f in json.loads(ok("faces", db, "--json")) if f["id"] != target["id"] and f["box"][3] >= 24]
+    blurred = [detail(public, f["box"]) < 0.5 * detail(original, f["box"]) for f in others]
+    assert len(others) > 20 and all(blurred)
+
+    ok("consent", "remove", db, str(listed[0]["id"]))
+    assert json.loads(ok("consent", "list", db, "--json")) == []
+    ok("blur", built.panorama, "--db", db, "--out", export)
+    assert detail(read_image(export), target["box"]) < 0.5 * detail(original, target["box"])
+
+
+def test_consent_errors(lib, tmp_path):
+    built, db = lib
+    blank = tmp_path / "blank.jpg"
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
+    assert "no face" in fails("consent", "add", db, "--photo", blank, "--name", "Nobody")
+    assert "no consent 99" in fails("consent", "remove", db, "99")
+    assert "no capture 7" in fails("consent", "add", db, "--photo", built.reference, "--name", "X", "--capture", "7")
+    assert Library(str(db)).consents() == []
+
+
+# --- erasure -------------------------------------------------------------------------------
+def test_forget_erases_the_person_everywhere_and_for_good(lib, tmp_path):
+    built, db = lib
+    target = target_face(built, db)
+    ok("consent", "add", db, "--photo", built.reference, "--name", "Eileen")
+    before = sqlite3.connect(db).execute("SELECT embedding, crop FROM faces WHERE id = ?", (target["id"],)).fetchone()
+    assert before[0] and before[1]
+
+    report = json.loads(ok("forget", db, "--photo", built.reference, "--json"))
+    assert report["faces_erased"] >= 1 and report["consents_removed"] == 1
+    erased_ids = report["captures"][0]["faces"]
+    assert target["id"] in erased_ids and len(erased_ids) <= 3  # the person, not the crowd
+
+    con = sqlite3.connect(db)
+    row = con.execute("SELECT embedding, crop, erased FROM faces WHERE id = ?", (target["id"],)).fetchone()
+    assert row == (None, None, 1)
+    con.close()
+    for path in (db, Path(str(db) + "-wal")):  # not lingering in freed pages or the WAL either
+        if path.exists():
+            data = path.read_bytes()
+            assert before[0] not in data and before[1][-200:] not in data  # (JPEG headers are all alike)
+    faces = {f["id"]: f for f in json.loads(ok("faces", db, "--json"))}
+    assert faces[target["id"]]["erased"] and not faces[target["id"]]["embedded"]
+
+    found = json.loads(ok("find", db, "--photo", built.reference, "--json", "--top", "3"))
+    assert target["id"] not in [m["face_id"] for m in found] and not any(m["match"] for m in found)
+    assert json.loads(ok("consent", "list", db, "--json")) == []
+    # a consent from the same photo cannot bring the erased face back
+    ok("consent", "add", db, "--photo", built.reference, "--name", "Eileen again")
+    export = tmp_path / "public.jpg"
+    ok("blur", built.panorama, "--db", db, "--out", export)
+    original = read_image(built.panorama)
+    assert detail(read_image(export), target["box"]) < 0.5 * detail(original, target["box"])
+
+
+# --- audit log -----------------------------------------------------------------------------
+def test_every_search_is_audited_and_the_log_is_append_only(lib):
+    built, db = lib
+    ok("find", db, "--photo", built.reference, "--top", "5")
+    ok("find", db, "--photo", built.reference, "--top", "2")
+    ok("forget", db, "--photo", built.reference)
+    log = json.loads(ok("audit", db, "--json"))
+    assert [e["purpose"] for e in log] == ["search", "search", "erasure"]
+    assert [e["results"] for e in log[:2]] == [5, 2] and log[0]["matches"] >= 1
+    assert log[0]["who"].startswith("local ") and log[0]["captures"] == [1]
+    assert log[0]["reference_hash"] == log[1]["reference_hash"] and len(log[0]["reference_hash"]) == 64
+    assert "3 search(es)" in ok("audit", db)
+    con = sqlite3.connect(db)
+    for statement in ("DELETE FROM searches", "UPDATE searches SET who = 'nobody'"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            con.execute(statement)
+    assert con.execute("SELECT COUNT(*) FROM searches").fetchone()[0] == 3
+
+
+# --- retention -----------------------------------------------------------------------------
+def test_captures_expire_and_purge_removes_them(lib):
+    built, db = lib
+    library = Library(str(db))
+    capture = library.captures()[0]
+    assert abs(capture.expires_at - capture.created_at - 30 * 86400) < 1
+    assert "30 days" in ok("retention", db)
+    ok("retention", db, "--days", "7", "--existing")
+    assert abs(Library(str(db)).captures()[0].expires_at - capture.created_at - 7 * 86400) < 1
+
+    files = Path(str(db) + ".files") / f"capture-{capture.id}"
+    files.mkdir(parents=True)
+    (files / "anonymised.jpg").write_bytes(b"x")
+    assert "0 capture(s) removed" in ok("purge", db)
+    Library(str(db)).set_expiry(capture.id, time.time() - 1)
+    assert json.loads(ok("purge", db, "--dry-run", "--json"))[0]["capture"] == capture.id
+    assert Library(str(db)).captures()  # a dry run removes nothing
+    purged = json.loads(ok("purge", db, "--json"))
+    assert purged[0]["capture"] == capture.id and purged[0]["embeddings"] > 20
+    assert Library(str(db)).captures() == [] and not files.exists()
+    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM faces").fetchone()[0] == 0
+    assert "expired" not in ok("captures", db)
+    assert "at most 36,500 days" in fails("retention", db, "--days", "-1")
