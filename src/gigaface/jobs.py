@@ -25,6 +25,7 @@ class JobRunner:
         self.stopping = threading.Event()
         self.current: subprocess.Popen | None = None
         self.current_capture: int | None = None
+        self.cancelled: set[int] = set()   # stopped on purpose: not a failure
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._loop, name="gigaface-jobs", daemon=True)
 
@@ -54,9 +55,11 @@ class JobRunner:
         self.wake.set()
 
     def cancel(self, capture_id: int) -> None:
-        """Stop the capture's job if it is the one running (it is about to be deleted)."""
+        """Stop the capture's job if it is the one running (it is about to be deleted, or
+        redone with other consents)."""
         with self.lock:
             if self.current_capture == capture_id and self.current is not None:
+                self.cancelled.add(capture_id)
                 self.current.terminate()
                 try:
                     self.current.wait(timeout=30)
@@ -94,7 +97,9 @@ class JobRunner:
         code = self.current.returncode
         with self.lock:
             self.current = self.current_capture = None
-        if self.stopping.is_set():
+            cancelled = capture_id in self.cancelled
+            self.cancelled.discard(capture_id)
+        if self.stopping.is_set() or cancelled:
             return
         job = library.job(capture_id)
         if job is not None and code != 0 and job.state != "failed":

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import starlette.formparsers
-from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.routing import APIRoute
@@ -36,11 +36,16 @@ from . import __version__
 from .artifacts import capture_files, remove_capture_files, uploads_folder
 from .detector import CenterFace
 from .errors import GigafaceError
-from .index import CaptureRecord, Face, Library
+from . import consent
+from .index import CaptureRecord, Consent, Face, Library
 from .jobs import JobRunner
 from .plan import settings_for
 from .scan_job import capture_key, frames_of
-from .search import DEFAULT_THRESHOLD, rank, reference_from_bytes
+from .consent import revealed
+from .erasure import forget
+from .job_worker import stale
+from .retention import Purged, purge
+from .search import DEFAULT_THRESHOLD, Reference, audited_rank, local_user, reference_from_bytes
 from .source import DEFAULT_MAX_PIXELS
 from .tokens import verify
 
@@ -85,6 +90,7 @@ class CaptureOut(BaseModel):
     error: str | None
     created_at: float
     finished_at: float | None
+    expires_at: float | None = Field(description="when the capture is removed (the library's retention)")
 
 
 class Quality(BaseModel):
@@ -101,6 +107,7 @@ class FaceOut(BaseModel):
     landmarks: list[list[float]]
     quality: Quality
     embedded: bool
+    erased: bool = Field(description="the person asked to be forgotten: no embedding, no crop, always blurred")
 
 
 class FacePage(BaseModel):
@@ -155,6 +162,48 @@ class PublicCapture(BaseModel):
     height: int
 
 
+class ConsentOut(BaseModel):
+    id: int
+    capture: int
+    name: str
+    note: str
+    created_at: float
+    face_shown: int | None = Field(description="the face this consent reveals in the exports, if any")
+
+
+class CaptureErasureOut(BaseModel):
+    capture: int
+    faces: list[int]
+    boxes: list[list[float]]
+    consents: list[int]
+
+
+class ErasureOut(BaseModel):
+    threshold: float
+    faces_erased: int
+    consents_removed: int
+    captures: list[CaptureErasureOut]
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: float
+    who: str
+    purpose: str
+    captures: list[int]
+    reference_hash: str
+    results: int
+    matches: int
+
+
+class PurgedOut(BaseModel):
+    capture: int
+    source: str
+    expired_at: float
+    faces: int
+    embeddings: int
+
+
 class Problem(BaseModel):
     detail: str
 
@@ -169,6 +218,12 @@ class Access:
     role: str
     name: str
     mode: str
+    token_id: int | None = None
+
+    @property
+    def who(self) -> str:
+        """How the audit log names this caller."""
+        return f"token {self.token_id} ({self.name})" if self.token_id is not None else local_user()
 
 
 @dataclass(frozen=True)
@@ -179,6 +234,7 @@ class Config:
     max_upload: int = DEFAULT_MAX_UPLOAD
     max_pixels: int = DEFAULT_MAX_PIXELS
     run_jobs: bool = True
+    purge_every: float = 60.0   # seconds between removals of expired captures
 
 
 class _BodyLimit:
@@ -225,11 +281,25 @@ def create_app(config: Config) -> FastAPI:
             lib = local.library = Library(config.db)
         return lib
 
+    def purge_expired() -> list[Purged]:
+        return purge(library(), config.db, before_remove=runner.cancel if runner is not None else None)
+
+    async def purge_now_and_then() -> None:
+        while True:
+            try:
+                await asyncio.to_thread(purge_expired)
+            except GigafaceError as exc:  # e.g. the library is locked by a long write: next time
+                print(f"gigaface: purge: {exc}", flush=True)
+            await asyncio.sleep(config.purge_every)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         if runner is not None:
             runner.start()
+        purging = asyncio.create_task(purge_now_and_then()) if config.run_jobs else None
         yield
+        if purging is not None:
+            purging.cancel()
         if runner is not None:
             await asyncio.to_thread(runner.stop)
 
@@ -266,7 +336,7 @@ def create_app(config: Config) -> FastAPI:
             raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
         if token.last_used is None or time.time() - token.last_used > 60:
             library().touch_token(token.id)  # at most once a minute: a write costs the scan a lock
-        return Access(token.role, token.name, "token")
+        return Access(token.role, token.name, "token", token.id)
 
     def admin(who: Annotated[Access, Depends(access)]) -> Access:
         if who.role != "admin":
@@ -298,7 +368,7 @@ def create_app(config: Config) -> FastAPI:
             id=c.id, name=os.path.basename(c.source), source=c.source, kind=c.kind, width=c.width,
             height=c.height, state=state, stage=stage, progress=progress, faces=lib.face_count(c.id),
             pyramid=os.path.exists(files.pyramid), export=exports_ready, error=error,
-            created_at=c.created_at, finished_at=c.finished_at)
+            created_at=c.created_at, finished_at=c.finished_at, expires_at=c.expires_at)
 
     # --- health and identity -------------------------------------------------------
     @app.get("/api/health", response_model=Health, tags=["service"])
@@ -463,6 +533,17 @@ def create_app(config: Config) -> FastAPI:
                top: Annotated[int, Query(ge=1, le=1000)] = 20,
                threshold: Annotated[float, Query(gt=0, le=2)] = DEFAULT_THRESHOLD) -> SearchOut:
         capture_or_404(capture_id)
+        library().key()  # a library without its key cannot be searched: say so before any work
+        refs = read_references(photos)
+        matches = audited_rank(library(), refs, [capture_id], who.who, top=top, threshold=threshold)
+        return SearchOut(
+            threshold=threshold, references=[ReferenceOut(name=r.path, faces_in_photo=r.faces_in_photo) for r in refs],
+            matches=[MatchOut(rank=m.rank, face_id=m.face.id, box=[round(v, 1) for v in m.face.box],
+                              distance=round(m.distance, 4), match=m.match, quality=Quality(**m.face.quality))
+                     for m in matches])
+
+    def read_references(photos: list[UploadFile]) -> list[Reference]:
+        """Reference embeddings from uploaded photos, decoded in memory only."""
         if not 1 <= len(photos) <= MAX_PHOTOS:
             raise HTTPException(400, f"give 1 to {MAX_PHOTOS} photos")
         refs = []
@@ -478,12 +559,77 @@ def create_app(config: Config) -> FastAPI:
                     detector_holder.append(CenterFace())
                 refs.append(reference_from_bytes(name, data, detector_holder[0]))
             del data
-        matches = rank(library(), refs, [capture_id], top=top, threshold=threshold)
-        return SearchOut(
-            threshold=threshold, references=[ReferenceOut(name=r.path, faces_in_photo=r.faces_in_photo) for r in refs],
-            matches=[MatchOut(rank=m.rank, face_id=m.face.id, box=[round(v, 1) for v in m.face.box],
-                              distance=round(m.distance, 4), match=m.match, quality=Quality(**m.face.quality))
-                     for m in matches])
+        return refs
+
+    # --- consent, erasure, audit, retention -------------------------------------------
+    def redo_files(capture_id: int, originals_too: bool) -> None:
+        """Who is shown changed: stop the capture's job, remove what shows the wrong people,
+        and queue a job that makes it again."""
+        if runner is not None:
+            runner.cancel(capture_id)
+        stale(config.db, capture_id, originals_too)
+        lib = library()
+        capture = lib.capture(capture_id)
+        lib.put_job(capture_id, stage="pyramid" if capture.stage == "done" else capture.stage)
+        if runner is not None:
+            runner.submit(capture_id)
+
+    def consent_out(c: Consent, shown: dict[int, int]) -> ConsentOut:
+        face = next((f for f, consent_id in shown.items() if consent_id == c.id), None)
+        return ConsentOut(id=c.id, capture=c.capture, name=c.name, note=c.note, created_at=c.created_at,
+                          face_shown=face)
+
+    @app.get("/api/captures/{capture_id:int}/consents", response_model=list[ConsentOut], responses=ERRORS,
+             tags=["consent"], summary="People who asked to be shown unblurred in the capture's exports")
+    def list_consents(capture_id: CaptureId, who: Admin) -> list[ConsentOut]:
+        capture_or_404(capture_id)
+        shown = revealed(library(), capture_id)
+        return [consent_out(c, shown) for c in library().consents(capture_id)]
+
+    @app.post("/api/captures/{capture_id:int}/consents", response_model=ConsentOut, status_code=201,
+              responses={**ERRORS, 413: {"model": Problem}}, tags=["consent"],
+              summary="Add a person's consent from their own photo (the photo is not stored)")
+    def add_consent(capture_id: CaptureId, who: Admin,
+                    photo: Annotated[UploadFile, File(description="the person's own photo")],
+                    name: Annotated[str, Form(min_length=1, max_length=200)],
+                    note: Annotated[str, Form(max_length=2000)] = "") -> ConsentOut:
+        capture_or_404(capture_id)
+        library().key()
+        ref = read_references([photo])[0]
+        added = consent.add(library(), capture_id, ref, name, note)
+        redo_files(capture_id, originals_too=False)
+        return consent_out(added, revealed(library(), capture_id))
+
+    @app.delete("/api/consents/{consent_id:int}", status_code=204, responses=ERRORS, tags=["consent"],
+                summary="Withdraw a consent: the person is blurred again")
+    def remove_consent(consent_id: Annotated[int, PathParam(ge=0, le=2**62)], who: Admin) -> Response:
+        try:
+            removed = library().remove_consent(consent_id)
+        except GigafaceError:
+            raise HTTPException(404, f"no consent {consent_id}") from None
+        redo_files(removed.capture, originals_too=False)
+        return Response(status_code=204)
+
+    @app.post("/api/forget", response_model=ErasureOut, responses={**ERRORS, 413: {"model": Problem}},
+              tags=["consent"], summary="Erase a person on request, in every capture (the photos are not stored)")
+    def forget_person(who: Admin, photos: Annotated[list[UploadFile], File(description="photos of the person")],
+                      threshold: Annotated[float, Query(gt=0, le=2)] = DEFAULT_THRESHOLD) -> ErasureOut:
+        library().key()
+        report = forget(library(), read_references(photos), who.who, threshold)
+        for entry in report.captures:
+            redo_files(entry.capture, originals_too=True)
+        return ErasureOut(**report.to_dict())
+
+    @app.get("/api/audit", response_model=list[AuditOut], responses=ERRORS, tags=["consent"],
+             summary="The audit log: every search, by whom, over which captures")
+    def audit_log(who: Admin, since: Annotated[float | None, Query(ge=0, le=1e11)] = None,
+                  limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> list[AuditOut]:
+        return [AuditOut(**e.__dict__) for e in library().audit(since=since, limit=limit)]
+
+    @app.post("/api/purge", response_model=list[PurgedOut], responses=ERRORS, tags=["consent"],
+              summary="Remove the captures whose retention has passed now (the service also does it every minute)")
+    def purge_now(who: Admin) -> list[PurgedOut]:
+        return [PurgedOut(**p.__dict__) for p in purge_expired()]
 
     # --- exports and pyramids ------------------------------------------------------
     @app.get("/api/captures/{capture_id:int}/export", response_class=FileResponse, tags=["exports"],
@@ -588,7 +734,7 @@ def create_app(config: Config) -> FastAPI:
 def _face_out(f: Face) -> FaceOut:
     return FaceOut(id=f.id, capture=f.capture, box=[round(v, 1) for v in f.box], score=round(f.score, 4),
                    landmarks=[[round(x, 1), round(y, 1)] for x, y in f.landmarks],
-                   quality=Quality(**f.quality), embedded=f.embedded)
+                   quality=Quality(**f.quality), embedded=f.embedded, erased=f.erased)
 
 
 def _safe_name(filename: str) -> str:

@@ -1,0 +1,142 @@
+"""Consent, erasure, audit and retention through the REST service, against a real server:
+the exports and pyramids it serves change with who consented or asked to be forgotten."""
+from __future__ import annotations
+
+import math
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from gigaface.index import Library
+from tests.helpers import iou, run_cli
+from tests.server import Server, make_token
+from tests.test_governance import detail, stadium  # noqa: F401  (the scanned stadium fixture)
+
+TILE = 254
+
+
+@pytest.fixture(scope="module")
+def site(stadium):  # noqa: F811
+    built, db = stadium
+    db = db.parent / "served.db"
+    assert run_cli("scan", built.panorama, "--db", db, "--quiet").returncode == 0
+    admin, viewer = make_token(db, "admin"), make_token(db, "viewer")
+    with Server(db, "--public", token=admin) as server:
+        capture = server.wait_for(1)  # the CLI's scan gets its pyramids and exports from the service
+        assert capture["state"] == "done" and capture["export"], capture
+        faces = server.client.get("/api/captures/1/faces", params={"limit": 10_000}).json()["items"]
+        target = max(faces, key=lambda f: iou(f["box"], built.target_box))
+        yield {"server": server, "built": built, "db": db, "admin": admin, "viewer": viewer, "target": target,
+               "original": cv2.cvtColor(cv2.imread(str(built.panorama)), cv2.COLOR_BGR2RGB)}
+
+
+def as_viewer(site):
+    import httpx
+
+    return httpx.Client(base_url=site["server"].url, headers={"Authorization": f"Bearer {site['viewer']}"},
+                        timeout=120)
+
+
+def reference(site) -> dict:
+    return {"photo": ("me.jpg", site["built"].reference.read_bytes(), "image/jpeg")}
+
+
+def wait_rebuilt(server: Server, capture_id: int = 1) -> dict:
+    """The capture's job, queued again by a change of who is shown, is done."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        capture = server.client.get(f"/api/captures/{capture_id}").json()
+        if capture["state"] == "done" and capture["export"] and capture["pyramid"]:
+            return capture
+        assert capture["state"] != "failed", capture
+        time.sleep(0.3)
+    raise AssertionError("the exports were not rebuilt in 240 s")
+
+
+def export(site) -> np.ndarray:
+    r = site["server"].client.get("/api/captures/1/export")
+    assert r.status_code == 200
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def pyramid_image(site, which: str) -> np.ndarray:
+    """The deepest level of a DeepZoom pyramid put back together from its tiles."""
+    height, width = site["original"].shape[:2]
+    level = math.ceil(math.log2(max(width, height)))
+    image = np.zeros((height, width, 3), np.uint8)
+    for row in range(math.ceil(height / TILE)):
+        for col in range(math.ceil(width / TILE)):
+            r = site["server"].client.get(f"/api/captures/1/{which}_files/{level}/{col}_{row}.jpg")
+            assert r.status_code == 200
+            tile = cv2.cvtColor(cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            x0, y0 = col * TILE - (col > 0), row * TILE - (row > 0)  # one pixel of overlap on inner edges
+            image[y0 : y0 + tile.shape[0], x0 : x0 + tile.shape[1]] = tile[: height - y0, : width - x0]
+    return image
+
+
+def test_governance_routes_are_for_admins(site):
+    viewer = as_viewer(site)
+    assert viewer.get("/api/captures/1/consents").status_code == 403
+    assert viewer.post("/api/captures/1/consents", files=reference(site), data={"name": "x"}).status_code == 403
+    assert viewer.delete("/api/consents/1").status_code == 403
+    assert viewer.post("/api/forget", files={"photos": reference(site)["photo"]}).status_code == 403
+    assert viewer.get("/api/audit").status_code == 403
+    assert viewer.post("/api/purge").status_code == 403
+
+
+def test_searches_are_audited_with_the_token(site):
+    before = len(site["server"].client.get("/api/audit").json())
+    r = as_viewer(site).post("/api/captures/1/search", files={"photos": reference(site)["photo"]},
+                             params={"top": 4})
+    assert r.status_code == 200 and r.json()["matches"][0]["face_id"] == site["target"]["id"]
+    log = site["server"].client.get("/api/audit").json()
+    assert len(log) == before + 1
+    entry = log[-1]
+    assert entry["who"].startswith("token ") and "(viewer)" in entry["who"]
+    assert (entry["purpose"], entry["captures"], entry["results"]) == ("search", [1], 4)
+    assert entry["matches"] == sum(m["match"] for m in r.json()["matches"])
+
+
+def test_consent_shows_the_person_in_the_export_and_public_view(site):
+    server, target, original = site["server"], site["target"], site["original"]
+    assert detail(export(site), target["box"]) < 0.5 * detail(original, target["box"])
+    r = server.client.post("/api/captures/1/consents", files=reference(site), data={"name": "Eileen", "note": "form"})
+    assert r.status_code == 201, r.text
+    consent = r.json()
+    assert consent["face_shown"] == target["id"] and consent["name"] == "Eileen"
+    wait_rebuilt(server)
+    assert detail(export(site), target["box"]) > 0.8 * detail(original, target["box"])
+    assert detail(pyramid_image(site, "public"), target["box"]) > 0.6 * detail(original, target["box"])
+    assert [c["id"] for c in server.client.get("/api/captures/1/consents").json()] == [consent["id"]]
+
+    assert server.client.delete(f"/api/consents/{consent['id']}").status_code == 204
+    assert server.client.delete(f"/api/consents/{consent['id']}").status_code == 404
+    wait_rebuilt(server)
+    assert detail(export(site), target["box"]) < 0.5 * detail(original, target["box"])
+
+
+def test_forget_blurs_the_person_even_in_the_original_pyramid(site):
+    server, target, original = site["server"], site["target"], site["original"]
+    assert detail(pyramid_image(site, "pyramid"), target["box"]) > 0.6 * detail(original, target["box"])
+    r = server.client.post("/api/forget", files={"photos": reference(site)["photo"]})
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert target["id"] in report["captures"][0]["faces"] and report["faces_erased"] <= 3
+    wait_rebuilt(server)
+    assert detail(pyramid_image(site, "pyramid"), target["box"]) < 0.5 * detail(original, target["box"])
+    assert server.client.get(f"/api/faces/{target['id']}/crop.jpg").status_code == 404
+    assert server.client.get(f"/api/faces/{target['id']}").json()["erased"] is True
+    found = server.client.post("/api/captures/1/search", files={"photos": reference(site)["photo"]}).json()
+    assert target["id"] not in [m["face_id"] for m in found["matches"]]
+    assert [e["purpose"] for e in server.client.get("/api/audit").json()][-2:] == ["erasure", "search"]
+
+
+def test_the_service_purges_expired_captures(site):
+    server = site["server"]
+    Library(str(site["db"])).set_expiry(1, time.time() - 60)
+    purged = server.client.post("/api/purge").json()
+    assert [p["capture"] for p in purged] == [1] and purged[0]["embeddings"] > 20
+    assert server.client.get("/api/captures/1").status_code == 404
+    assert not (site["db"].parent / "served.db.files" / "capture-1").exists()
