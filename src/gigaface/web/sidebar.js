@@ -32,6 +32,10 @@ export class FacePanel {
     const img = $("face-crop");
     img.removeAttribute("src");   // no stale face while the new crop loads
     img.alt = `Face #${face.id}`;
+    if (face.erased) {   // the person asked to be forgotten: the library keeps no crop
+      img.alt = "Erased on request: no crop is kept";
+      return;
+    }
     try {
       const url = await cropURL(face.id);
       if (this.face === face) img.src = url;   // another face may have been picked meanwhile
