@@ -199,6 +199,20 @@ def test_forget_erases_the_person_everywhere_and_for_good(lib, tmp_path):
     assert detail(read_image(export), target["box"]) < 0.5 * detail(original, target["box"])
 
 
+def test_an_erased_person_stays_erased_through_a_rescan(lib):
+    built, db = lib
+    target = target_face(built, db)
+    ok("forget", db, "--photo", built.reference)
+    last_id = max(f["id"] for f in json.loads(ok("faces", db, "--json")))
+    ok("scan", built.panorama, "--db", db, "--preset", "fast", "--quiet")  # other settings: faces found anew
+    faces = json.loads(ok("faces", db, "--json"))
+    assert all(f["id"] > last_id for f in faces if not f["erased"])
+    near = [f for f in faces if iou(f["box"], target["box"]) > 0.3]
+    assert [(f["id"], f["erased"], f["embedded"]) for f in near] == [(target["id"], True, False)]
+    found = json.loads(ok("find", db, "--photo", built.reference, "--json", "--top", "3"))
+    assert not any(iou(m["box"], target["box"]) > 0.3 for m in found)
+
+
 # --- audit log -----------------------------------------------------------------------------
 def test_every_search_is_audited_and_the_log_is_append_only(lib):
     built, db = lib

@@ -358,10 +358,12 @@ class Library:
         return self.capture(last + 1)
 
     def restart_capture(self, capture_id: int, settings: dict) -> CaptureRecord:
-        """Forget everything a capture's earlier scan found, keeping its id."""
+        """Forget everything a capture's earlier scan found, keeping its id (and its erased
+        faces: a person who asked to be forgotten stays forgotten through a re-scan)."""
         with self.transaction():
-            for table in ("bands_done", "detections", "faces"):
+            for table in ("bands_done", "detections"):
                 self.db.execute(f"DELETE FROM {table} WHERE capture_id = ?", (capture_id,))
+            self.db.execute("DELETE FROM faces WHERE capture_id = ? AND erased = 0", (capture_id,))
             self.db.execute("UPDATE captures SET settings = ?, stage = 'detect', finished_at = NULL,"
                             " elapsed = 0 WHERE id = ?", (json.dumps(settings), capture_id))
         return self.capture(capture_id)
@@ -420,14 +422,22 @@ class Library:
         return frames, Detections(boxes, scores, landmarks)
 
     def replace_faces(self, capture_id: int, frames: np.ndarray, dets: Detections) -> None:
-        """The merged faces of a capture, replacing any earlier merge; raw detections go."""
+        """The merged faces of a capture, replacing any earlier merge; raw detections go.
+        A face found where an erased one is (its centre inside the erased box) is not kept:
+        the erased row already stands for it, blurred and without a template."""
+        erased = np.array(self.db.execute("SELECT x, y, w, h FROM faces WHERE capture_id = ? AND erased = 1",
+                                          (capture_id,)).fetchall(), np.float64).reshape(-1, 4)
         rows = []
         for frame, b, s, lm in zip(frames, dets.boxes, dets.scores, dets.landmarks):
             x1, y1, x2, y2 = map(float, b)
+            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+            if len(erased) and np.any((erased[:, 0] <= cx) & (cx <= erased[:, 0] + erased[:, 2])
+                                      & (erased[:, 1] <= cy) & (cy <= erased[:, 1] + erased[:, 3])):
+                continue
             rows.append((capture_id, int(frame), x1, y1, x2 - x1, y2 - y1, float(s),
                          json.dumps([[round(float(x), 2), round(float(y), 2)] for x, y in lm])))
         with self.transaction():
-            self.db.execute("DELETE FROM faces WHERE capture_id = ?", (capture_id,))
+            self.db.execute("DELETE FROM faces WHERE capture_id = ? AND erased = 0", (capture_id,))
             self.db.executemany("INSERT INTO faces (capture_id, frame, x, y, w, h, score, landmarks)"
                                 " VALUES (?,?,?,?,?,?,?,?)", rows)
             self.db.execute("DELETE FROM detections WHERE capture_id = ?", (capture_id,))
