@@ -137,10 +137,13 @@ def stale(db: str, capture_id: int, originals_too: bool) -> None:
     pyramid) after consent or erasure changed who is shown: nothing outdated stays served
     while the next job makes them again."""
     files = capture_files(db, capture_id)
+    library = Library(db)
     try:
-        capture = Library(db).capture(capture_id)
+        capture = library.capture(capture_id)
     except GigafaceError:
         return
+    finally:
+        library.close()
     remove_pyramid(files.public_pyramid)
     if originals_too:
         remove_pyramid(files.pyramid)
