@@ -301,10 +301,20 @@ def _load_section(section: dict, title: str) -> str:
                else f"{load['errors']} errors")
     progress = "the scan moved on during the load and finished" if scan["moved"] and scan["state"] == "done" \
         else f"the scan {'moved on' if scan['moved'] else 'made no progress'} during the load and ended `{scan['state']}`"
-    search = load["endpoints"].get("search")
-    pace = (f" Under the load the server completed {search['per_s']:.1f} searches/s (~{1000 / search['per_s']:.0f} ms "
-            "each): more searching clients add waiting, not throughput." if search and search["per_s"] else "")
-    lines += ["", f"What it shows: {verdict}; {progress}. " + LOAD_READING.format(pace=pace), ""]
+    search, pages = load["endpoints"].get("search"), load["endpoints"].get("faces")
+    quiet_pages = quiet["endpoints"].get("faces") if quiet else None
+    pace = ""
+    if search and search["per_s"]:
+        pace = (f" Under the load the server completed {search['per_s']:.1f} searches/s (~{1000 / search['per_s']:.0f} ms "
+                "each): more searching clients add waiting, not throughput; and the lock serves the waiting "
+                f"searches in no particular order, so the unluckiest took {search['max_ms'] / 1000:.1f} s, "
+                f"{search['max_ms'] / max(search['p50_ms'], 1):.1f}x the median.")
+    tails = ""
+    if pages and quiet_pages:
+        tails = (f" Face pages: p99 {quiet_pages['p99_ms']:.0f} ms with no scan and two clients, {pages['p99_ms']:.0f} ms "
+                 f"under the load, where {load['clients'] // 2} browsing clients that never pause keep requests "
+                 "queued for the GIL behind each other and behind the embeddings.")
+    lines += ["", f"What it shows: {verdict}; {progress}. " + LOAD_READING.format(pace=pace, tails=tails), ""]
     return "\n".join(lines)
 
 
@@ -314,5 +324,5 @@ LOAD_READING = (
     "CenterFace and one dlib model behind one lock, so searches run one at a time and a search's latency is "
     "mostly its wait for the searches ahead of it.{pace} The other requests queue behind the searches' embeddings instead: dlib's "
     "`compute_face_descriptor` holds Python's GIL for its whole ~150 ms, so every other thread of the "
-    "server, the event loop included, stops meanwhile; that is where the 100-300 ms tails of the face "
-    "pages, capture polls and even /api/health come from, with or without a scan.")
+    "server, the event loop included, stops meanwhile: even /api/health, which reads nothing, waits."
+    "{tails}")
