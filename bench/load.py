@@ -441,18 +441,24 @@ def run(work: Path, size: float = 100, clients: int = 8, seconds: float = 90, ma
             log(f"scan {finished['state']}: {finished['faces']} faces, {scan_s:.0f} s from adding it")
         server_log = server.output()
     problems = [l for l in server_log.splitlines() if "error" in l.lower() or "traceback" in l.lower()]
-    return {"config": {"size_mp": size, "clients": clients, "seconds": seconds, "max_requests": max_requests,
-                       "think_s": think, "roles": [dict(r) for r in ROLES], "health_every_s": 0.5},
-            "images": {"listed": {"size": f"{small.width}x{small.height}", "megapixels": round(small.width * small.height / 1e6, 1),
-                                  "faces": listed["faces"]},
-                       "scanned": {"size": f"{big.width}x{big.height}", "megapixels": round(big.width * big.height / 1e6, 1),
-                                   "planted": big.faces, "occupancy": round(big_occupancy(size), 3)}},
-            "baseline": quiet, "load": loaded,
+    config = {"size_mp": size, "clients": clients, "seconds": seconds, "max_requests": max_requests,
+              "think_s": think, "roles": [dict(r) for r in ROLES], "health_every_s": 0.5}
+    images = {"listed": {"size": f"{small.width}x{small.height}", "megapixels": round(small.width * small.height / 1e6, 1),
+                         "faces": listed["faces"]},
+              "scanned": {"size": f"{big.width}x{big.height}", "megapixels": round(big.width * big.height / 1e6, 1),
+                          "planted": big.faces, "occupancy": round(big_occupancy(size), 3)}}
+    return section(config, images, quiet, loaded, before, after, finished, scan_s, load_average, problems)
+
+
+def section(config: dict, images: dict, baseline: dict | None, loaded: dict, before: dict, after: dict,
+            finished: dict, scan_seconds: float, load_average: dict | None = None, problems=()) -> dict:
+    """The load section's results, as bench/results/load.json keeps them and the report reads them."""
+    return {"config": config, "images": images, "baseline": baseline, "load": loaded,
             "scan": {"before": before, "after": after, "moved": _ahead(after, before), "state": finished["state"],
-                     "faces": finished["faces"], "error": finished["error"], "seconds": round(scan_s, 1)},
+                     "faces": finished["faces"], "error": finished["error"], "seconds": round(scan_seconds, 1)},
             "cores": os.cpu_count(),
-            "load_average": {k: [round(x, 2) for x in v] for k, v in load_average.items()},
-            "server_log_problems": problems[:10]}
+            "load_average": {k: [round(x, 2) for x in v] for k, v in (load_average or {}).items()},
+            "server_log_problems": list(problems)[:10]}
 
 
 def summary_line(r: dict) -> str:

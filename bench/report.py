@@ -290,6 +290,8 @@ def _load_section(section: dict, title: str) -> str:
                  f"`{a['stage']}` {a['done']}/{a['total']} when it ended ({'moved on' if scan['moved'] else 'no progress'}); "
                  f"the job ended `{scan['state']}` with {scan['faces']:,} faces, {scan['seconds']:.0f} s after it "
                  f"was added{why}.")
+    if section.get("server_log_problems"):
+        lines.append(f"The server logged errors: `{section['server_log_problems'][0]}`.")
     if avg:
         cores = section.get("cores") or os.cpu_count()
         busy = avg.get("start", [0])[0] >= 0.5

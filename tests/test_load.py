@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import cv2
 
-from bench.load import drive, prepare, summary_line
+from bench.__main__ import save_json
+from bench.load import drive, prepare, section, summary_line
+from bench.report import write_report
 from tests.helpers import crowd, face_patch, write_image
 from tests.server import Server, make_token
 
@@ -31,7 +33,9 @@ def test_the_service_answers_every_request_while_a_scan_runs(tmp_path):
         assert target.totals['{}'] == len(LISTED) and target.top_face is not None
 
         target.scan = api.post("/api/captures", json={"path": str(scanned)}).json()["id"]
+        before = {"state": "queued", "stage": "detect", "done": 0, "total": 0, "faces": 0}
         result = drive(target, clients=4, seconds=15, max_requests=2000, timeout=60)
+        after = result["scan_progress"]["last"]
         scan = server.wait_for(target.scan, timeout=300)
     print(summary_line(result), result.get("scan_progress", {}).get("timeline"))  # shown with -s or on failure
 
@@ -48,5 +52,14 @@ def test_the_service_answers_every_request_while_a_scan_runs(tmp_path):
     # The scan was under way during the load and ends as it would without one.
     first_seen = result["scan_progress"]["first"]
     assert first_seen["state"] in ("queued", "running"), first_seen
+    assert result["scan_progress"]["moved"], result["scan_progress"]
     assert scan["state"] == "done", scan
     assert scan["faces"] == len(SCANNED)
+
+    # The benchmark's report renders these results (its section 6).
+    images = {"listed": {"size": "1600x1000", "megapixels": 1.6, "faces": len(LISTED)},
+              "scanned": {"size": "4000x3000", "megapixels": 12.0, "planted": len(SCANNED), "occupancy": 1}}
+    saved = section({}, images, None, result, before, after, scan, 30.0)
+    save_json(tmp_path / "results" / "load.json", {**saved, "seconds": 40, "command": "pytest"})
+    text = write_report(tmp_path / "results", tmp_path / "report.md", tmp_path / "plots").read_text()
+    assert "## 6. Load" in text and "Errors: **0**" in text and "search (`POST" in text
