@@ -1,10 +1,10 @@
 """Run the benchmark suite and write bench/report.md with its plots.
 
-    python -m bench                          # the default size: 16 minutes on 2 cores (measured)
+    python -m bench                          # the default size: 16 minutes on 2 cores (measured), + 6 for load
     python -m bench --sections mosaic --mosaic-presets balanced,accurate   # + accurate (4 min more)
     python -m bench --size 500 --scaling 100,250,500,1000
     python -m bench --sections identity      # one section; the report keeps the others' last results
-    python -m bench --sections load          # searches and face listings on a server while it scans (8 min)
+    python -m bench --sections load          # searches and face listings on a server while it scans (6 min)
     python -m bench --sections load --size 40 --load-clients 4 --load-seconds 30
     python -m bench --report-only            # rewrite the report from saved results
 
