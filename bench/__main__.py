@@ -1,9 +1,11 @@
 """Run the benchmark suite and write bench/report.md with its plots.
 
-    python -m bench                          # the default size: 16 minutes on 2 cores (measured)
+    python -m bench                          # the default size: 16 minutes on 2 cores (measured), + 6 for load
     python -m bench --sections mosaic --mosaic-presets balanced,accurate   # + accurate (4 min more)
     python -m bench --size 500 --scaling 100,250,500,1000
     python -m bench --sections identity      # one section; the report keeps the others' last results
+    python -m bench --sections load          # searches and face listings on a server while it scans (6 min)
+    python -m bench --sections load --size 40 --load-clients 4 --load-seconds 30
     python -m bench --report-only            # rewrite the report from saved results
 
 Each section saves its results as JSON under bench/results/ as soon as it finishes, so
@@ -22,7 +24,7 @@ from pathlib import Path
 from .data import MissingData
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("wider", "identity", "mosaic", "scaling")
+SECTIONS = ("wider", "identity", "mosaic", "scaling", "load")
 
 
 def save_json(path: Path, value) -> None:
@@ -48,6 +50,11 @@ def run_section(name: str, args, results: Path, plots: Path) -> None:
         elif name == "mosaic":
             value = run_mosaic(args, plots)
             name = mosaic_results_name(args.size)
+        elif name == "load":
+            from . import load
+
+            value = load.run(args.work, size=args.size, clients=args.load_clients, seconds=args.load_seconds)
+            name = load_results_name(args.size)
         else:
             from . import scaling
 
@@ -64,6 +71,10 @@ def run_section(name: str, args, results: Path, plots: Path) -> None:
 def mosaic_results_name(size: float) -> str:
     """One results file per mosaic size, so a bigger run sits beside the default one."""
     return "mosaic" if size == 100 else f"mosaic-{size:g}mp"
+
+
+def load_results_name(size: float) -> str:
+    return "load" if size == 100 else f"load-{size:g}mp"
 
 
 def run_mosaic(args, plots: Path) -> dict:
@@ -91,11 +102,14 @@ def run_mosaic(args, plots: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=float, default=100, help="mosaic size in megapixels (default 100)")
+    parser.add_argument("--size", type=float, default=100,
+                        help="mosaic size, and the load section's scanned stadium, in megapixels (default 100)")
     parser.add_argument("--scaling", default="25,50,100",
                         help="comma-separated mosaic sizes for the scaling curve (default 25,50,100)")
     parser.add_argument("--mosaic-presets", default="balanced",
                         help="gigaface presets in the side-by-side on the mosaic")
+    parser.add_argument("--load-clients", type=int, default=8, help="concurrent clients in the load section")
+    parser.add_argument("--load-seconds", type=float, default=90, help="how long the load section's load lasts")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"any of {', '.join(SECTIONS)}")
     parser.add_argument("--work", type=Path, default=HERE / "out", help="where mosaics and libraries go")
     parser.add_argument("--report", type=Path, default=HERE / "report.md")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -29,13 +30,15 @@ def write_report(results: Path, out: Path, plots: Path) -> Path:
     wider, identity, mosaic, scaling = (_load(results, n) for n in ("wider", "identity", "mosaic", "scaling"))
     bigger = [json.loads(p.read_text()) for p in sorted(results.glob("mosaic-*mp.json"),
                                                         key=lambda p: float(p.stem.split("-")[1][:-2]))]
-    parts.append(_summary(wider, identity, mosaic, scaling, bigger))
+    loads = [json.loads(p.read_text()) for p in sorted(results.glob("load*.json"), key=_load_order)]
+    parts.append(_summary(wider, identity, mosaic, scaling, bigger, loads))
     parts.append(_wider(wider, plots, out.parent))
     parts.append(_mosaic(mosaic))
     for section in bigger:
         parts.append(_mosaic(section, f"2-3 (again at {section['mosaic']['megapixels']} MP)"))
     parts.append(_identity(identity, plots, out.parent))
     parts.append(_scaling(scaling, plots, out.parent))
+    parts.append(_loads(loads))
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text("\n".join(p for p in parts if p))
     tmp.replace(out)
@@ -50,7 +53,12 @@ def _ran(section: dict | None, title: str) -> str | None:
     return None
 
 
-def _summary(wider, identity, mosaic, scaling, bigger: list[dict]) -> str:
+def _load_order(path: Path) -> float:
+    """load.json (100 MP) and load-<size>mp.json, by size."""
+    return 100.0 if path.stem == "load" else float(path.stem.split("-")[1][:-2])
+
+
+def _summary(wider, identity, mosaic, scaling, bigger: list[dict], loads: list[dict]) -> str:
     lines = ["## Headlines\n"]
     if wider and "rows" in wider:
         acc = next((r for r in wider["rows"] if r["name"].endswith("accurate")), None)
@@ -74,6 +82,13 @@ def _summary(wider, identity, mosaic, scaling, bigger: list[dict]) -> str:
         rows = scaling["rows"]
         lines.append("- Scaling: " + "; ".join(f"{r['megapixels']} MP {r['wall_s']} s / {r['peak_main_mb']} MB"
                                              for r in rows) + ".")
+    for section in [s for s in loads if "load" in s]:
+        load, e = section["load"], section["load"]["endpoints"]
+        lines.append(f"- Load ({load['clients']} clients, {load['seconds']:.0f} s, while a "
+                     f"{section['images']['scanned']['megapixels']} MP scan runs): {load['errors']} errors in "
+                     f"{load['requests']:,} requests; p50 / p99 search {_ms(e, 'search')}, face page "
+                     f"{_ms(e, 'faces')}, health {_ms(e, 'health')}; the scan went on and ended "
+                     f"`{section['scan']['state']}`.")
     return "\n".join(lines) + "\n"
 
 
@@ -216,3 +231,100 @@ def _scaling(section, plots: Path, base: Path) -> str:
                      f"| {r['describe_s']} | {r['embedded_per_s']} | {r['peak_main_mb']} | {r['peak_worker_mb']} | {r['ap']:.3f} |")
     lines += ["", f"![scaling]({image.relative_to(base)})\n"]
     return "\n".join(lines)
+
+
+def _ms(endpoints: dict, name: str) -> str:
+    e = endpoints.get(name)
+    return "–" if e is None else f"{e['p50_ms']:.0f} / {e['p99_ms']:.0f} ms"
+
+
+LOAD_NAMES = {"search": "search (`POST /api/captures/ID/search`, one photo)",
+              "faces": "face page (`GET /api/captures/ID/faces`, filters)",
+              "capture": "capture poll (`GET /api/captures/ID`)",
+              "health": "health (`GET /api/health`, every 0.5 s)"}
+
+
+def _loads(sections: list[dict]) -> str:
+    title = "6. Load: searches and face listings while a scan runs"
+    if not sections:
+        return f"## {title}\n\nNot run yet.\n"
+    return "\n".join(_load_section(s, title if i == 0 else f"{title} ({s['images']['scanned']['megapixels']} MP)")
+                     for i, s in enumerate(sections))
+
+
+def _load_section(section: dict, title: str) -> str:
+    if (msg := _ran(section, title)):
+        return msg
+    load, quiet, scan, images = section["load"], section.get("baseline"), section["scan"], section["images"]
+    listed, scanned = images["listed"], images["scanned"]
+    avg = section.get("load_average", {})
+    lines = [
+        f"## {title}\n",
+        f"`{section['command']}` ({section['seconds']:.0f} s). A real `gigaface serve` on 127.0.0.1 with a fresh "
+        f"library, an admin and a viewer token. A {listed['size']} demo stadium ({listed['faces']} faces) is scanned "
+        f"first; then a {scanned['size']} ({scanned['megapixels']} MP) stadium with {scanned['planted']:,} people "
+        f"is added through the API, and while its job runs {load['clients']} clients (threads, one httpx "
+        f"connection each, no pause between requests) send, with the viewer token: half of them searches for the "
+        f"stadium's planted person with her reference photo, the other half pages of the small capture's faces "
+        f"(offset, limit 20/100/1000, size/score/sharpness/frontalness filters) and polls of the scan; a monitor "
+        f"asks /api/health every 0.5 s. The load stops after {load['seconds']:.0f} s (or {load['max_requests']:,} "
+        f"requests). An error is a non-2xx answer, a transport error or a wrong answer: every page's total and "
+        f"length and every search's first match are checked against the same request before the load.\n",
+        "| endpoint | requests | errors | p50 ms | p90 ms | p99 ms | max ms | per s | p50 / p99 ms, no scan |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    for name, e in load["endpoints"].items():
+        q = quiet["endpoints"].get(name) if quiet else None
+        before = "–" if q is None else f"{q['p50_ms']:.0f} / {q['p99_ms']:.0f}"
+        lines.append(f"| {LOAD_NAMES.get(name, name)} | {e['count']:,} | {e['errors']} | {e['p50_ms']:.0f} "
+                     f"| {e['p90_ms']:.0f} | {e['p99_ms']:.0f} | {e['max_ms']:.0f} | {e['per_s']:.1f} "
+                     f"| {before} |")
+    samples = [s for e in load["endpoints"].values() for s in e["error_samples"]]
+    lines += ["", f"Errors: **{load['errors']}** of {load['requests']:,} requests"
+              + (f" (e.g. `{samples[0]}`)." if samples else ".")
+              + f" Longest time without a health answer: {load['health_max_gap_s']} s."
+              + (f" The last column is the same kinds of request from {quiet['clients']} clients (one of each "
+                 f"kind) for {quiet['seconds']:.0f} s before the big scan was added." if quiet else "")]
+    b, a = scan["before"], scan["after"]
+    why = f" ({scan['error']})" if scan.get("error") else ""
+    lines.append(f"\nThe scan during the load: `{b['stage']}` {b['done']}/{b['total']} when it began, "
+                 f"`{a['stage']}` {a['done']}/{a['total']} when it ended ({'moved on' if scan['moved'] else 'no progress'}); "
+                 f"the job ended `{scan['state']}` with {scan['faces']:,} faces, {scan['seconds']:.0f} s after it "
+                 f"was added{why}.")
+    if section.get("server_log_problems"):
+        lines.append(f"The server logged errors: `{section['server_log_problems'][0]}`.")
+    if avg:
+        cores = section.get("cores") or os.cpu_count()
+        busy = avg.get("start", [0])[0] >= 0.5
+        lines.append(f"Load average (1/5/15 min) before the section started: {', '.join(map(str, avg.get('start', [])))}"
+                     f"{' (other work was running on the machine)' if busy else ''}; when the load began: "
+                     f"{', '.join(map(str, avg.get('load_start', [])))}; when it ended: "
+                     f"{', '.join(map(str, avg.get('load_end', [])))} ({cores} cores).")
+    verdict = ("no errors, every request answered" if load["errors"] == 0 and not load.get("hung_threads")
+               else f"{load['errors']} errors")
+    progress = "the scan moved on during the load and finished" if scan["moved"] and scan["state"] == "done" \
+        else f"the scan {'moved on' if scan['moved'] else 'made no progress'} during the load and ended `{scan['state']}`"
+    search, pages = load["endpoints"].get("search"), load["endpoints"].get("faces")
+    quiet_pages = quiet["endpoints"].get("faces") if quiet else None
+    pace = ""
+    if search and search["per_s"]:
+        pace = (f" Under the load the server completed {search['per_s']:.1f} searches/s (~{1000 / search['per_s']:.0f} ms "
+                "each): more searching clients add waiting, not throughput; and the lock serves the waiting "
+                f"searches in no particular order, so the unluckiest took {search['max_ms'] / 1000:.1f} s, "
+                f"{search['max_ms'] / max(search['p50_ms'], 1):.1f}x the median.")
+    tails = ""
+    if pages and quiet_pages:
+        tails = (f" Face pages: p99 {quiet_pages['p99_ms']:.0f} ms with no scan and two clients, {pages['p99_ms']:.0f} ms "
+                 f"under the load, where {load['clients'] // 2} browsing clients that never pause keep requests "
+                 "queued for the GIL behind each other and behind the embeddings.")
+    lines += ["", f"What it shows: {verdict}; {progress}. " + LOAD_READING.format(pace=pace, tails=tails), ""]
+    return "\n".join(lines)
+
+
+LOAD_READING = (
+    "The scan runs in a niced process of its own, so the server's threads come first for the CPU. "
+    "Searches are the slow requests and they queue: the service has one "
+    "CenterFace and one dlib model behind one lock, so searches run one at a time and a search's latency is "
+    "mostly its wait for the searches ahead of it.{pace} The other requests queue behind the searches' embeddings instead: dlib's "
+    "`compute_face_descriptor` holds Python's GIL for its whole ~150 ms, so every other thread of the "
+    "server, the event loop included, stops meanwhile: even /api/health, which reads nothing, waits."
+    "{tails}")

@@ -184,7 +184,8 @@ def _lay_out(width: int, height: int, rng: np.random.Generator, occupancy: float
         gain, gamma = rng.uniform(0.8, 1.15, n), rng.uniform(0.85, 1.2, n)
         hsv = np.stack([rng.uniform(0, 180, n), rng.uniform(60, 230, n),
                         rng.uniform(60, 240, n)], 1).astype(np.uint8)
-        shirt = cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0].astype(np.float32)
+        # cv2 refuses an empty image: a sparse stadium can have a row with nobody in it
+        shirt = (cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0] if n else hsv).astype(np.float32)
         fans = rng.random(n) < 0.35
         shirt[fans] = team[rng.integers(0, 2, fans.sum())]
         tone = SKIN[rng.choice(len(SKIN), n, p=SKIN_P)]

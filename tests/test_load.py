@@ -1,0 +1,65 @@
+"""A short, bounded load on a real server while a scan runs: every request is answered,
+correctly, and the scan still finishes with every face. The long run, with latencies in
+bench/report.md, is `python -m bench --sections load` (bench/load.py drives both)."""
+from __future__ import annotations
+
+import cv2
+
+from bench.__main__ import save_json
+from bench.load import drive, prepare, section, summary_line
+from bench.report import write_report
+from tests.helpers import crowd, face_patch, write_image
+from tests.server import Server, make_token
+
+LISTED = [(220, 200, 60), (700, 420, 44), (1250, 600, 90), (420, 760, 52)]  # cx, cy, face height
+# The capture scanned during the load: mostly background, so that its detect stage holds
+# both cores for a while, with faces the balanced preset finds every time.
+SCANNED = [(500, 400, 60), (1800, 900, 80), (3100, 500, 50), (900, 2200, 70), (2600, 2500, 100),
+           (3500, 1800, 56)]
+
+
+def test_the_service_answers_every_request_while_a_scan_runs(tmp_path):
+    listed = write_image(tmp_path / "listed.jpg", crowd(1600, 1000, LISTED), Q=95)
+    scanned = write_image(tmp_path / "scanned.jpg", crowd(4000, 3000, SCANNED, seed=5), Q=95)
+    ok, photo = cv2.imencode(".jpg", cv2.cvtColor(face_patch(150), cv2.COLOR_RGB2BGR))
+    assert ok
+    db = tmp_path / "library.db"
+    admin, viewer = make_token(db, "admin"), make_token(db, "viewer")
+    with Server(db, token=admin) as server:
+        api = server.client
+        first = api.post("/api/captures", json={"path": str(listed)}).json()["id"]
+        assert server.wait_for(first)["faces"] == len(LISTED)
+        target = prepare(server.url, viewer, first, photo.tobytes())
+        assert target.totals['{}'] == len(LISTED) and target.top_face is not None
+
+        target.scan = api.post("/api/captures", json={"path": str(scanned)}).json()["id"]
+        before = {"state": "queued", "stage": "detect", "done": 0, "total": 0, "faces": 0}
+        result = drive(target, clients=4, seconds=15, max_requests=2000, timeout=60)
+        after = result["scan_progress"]["last"]
+        scan = server.wait_for(target.scan, timeout=300)
+    print(summary_line(result), result.get("scan_progress", {}).get("timeline"))  # shown with -s or on failure
+
+    endpoints = result["endpoints"]
+    assert result["errors"] == 0, {k: v["error_samples"] for k, v in endpoints.items()}
+    # Every request a client started came back (no thread left hanging on the server).
+    assert result["hung_threads"] == 0
+    assert result["all_clients"]["count"] == result["requests_claimed"] > 0
+    assert {"search", "faces", "capture", "health"} <= set(endpoints)
+    assert all(e["count"] > 0 for e in endpoints.values())
+    # /api/health was answered throughout, never left waiting behind the scan or the searches.
+    assert endpoints["health"]["count"] >= 5
+    assert result["health_max_gap_s"] < 10, result["health_max_gap_s"]
+    # The scan was under way during the load and ends as it would without one.
+    first_seen = result["scan_progress"]["first"]
+    assert first_seen["state"] in ("queued", "running"), first_seen
+    assert result["scan_progress"]["moved"], result["scan_progress"]
+    assert scan["state"] == "done", scan
+    assert scan["faces"] == len(SCANNED)
+
+    # The benchmark's report renders these results (its section 6).
+    images = {"listed": {"size": "1600x1000", "megapixels": 1.6, "faces": len(LISTED)},
+              "scanned": {"size": "4000x3000", "megapixels": 12.0, "planted": len(SCANNED), "occupancy": 1}}
+    saved = section({}, images, None, result, before, after, scan, 30.0)
+    save_json(tmp_path / "results" / "load.json", {**saved, "seconds": 40, "command": "pytest"})
+    text = write_report(tmp_path / "results", tmp_path / "report.md", tmp_path / "plots").read_text()
+    assert "## 6. Load" in text and "Errors: **0**" in text and "search (`POST" in text
