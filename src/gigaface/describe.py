@@ -163,7 +163,8 @@ def describe_regions(regions: list[Region]) -> list[tuple[dict, np.ndarray | Non
     return list(zip(qualities, vectors, crops))
 
 
-def _init_worker(parent: int) -> None:
+def init_worker(parent: int) -> None:
+    """Set up a worker process that runs dlib: one BLAS thread, exit with the parent."""
     # dlib's BLAS would start a thread per core in every worker; the pool already uses
     # every core (measured 45 ms a face with them, 38 ms without, on 2 cores).
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -188,7 +189,7 @@ class EmbeddingPool:
         self.peak_mb = 0.0
         # spawn, not fork: the parent holds onnxruntime threads and a prefetch thread.
         self.executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_init_worker, initargs=(os.getpid(),))
+                                            initializer=init_worker, initargs=(os.getpid(),))
 
     def submit(self, regions: list[Region]) -> Future:
         return self.executor.submit(describe_regions, regions)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import getpass
+import multiprocessing
 import os
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -96,6 +98,37 @@ def reference_from_bytes(name: str, data: bytes, detector: CenterFace | None = N
     finally:
         os.remove(scratch)
     return Reference(name, ref.embedding, ref.box, ref.faces_in_photo)
+
+
+class ReferencePool:
+    """Reference photos to embeddings in worker processes, for the service. In the server's
+    own process dlib holds the GIL for ~150 ms a face, stalling every other request, and one
+    shared detector would serialise the searches; here each worker has its own models.
+    The photo's bytes travel through a pipe and stay in RAM, as in `reference_from_bytes`."""
+
+    def __init__(self, workers: int | None = None):
+        self.executor = ProcessPoolExecutor(max(1, workers or min(2, os.cpu_count() or 1)),
+                                            mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_init_reference_worker, initargs=(os.getpid(),))
+
+    def reference(self, name: str, data: bytes) -> Reference:
+        return self.executor.submit(_reference_in_worker, name, data).result()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+_worker_detector: CenterFace | None = None
+
+
+def _init_reference_worker(parent: int) -> None:
+    global _worker_detector
+    describing.init_worker(parent)
+    _worker_detector = CenterFace(streams=1)
+
+
+def _reference_in_worker(name: str, data: bytes) -> Reference:
+    return reference_from_bytes(name, data, _worker_detector)
 
 
 def rank(library: Library, refs: list[Reference], capture_ids: list[int] | None = None,

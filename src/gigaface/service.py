@@ -34,7 +34,6 @@ from pydantic import BaseModel, Field
 
 from . import __version__
 from .artifacts import capture_files, remove_capture_files, uploads_folder
-from .detector import CenterFace
 from .errors import GigafaceError
 from . import consent
 from .index import CaptureRecord, Consent, Face, Library
@@ -45,7 +44,7 @@ from .consent import revealed
 from .erasure import forget
 from .job_worker import stale
 from .retention import Purged, purge
-from .search import DEFAULT_THRESHOLD, Reference, audited_rank, local_user, reference_from_bytes
+from .search import DEFAULT_THRESHOLD, Reference, ReferencePool, audited_rank, local_user
 from .source import DEFAULT_MAX_PIXELS
 from .tokens import verify
 
@@ -271,8 +270,14 @@ def create_app(config: Config) -> FastAPI:
     Library(config.db)  # a clear error now rather than on the first request
     runner = JobRunner(config.db) if config.run_jobs else None
     local = threading.local()
-    detector_lock = threading.Lock()
-    detector_holder: list[CenterFace] = []
+    pool_lock = threading.Lock()
+    pool_holder: list[ReferencePool] = []
+
+    def reference_pool() -> ReferencePool:
+        with pool_lock:  # started at the first search: a server that only shows starts fast
+            if not pool_holder:
+                pool_holder.append(ReferencePool())
+            return pool_holder[0]
 
     def library() -> Library:
         # sqlite3 connections belong to their thread; FastAPI runs handlers in a pool.
@@ -302,6 +307,9 @@ def create_app(config: Config) -> FastAPI:
             purging.cancel()
         if runner is not None:
             await asyncio.to_thread(runner.stop)
+        with pool_lock:
+            for pool in pool_holder:
+                pool.close()
 
     app = FastAPI(title="gigaface", version=__version__, lifespan=lifespan,
                   description="Faces in gigapixel crowd images: captures, faces, search, exports, deep zoom.")
@@ -554,10 +562,7 @@ def create_app(config: Config) -> FastAPI:
                 raise HTTPException(413, f"{name}: over {MAX_PHOTO_BYTES >> 20} MB")
             if not data.startswith(IMAGE_MAGIC):
                 raise HTTPException(400, f"{name}: not an image")
-            with detector_lock:  # one detector and one dlib model, shared by the threads
-                if not detector_holder:
-                    detector_holder.append(CenterFace())
-                refs.append(reference_from_bytes(name, data, detector_holder[0]))
+            refs.append(reference_pool().reference(name, data))
             del data
         return refs
 
