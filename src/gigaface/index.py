@@ -184,6 +184,8 @@ class Library:
             raise GigafaceError(f"{path}: a damaged gigaface library (schema {self._meta('schema')!r})")
         elif int(self._meta("schema") or 0) > SCHEMA_VERSION:
             raise GigafaceError(f"{path}: made by a newer gigaface (schema {self._meta('schema')})")
+        elif not {"captures", "faces"} <= tables:
+            raise GigafaceError(f"{path}: a damaged gigaface library (no captures or faces table)")
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")
         if tables and int(self._meta("schema") or 0) < SCHEMA_VERSION:
