@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 
 import numpy as np
 import pyvips
 
+from .atomic import temporary_beside
 from .errors import GigafaceError
 from .source import as_rgb8, error_text, loader_of, open_sequential, open_shrunk
 
@@ -103,13 +103,10 @@ def _write(image: pyvips.Image, out: str, quality: int) -> None:
         options = {"Q": quality}
     elif suffix != ".png":
         raise GigafaceError(f"{out}: choose an output ending in .jpg, .png, .tif or .webp")
-    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=".gigaface-", dir=directory)
-    os.close(fd)
-    try:
-        image.write_to_file(tmp, **options)
+    # A temporary of a writer that was killed is removed here, by the next write of `out`.
+    with temporary_beside(out, suffix) as tmp:
+        try:
+            image.write_to_file(tmp, **options)
+        except pyvips.Error as exc:
+            raise GigafaceError(f"{out}: cannot write ({error_text(exc)})") from None
         os.replace(tmp, out)
-    except pyvips.Error as exc:
-        raise GigafaceError(f"{out}: cannot write ({error_text(exc)})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Optional
@@ -530,4 +531,8 @@ def main() -> None:
         app()  # typer reports usage errors itself, with exit code 2
     except GigafaceError as exc:
         print(f"gigaface: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except sqlite3.DatabaseError as exc:  # found mid-command: pages of the library are damaged
+        print(f"gigaface: error: the library file is damaged ({exc}); restore it or scan into a new one",
+              file=sys.stderr)
         sys.exit(2)

@@ -241,8 +241,12 @@ class Library:
             self._create()
         elif "meta" not in tables or self._meta("application") != APPLICATION:
             raise GigafaceError(f"{path}: an SQLite file of another program, not a gigaface library")
+        elif not str(self._meta("schema") or 0).isdecimal():
+            raise GigafaceError(f"{path}: a damaged gigaface library (schema {self._meta('schema')!r})")
         elif int(self._meta("schema") or 0) > SCHEMA_VERSION:
             raise GigafaceError(f"{path}: made by a newer gigaface (schema {self._meta('schema')})")
+        elif not {"captures", "faces"} <= tables:
+            raise GigafaceError(f"{path}: a damaged gigaface library (no captures or faces table)")
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")
         # Erased and expired templates must not linger in free pages of the file.

@@ -30,8 +30,11 @@ def read_manifest(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Frame
         raise GigafaceError(f"{path}: manifest larger than 64 MB")
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GigafaceError(f"{path}: not a valid JSON manifest ({exc})") from None
+    except RecursionError:  # [[[[...: json recurses once per level
+        raise GigafaceError(f"{path}: not a valid JSON manifest (nested too deeply)") from None
+    except ValueError as exc:  # bad syntax or encoding, or a number of thousands of digits
+        reason = str(exc).split(";")[0]  # not Python's advice to raise its digit limit
+        raise GigafaceError(f"{path}: not a valid JSON manifest ({reason})") from None
     entries = data.get("frames") if isinstance(data, dict) else data
     if not isinstance(entries, list) or not entries:
         raise GigafaceError(f"{path}: a manifest needs a non-empty \"frames\" list")
@@ -43,11 +46,15 @@ def read_manifest(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Frame
         where = f"{path}: frame {i}"
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry["file"]:
             raise GigafaceError(f"{where}: needs a \"file\" string")
+        if "\0" in entry["file"]:
+            raise GigafaceError(f"{where}: the file name holds a NUL character")
         x, y = entry.get("x", 0), entry.get("y", 0)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (x, y)):
             raise GigafaceError(f"{where}: x and y must be whole numbers of pixels")
         if x < 0 or y < 0:
             raise GigafaceError(f"{where}: negative offset ({x}, {y}); the panorama starts at 0, 0")
+        if max(x, y) >= max_pixels:  # checked before the offset is printed or stored
+            raise GigafaceError(f"{where}: offset too large for a panorama under the pixel limit of {max_pixels:,}")
         file = os.path.normpath(os.path.join(base, entry["file"]))
         info = probe(file, max_pixels)
         frames.append(Frame(file, x, y, info.width, info.height))

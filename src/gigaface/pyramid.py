@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 
 import pyvips
 
+from .atomic import temporary_beside
 from .errors import GigafaceError
 from .index import Frame
 from .source import as_rgb8, error_text, open_sequential
@@ -47,8 +47,8 @@ def build_pyramid(image: pyvips.Image, dzi: str, on_progress: Callable[[int], No
     folder = os.path.dirname(os.path.abspath(dzi))
     name = os.path.basename(dzi)[: -len(".dzi")]
     os.makedirs(folder, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=f".{name}-", dir=folder)
-    try:
+    # Work folders of a run that was killed are removed by the next build of this pyramid.
+    with temporary_beside(dzi, folder=True) as work:
         if on_progress is not None:
             image.set_progress(True)
             image.signal_connect("eval", lambda _image, progress: on_progress(int(progress.percent)))
@@ -59,8 +59,6 @@ def build_pyramid(image: pyvips.Image, dzi: str, on_progress: Callable[[int], No
         remove_pyramid(dzi)
         os.replace(os.path.join(work, f"{name}_files"), os.path.join(folder, f"{name}_files"))
         os.replace(os.path.join(work, f"{name}.dzi"), dzi)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return dzi
 
 

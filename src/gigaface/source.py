@@ -51,10 +51,25 @@ class ImageInfo:
     loader: str
 
 
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
 def open_sequential(path: str, **options) -> pyvips.Image:
     # fail_on="truncated" turns libvips' "premature end of file" warning (which would
-    # silently pad the image with grey) into an error we can report.
-    return pyvips.Image.new_from_file(path, access="sequential", fail_on="truncated", **options)
+    # silently pad the image with grey) into an error we can report. libtiff reports a
+    # strip or tile cut short only as a read error, which "truncated" lets through as
+    # black rows (a 60,000 x 60,000 header with no pixels would be scanned for hours):
+    # TIFFs fail on any decode error.
+    return pyvips.Image.new_from_file(path, access="sequential", fail_on=_fail_on(path), **options)
+
+
+def _fail_on(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return "truncated"  # libvips will say what is wrong with it
+    return "error" if head in TIFF_MAGIC else "truncated"
 
 
 def probe(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
