@@ -308,23 +308,21 @@ def _load_section(section: dict, title: str) -> str:
     pace = ""
     if search and search["per_s"]:
         pace = (f" Under the load the server completed {search['per_s']:.1f} searches/s (~{1000 / search['per_s']:.0f} ms "
-                "each): more searching clients add waiting, not throughput; and the lock serves the waiting "
-                f"searches in no particular order, so the unluckiest took {search['max_ms'] / 1000:.1f} s, "
-                f"{search['max_ms'] / max(search['p50_ms'], 1):.1f}x the median.")
+                f"of CPU each, shared with the scan); the slowest took {search['max_ms'] / 1000:.1f} s, "
+                f"{search['max_ms'] / max(search['p50_ms'], 1):.1f}x the median, waiting for a free worker.")
     tails = ""
     if pages and quiet_pages:
         tails = (f" Face pages: p99 {quiet_pages['p99_ms']:.0f} ms with no scan and two clients, {pages['p99_ms']:.0f} ms "
-                 f"under the load, where {load['clients'] // 2} browsing clients that never pause keep requests "
-                 "queued for the GIL behind each other and behind the embeddings.")
+                 f"under the load, with {load['clients'] // 2} browsing clients that never pause and the scan and "
+                 "the searches' workers holding both cores.")
     lines += ["", f"What it shows: {verdict}; {progress}. " + LOAD_READING.format(pace=pace, tails=tails), ""]
     return "\n".join(lines)
 
 
 LOAD_READING = (
     "The scan runs in a niced process of its own, so the server's threads come first for the CPU. "
-    "Searches are the slow requests and they queue: the service has one "
-    "CenterFace and one dlib model behind one lock, so searches run one at a time and a search's latency is "
-    "mostly its wait for the searches ahead of it.{pace} The other requests queue behind the searches' embeddings instead: dlib's "
-    "`compute_face_descriptor` holds Python's GIL for its whole ~150 ms, so every other thread of the "
-    "server, the event loop included, stops meanwhile: even /api/health, which reads nothing, waits."
-    "{tails}")
+    "Searches are the slow requests: each embeds its photo in one of the service's reference workers "
+    "(processes with their own CenterFace and dlib models, two on this machine), so searches run side by "
+    "side up to that number and the rest wait for a worker; the server's own threads never run dlib, "
+    "whose descriptor holds the GIL for ~150 ms a face, so listings and health are not stalled behind it."
+    "{pace}{tails}")

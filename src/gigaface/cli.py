@@ -22,6 +22,7 @@ from .index import Library
 from .memory import peak_rss_mb
 from .plan import PRESETS, settings_for
 from .scan_job import Reporter, frames_of, scan_path
+from .sealing import key_file_beside
 from .search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, audited_rank, contact_sheet, local_user
 from .source import DEFAULT_MAX_PIXELS
 
@@ -112,22 +113,23 @@ def scan(
     for path in images:  # every input is checked before the library is touched
         frames_of(path, max_pixels)
     new_library = not os.path.exists(db)
+    new_key = not os.path.exists(key_file_beside(db))
     library = Library(db, create=True)
-    for path in images:
-        if library.is_own_file(path):
-            raise GigafaceError(f"{path}: is the library itself, not an image")
-    detector = CenterFace(settings.tile)
     try:
+        for path in images:
+            if library.is_own_file(path):
+                raise GigafaceError(f"{path}: is the library itself, not an image")
+        detector = CenterFace(settings.tile)
         with describing.EmbeddingPool(workers) as pool:
             summaries = _scan_all(library, images, settings, detector, pool, resume, max_pixels, quiet, as_json)
     except GigafaceError:
         # A damaged image found mid-decode: a library this command created and left
-        # empty would be a half-written file.
+        # empty (and the key made for it) would be half-written files.
         if new_library and not library.captures():
             library.close()
-            for suffix in ("", "-wal", "-shm"):
-                if os.path.exists(db + suffix):
-                    os.remove(db + suffix)
+            for path in [db + suffix for suffix in ("", "-wal", "-shm")] + ([key_file_beside(db)] if new_key else []):
+                if os.path.exists(path):
+                    os.remove(path)
         raise
     for s in summaries:
         s["peak_rss_mb"] = {"main": round(peak_rss_mb()), "worker": round(pool.peak_rss_mb())}

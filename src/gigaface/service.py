@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import sqlite3
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -54,7 +55,7 @@ MAX_PHOTO_BYTES = 25 << 20      # one reference photo
 MAX_PHOTOS = 8
 MAX_BODY_BYTES = MAX_PHOTOS * MAX_PHOTO_BYTES + (1 << 20)   # any request but an upload
 DEFAULT_MAX_UPLOAD = 4 << 30
-TILE_NAME = re.compile(r"^\d{1,6}_\d{1,6}\.jpg$")
+TILE_NAME = re.compile(r"\d{1,6}_\d{1,6}\.jpg")  # whole name only: fullmatch
 # Magic numbers of the formats libvips reads that people upload: a cheap check on the
 # first bytes, so a wrong file is refused before gigabytes of it are received.
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+",
@@ -311,7 +312,9 @@ def create_app(config: Config) -> FastAPI:
             for pool in pool_holder:
                 pool.close()
 
-    app = FastAPI(title="gigaface", version=__version__, lifespan=lifespan,
+    # No redirects to a slash-less path: a probe like ".../10/../" gets a plain 404, not a
+    # redirect that echoes it back.
+    app = FastAPI(title="gigaface", version=__version__, lifespan=lifespan, redirect_slashes=False,
                   description="Faces in gigapixel crowd images: captures, faces, search, exports, deep zoom.")
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES, exempt=("/api/captures/upload",))
 
@@ -326,6 +329,11 @@ def create_app(config: Config) -> FastAPI:
             return JSONResponse({"detail": "method not allowed"}, status_code=405,
                                 headers={"Allow": ", ".join(allowed)})
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(sqlite3.DatabaseError)
+    async def _damaged(_request: Request, exc: sqlite3.DatabaseError) -> JSONResponse:
+        # Pages of the library went bad under the server: say so, and keep serving the rest.
+        return JSONResponse({"detail": f"the library file is damaged ({exc})"}, status_code=503)
 
     @app.exception_handler(GigafaceError)
     async def _user_error(_request: Request, exc: GigafaceError) -> JSONResponse:
@@ -659,7 +667,7 @@ def create_app(config: Config) -> FastAPI:
         return FileResponse(path, media_type="application/xml", headers={"Cache-Control": "no-cache"})
 
     def tile(capture_id: int, which: str, level: int, name: str) -> FileResponse:
-        if not TILE_NAME.match(name):
+        if not TILE_NAME.fullmatch(name):
             raise HTTPException(404, "no such tile")
         folder = capture_files(config.db, capture_id).tiles(which)
         path = os.path.join(folder, str(level), name)
