@@ -37,7 +37,7 @@ from . import __version__
 from .artifacts import capture_files, remove_capture_files, uploads_folder
 from .errors import GigafaceError
 from . import consent
-from .index import CaptureRecord, Consent, Face, Library
+from .index import AuditEntry, CaptureRecord, Consent, Face, Library
 from .jobs import JobRunner
 from .plan import settings_for
 from .scan_job import capture_key, frames_of
@@ -183,25 +183,6 @@ class ErasureOut(BaseModel):
     faces_erased: int
     consents_removed: int
     captures: list[CaptureErasureOut]
-
-
-class AuditOut(BaseModel):
-    id: int
-    at: float
-    who: str
-    purpose: str
-    captures: list[int]
-    reference_hash: str
-    results: int
-    matches: int
-
-
-class PurgedOut(BaseModel):
-    capture: int
-    source: str
-    expired_at: float
-    faces: int
-    embeddings: int
 
 
 class Problem(BaseModel):
@@ -633,16 +614,16 @@ def create_app(config: Config) -> FastAPI:
             redo_files(entry.capture, originals_too=True)
         return ErasureOut(**report.to_dict())
 
-    @app.get("/api/audit", response_model=list[AuditOut], responses=ERRORS, tags=["consent"],
+    @app.get("/api/audit", response_model=list[AuditEntry], responses=ERRORS, tags=["consent"],
              summary="The audit log: every search, by whom, over which captures")
     def audit_log(who: Admin, since: Annotated[float | None, Query(ge=0, le=1e11)] = None,
-                  limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> list[AuditOut]:
-        return [AuditOut(**e.__dict__) for e in library().audit(since=since, limit=limit)]
+                  limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> list[AuditEntry]:
+        return library().audit(since=since, limit=limit)
 
-    @app.post("/api/purge", response_model=list[PurgedOut], responses=ERRORS, tags=["consent"],
+    @app.post("/api/purge", response_model=list[Purged], responses=ERRORS, tags=["consent"],
               summary="Remove the captures whose retention has passed now (the service also does it every minute)")
-    def purge_now(who: Admin) -> list[PurgedOut]:
-        return [PurgedOut(**p.__dict__) for p in purge_expired()]
+    def purge_now(who: Admin) -> list[Purged]:
+        return purge_expired()
 
     # --- exports and pyramids ------------------------------------------------------
     @app.get("/api/captures/{capture_id:int}/export", response_class=FileResponse, tags=["exports"],
