@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,6 +18,7 @@ import pytest
 
 from gigaface.demo_scene import build_stadium
 from tests.helpers import CLI, iou, run_cli
+from tests.server import free_port
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -37,12 +37,6 @@ pytestmark = [
 
 
 # --- servers ---------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def get_json(url: str):
     with urllib.request.urlopen(url, timeout=10) as r:

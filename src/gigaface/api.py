@@ -69,9 +69,8 @@ def blur_image(library: Library, capture: CaptureRecord, out: str, keep: list[st
         raise GigafaceError(f"{frame_path}: not a frame of capture {capture.id}")
     faces = [f for f in library.faces(capture.id) if f.source == frame.path]
     kept = set(consent.revealed(library, capture.id))  # people on the capture's consent list
-    for photo in keep:
-        matches = audited_rank(library, references([photo], detector), [capture.id], local_user(),
-                               threshold=threshold, purpose="keep")
+    for ref in references(keep, detector) if keep else []:  # each photo is a person of its own
+        matches = audited_rank(library, [ref], [capture.id], local_user(), threshold=threshold, purpose="keep")
         kept |= {m.face.id for m in matches if m.match}
     kept -= {f.id for f in faces if f.erased}
     boxes = [(f.box[0] - frame.x, f.box[1] - frame.y, f.box[2], f.box[3]) for f in faces if f.id not in kept]

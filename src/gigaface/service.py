@@ -34,7 +34,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from . import __version__
-from .artifacts import capture_files, remove_capture_files, uploads_folder
+from .artifacts import capture_files, uploads_folder
 from .errors import GigafaceError
 from . import consent
 from .index import AuditEntry, CaptureRecord, Consent, Face, Library
@@ -44,7 +44,7 @@ from .scan_job import capture_key, frames_of
 from .consent import revealed
 from .erasure import forget
 from .job_worker import stale
-from .retention import Purged, purge
+from .retention import Purged, purge, remove
 from .search import DEFAULT_THRESHOLD, Reference, ReferencePool, audited_rank, local_user
 from .source import DEFAULT_MAX_PIXELS
 from .tokens import verify
@@ -480,12 +480,7 @@ def create_app(config: Config) -> FastAPI:
         capture_or_404(capture_id)
         if runner is not None:
             runner.cancel(capture_id)
-        lib = library()
-        job = lib.job(capture_id)
-        lib.delete_capture(capture_id)
-        remove_capture_files(config.db, capture_id)
-        if job is not None and job.owned_file:
-            shutil.rmtree(os.path.dirname(job.owned_file), ignore_errors=True)
+        remove(library(), config.db, library().capture(capture_id))
         return Response(status_code=204)
 
     # --- faces ---------------------------------------------------------------------
