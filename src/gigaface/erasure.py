@@ -11,8 +11,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import GigafaceError
 from .index import Library
 from .search import DEFAULT_THRESHOLD, Reference, audited_rank
+
+# Erasure acts on every face under the threshold, for good: never looser than the search's
+# own measured operating point (bench section 4: no impostor pair at 0.6, strangers start
+# to match at 0.65). A stricter value is allowed; --dry-run shows what a value would erase.
+MAX_FORGET_THRESHOLD = DEFAULT_THRESHOLD
 
 
 @dataclass
@@ -38,12 +44,22 @@ class ErasureReport:
                 "captures": [c.__dict__ for c in self.captures]}
 
 
-def forget(library: Library, refs: list[Reference], who: str, threshold: float = DEFAULT_THRESHOLD) -> ErasureReport:
+def check_forget_threshold(threshold: float) -> float:
+    if not 0 < threshold <= MAX_FORGET_THRESHOLD:
+        raise GigafaceError(f"the erasure threshold is more than 0 and at most {MAX_FORGET_THRESHOLD}"
+                            f" (got {threshold:g}): a looser one would erase strangers too")
+    return threshold
+
+
+def forget(library: Library, refs: list[Reference], who: str, threshold: float = DEFAULT_THRESHOLD,
+           dry_run: bool = False) -> ErasureReport:
     """Erase every face within `threshold` of the person in `refs`, in every capture.
 
     The threshold is the search's, not the stricter reveal one: here a missed face is the
     costly mistake, and a stranger erased by error only becomes unsearchable and blurred.
+    With `dry_run`, the report says what would be erased and withdrawn; nothing changes.
     """
+    check_forget_threshold(threshold)
     matches = [m for m in audited_rank(library, refs, None, who, threshold=threshold, purpose="erasure") if m.match]
     by_capture: dict[int, CaptureErasure] = {}
     for m in matches:
@@ -55,7 +71,9 @@ def forget(library: Library, refs: list[Reference], who: str, threshold: float =
         consents, templates = library.consent_embeddings(capture.id)
         for consent, template in zip(consents, templates):
             if np.linalg.norm(template - target) <= threshold:
-                library.remove_consent(consent.id)
+                if not dry_run:
+                    library.remove_consent(consent.id)
                 by_capture.setdefault(capture.id, CaptureErasure(capture.id)).consents.append(consent.id)
-    library.erase_faces([m.face.id for m in matches])
+    if not dry_run:
+        library.erase_faces([m.face.id for m in matches])
     return ErasureReport(threshold, [by_capture[c] for c in sorted(by_capture)])

@@ -28,6 +28,17 @@ DEFAULT_THRESHOLD = 0.6
 # Revealing a face is the costly mistake: a stranger shown is worse than a consenting
 # person blurred. In the demo stadium, 0.6 let 17 strangers through; 0.5 none.
 KEEP_THRESHOLD = 0.5
+# Distances between dlib descriptors of different people rarely pass 1.0; a threshold
+# beyond it marks everyone a match and means nothing.
+MAX_THRESHOLD = 1.0
+
+
+def check_threshold(threshold: float, maximum: float = MAX_THRESHOLD) -> float:
+    """A match threshold (a distance between embeddings) a person can mean, or a clear error."""
+    if not 0 < threshold <= maximum:
+        raise GigafaceError(f"the match threshold is a distance more than 0 and at most {maximum:g}"
+                            f" (got {threshold:g})")
+    return threshold
 REFERENCE_MAX_PIXELS = 100_000_000
 
 
