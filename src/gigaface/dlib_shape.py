@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,7 +125,7 @@ def _load_cached(key: str) -> ShapeModel | None:
     try:
         with np.load(cache_path(key)) as z:
             return ShapeModel(**{name: z[name] for name in ShapeModel.__dataclass_fields__})
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
         return None  # absent or unreadable: read the .dat again (the cache is only for speed)
 
 
