@@ -71,14 +71,15 @@ def images() -> list[tuple[str, Path]]:
     return found
 
 
-def collect_faces(per_image: int, log=print) -> list[Face]:
+def collect_faces(per_image: int, sources: list[tuple[str, Path]] | None = None, log=print) -> list[Face]:
+    """The largest faces (at least MIN_FACE px) of each image of `sources` (default: `images()`)."""
     from gigaface import describe
     from gigaface.detector import CenterFace
     from gigaface.errors import GigafaceError
     from gigaface.search import detect_whole
 
     detector, faces, known = CenterFace(), [], {}
-    for folder, path in images():
+    for folder, path in sources if sources is not None else images():
         known.setdefault(folder, labels(folder))
         name = path.relative_to(shared_path(folder)).as_posix()
         try:
