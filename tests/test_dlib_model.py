@@ -114,6 +114,19 @@ def test_layer_out_of_place_is_refused(net_bytes):
         dlib_net.check_architecture(layers)
 
 
+def test_layers_that_do_not_fit_together_are_refused(net_bytes):
+    from gigaface.dlib_onnx import build_model
+
+    layers = dlib_net.read_layers(net_bytes)
+    layers[1].sizes["padding"] = (3, 3)  # dlib pads a stride-2 convolution with nothing
+    with pytest.raises(GigafaceError, match="layer 1 is con"):
+        dlib_net.check_architecture(layers)
+    layers = dlib_net.read_layers(net_bytes)
+    layers[6].arrays["weights"] = layers[6].arrays["weights"][:, :16]
+    with pytest.raises(GigafaceError, match="over 16 channels gets 32"):
+        build_model(layers)
+
+
 def test_model_is_built_once_per_file_content(net_bytes, tmp_path):
     copy = tmp_path / "copy.dat"
     copy.write_bytes(net_bytes)

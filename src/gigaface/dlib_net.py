@@ -126,6 +126,8 @@ def _read_con(r: DlibReader) -> Layer:
     for _ in range(4):
         r.real()  # learning-rate and weight-decay multipliers
     use_bias = r.boolean() if version != "con_4" else True
+    if use_bias and b_shape[:2] != (1, filters):
+        raise r.fail(f"convolution biases {b_shape} for {filters} filters")
     if version == "con_6" and r.boolean():
         raise r.fail("a convolution with a fused relu, which this descriptor never had")
     if w_shape[0] != filters or w_shape[2:] != (rows, cols):
@@ -200,6 +202,11 @@ def check_architecture(layers: list[Layer], name: str = MODEL_NAME) -> None:
 _SIZED = ("input", "con", "max_pool", "avg_pool", "fc")
 
 
+def default_padding(kernel: int, stride: int) -> int:
+    """dlib's padding for con_, max_pool_ and avg_pool_: half the kernel at stride 1, else none."""
+    return kernel // 2 if stride == 1 else 0
+
+
 def _sizes(layer: Layer) -> tuple:
     """What the architecture fixes about a layer; non-square kernels never match it."""
     s = layer.sizes
@@ -208,7 +215,9 @@ def _sizes(layer: Layer) -> tuple:
     if layer.kind in ("con", "max_pool", "avg_pool"):
         (kr, kc), (sr, sc) = s["kernel"], s["stride"]
         head = (s["filters"],) if layer.kind == "con" else ()
-        return head + ((kr, sr) if (kr, sr) == (kc, sc) else (s["kernel"], s["stride"]))
+        if (kr, sr) != (kc, sc) or s["padding"] != (default_padding(kr, sr),) * 2:
+            return head + (s["kernel"], s["stride"], ("padding", s["padding"]))
+        return head + (kr, sr)
     if layer.kind == "fc":
         return (s["outputs"],)
     return ()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .dlib_net import ARCHITECTURE, CHIP, INPUT, OUTPUT, Layer
+from .errors import GigafaceError
 
 OPSET = 17
 IR_VERSION = 8  # read by every onnxruntime and OpenVINO of the last years
@@ -113,7 +114,8 @@ def _conv(g: _Graph, x: str, con: Layer, affine: Layer) -> str:
         gamma, beta = affine.arrays["gamma"].astype(np.float64), affine.arrays["beta"].astype(np.float64)
         w, b = w * gamma[:, None, None, None], b * gamma + beta
     (kr, kc), (sr, sc), (pr, pc) = con.sizes["kernel"], con.sizes["stride"], con.sizes["padding"]
-    _, rows, cols = g.shapes[x]
+    channels, rows, cols = g.shapes[x]
+    _expect(w.shape[1] == channels, f"a convolution over {w.shape[1]} channels gets {channels}")
     shape = (con.sizes["filters"], _out_size(rows, kr, sr, pr), _out_size(cols, kc, sc, pc))
     return g.op("Conv", [x, g.const("w", w.astype(np.float32)), g.const("b", b.astype(np.float32))], shape,
                 kernel_shape=[kr, kc], strides=[sr, sc], pads=[pr, pc, pr, pc])
@@ -151,11 +153,19 @@ def _zero_fill(g: _Graph, x: str, shape: tuple[int, int, int]) -> str:
 
 def _fc(g: _Graph, x: str, layer: Layer) -> str:
     outputs = layer.sizes["outputs"]
+    _expect(layer.arrays["weights"].shape[0] == int(np.prod(g.shapes[x])),
+            f"the fc layer takes {layer.arrays['weights'].shape[0]} values, not {int(np.prod(g.shapes[x]))}")
     x = g.op("Flatten", [x], (int(np.prod(g.shapes[x])),), axis=1)  # dlib's k, nr, nc order is NCHW's
     x = g.op("MatMul", [x, g.const("fc", layer.arrays["weights"])], (outputs,))
     if layer.arrays["bias"] is not None:
         x = g.op("Add", [x, g.const("fc_bias", layer.arrays["bias"])], (outputs,))
     return x
+
+
+def _expect(ok: bool, what: str) -> None:
+    if not ok:
+        raise GigafaceError(f"dlib's face descriptor file does not fit together: {what}; "
+                            "reinstall 'face-recognition-models'")
 
 
 _LAYER_OPS = {"relu": _relu, "max_pool": _pool, "avg_pool": _pool, "fc": _fc}
