@@ -239,3 +239,29 @@ def test_reader_rejects_a_bad_integer():
         DlibReader(b"\x70\x01", "x.dat").integer()
     with pytest.raises(GigafaceError, match="ends early"):
         DlibReader(b"\x04\x01", "x.dat").integers(1)
+
+
+def test_damaged_descriptor_bytes_give_a_clear_error_or_a_checked_network(net_bytes):
+    """Random byte changes anywhere in the layer headers: a GigafaceError, never another exception."""
+    rng = np.random.default_rng(7)
+    headers = [i for i in range(len(net_bytes) - 6) if net_bytes[i + 1 : i + 6] in (b"con_4", b"affin", b"relu_")]
+    refused = 0
+    for at in rng.choice(headers, 40) + rng.integers(0, 60, 40):
+        damaged = bytearray(net_bytes)
+        damaged[at] ^= 1 << int(rng.integers(0, 8))
+        try:
+            dlib_net.check_architecture(dlib_net.read_layers(bytes(damaged), "damaged.dat"), "damaged.dat")
+        except GigafaceError as exc:
+            assert "damaged.dat" in str(exc) and "\n" not in str(exc)
+            refused += 1
+    assert refused >= 10  # many changes to headers and sizes are caught (22 of these 40); others only move a weight
+
+
+def test_damaged_shape_predictor_bytes_give_a_clear_error(shape_bytes):
+    rng = np.random.default_rng(8)
+    head = shape_bytes[:60_000]  # cut short, so every damaged copy must end in an error
+    for at in rng.integers(0, len(head), 30):
+        damaged = bytearray(head)
+        damaged[at] ^= 1 << int(rng.integers(0, 8))
+        with pytest.raises(GigafaceError, match="short.dat"):
+            dlib_shape.read_shape_model(bytes(damaged), "short.dat")

@@ -11,6 +11,7 @@ checked against it layer by layer.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,14 +109,12 @@ def _read_details(r: DlibReader) -> Layer:
 
 
 def _split_params(r: DlibReader, params: np.ndarray, *shapes: tuple) -> list[np.ndarray]:
-    flat, out, at = params.reshape(-1), [], 0
-    for shape in shapes:
-        n = int(np.prod(shape))
-        out.append(flat[at : at + n].reshape(shape))
-        at += n
-    if at != flat.size:
-        raise r.fail(f"a layer's parameters have {flat.size} values, its shapes need {at}")
-    return out
+    """A layer's flat parameter tensor cut into the shapes its aliases give."""
+    sizes = [math.prod(shape) for shape in shapes]
+    if sum(sizes) != params.size:
+        raise r.fail(f"a layer's parameters have {params.size} values, its shapes need {sum(sizes)}")
+    ends = np.cumsum(sizes)
+    return [params.reshape(-1)[end - n : end].reshape(shape) for n, end, shape in zip(sizes, ends, shapes)]
 
 
 def _read_con(r: DlibReader) -> Layer:

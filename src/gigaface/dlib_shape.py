@@ -49,15 +49,20 @@ def read_shape_model(data: bytes, name: str = MODEL_NAME) -> ShapeModel:
     if initial.size < 4 or initial.size % 2:
         raise r.fail(f"a mean shape of {initial.size} values")
     cascades = r.count(1000)
+    if cascades == 0:
+        raise r.fail("a shape predictor without cascade levels")
     forests = [_read_forest(r, initial.size) for _ in range(cascades)]
-    if len({f[0].shape for f in forests} | {f[3].shape[1:] for f in forests}) != 2:
+    if len({(f[0].shape, f[3].shape) for f in forests}) != 1:
         raise r.fail("cascade levels whose trees differ in shape")
     split_a, split_b, thresholds, leaves = (np.stack(parts) for parts in zip(*forests))
     r.expect_integer("number of anchor lists", cascades)
-    anchors = np.stack([r.integers(r.count(1 << 20)) for _ in range(cascades)])
+    anchors = [r.integers(r.count(1 << 20)) for _ in range(cascades)]
     r.expect_integer("number of offset lists", cascades)
-    deltas = np.stack([r.reals(2 * r.count(1 << 20)).reshape(-1, 2) for _ in range(cascades)])
+    deltas = [r.reals(2 * r.count(1 << 20)).reshape(-1, 2) for _ in range(cascades)]
     r.expect_end()
+    if len({len(a) for a in anchors} | {len(d) for d in deltas}) != 1:
+        raise r.fail("cascade levels with different numbers of feature pixels")
+    anchors, deltas = np.stack(anchors), np.stack(deltas)
     model = ShapeModel(initial.reshape(-1, 2), split_a, split_b, thresholds, leaves, anchors, deltas)
     _check(r, model)
     return model
