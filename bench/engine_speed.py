@@ -1,0 +1,242 @@
+"""Speed of the descriptor and the detector on this machine's CPU, by runtime.
+
+    python -m bench.engine_speed [--repeat 5] [--out bench/results/engine_speed.json]
+
+- alignment: dlib-bin's 5-point landmarks and get_face_chip against the numpy path
+  (`chips.aligned_chips`), ms a face over the crowd photo's faces;
+- dlib's descriptor: dlib-bin (one core) against the ONNX graph read from the same file
+  (`dlib_net`) under onnxruntime f32 and OpenVINO f32 / bf16, batch 1, 16, 64, 1 and 2
+  threads; ms a face, best of `--repeat` runs of 64 chips (a shared machine is noisy: the
+  load average is recorded beside each number);
+- CenterFace (`detector.prepared_model(1, 640, 640)`): ms a 640x640 tile under the same
+  runtimes, the largest difference of each output map against onnxruntime's on real
+  tiles, and the detections of a real crowd photo under each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).resolve().parent / "results" / "engine_speed.json"
+FACES = 64
+CROWD = ("ultralight_face_imgs", "imgs", "17.jpg")
+
+
+def best_ms(run, repeat: int) -> float:
+    run()  # warm-up: first-call allocations and, for OpenVINO, lazy kernel choices
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return min(times) * 1e3
+
+
+def crowd_faces(n: int) -> tuple[list[np.ndarray], list[tuple]]:
+    """Regions and boxes (as `describe` cuts them) of up to n faces of the crowd photo."""
+    from bench.data import shared_path
+    from gigaface import describe
+    from gigaface.search import detect_whole
+
+    pixels, dets = detect_whole(str(shared_path(*CROWD)))
+    regions, boxes = [], []
+    for x1, y1, x2, y2 in dets.boxes[:n]:
+        x0, y0, rx1, ry1 = describe.region_box((x1, y1, x2 - x1, y2 - y1))
+        x0, y0 = max(0, x0), max(0, y0)
+        regions.append(np.ascontiguousarray(pixels[y0:ry1, x0:rx1]))
+        boxes.append((x1 - x0, y1 - y0, x2 - x1, y2 - y1))
+    return regions, boxes
+
+
+def alignment_speeds(regions: list[np.ndarray], boxes: list[tuple], repeat: int) -> list[dict]:
+    """ms a face for dlib-bin's landmarks + get_face_chip against the numpy path."""
+    import dlib
+
+    from gigaface import chips, describe, dlib_shape
+
+    predictor, model = describe.shape_predictor(), dlib_shape.shape_model()
+
+    def with_dlib():
+        for region, box in zip(regions, boxes):
+            shape = predictor(region, dlib.rectangle(*chips.box_rect(box)))
+            dlib.get_face_chip(region, shape, size=150, padding=0.25)
+
+    def landmarks_only():
+        dlib_shape.landmarks_in_regions(model, regions, [chips.box_rect(b) for b in boxes])
+
+    n = len(regions)
+    return [{"path": name, "ms_per_face": best_ms(run, repeat) / n, "faces": n, "load": os.getloadavg()[0]}
+            for name, run in (("dlib-bin landmarks + chip", with_dlib),
+                              ("numpy landmarks + chip", lambda: chips.aligned_chips(regions, boxes)),
+                              ("numpy landmarks only", landmarks_only))]
+
+
+def descriptor_speeds(chips: np.ndarray, repeat: int, log=print) -> list[dict]:
+    from gigaface import describe
+    from gigaface.embedder import Descriptor
+    from gigaface.errors import GigafaceError
+
+    rows = [{"runtime": "dlib-bin", "precision": "f32", "batch": 16, "threads": 1,
+             "ms_per_face": best_ms(lambda: describe.embed(chips[:16]), max(1, repeat // 2)) / 16,
+             "load": os.getloadavg()[0]}]
+    log(f"  {rows[-1]}")
+    for runtime, precision in (("onnxruntime", "f32"), ("openvino", "f32"), ("openvino", "bf16")):
+        for threads in (1, 2):
+            for batch in (1, 16, 64):
+                try:
+                    d = Descriptor(runtime, threads=threads, batch=batch, precision=precision)
+                except GigafaceError as exc:
+                    log(f"  {runtime} {precision}: {exc}")
+                    break
+                ms = best_ms(lambda: d.embed(chips), repeat) / len(chips)
+                rows.append({"runtime": runtime, "precision": precision, "batch": batch, "threads": threads,
+                             "ms_per_face": ms, "load": os.getloadavg()[0]})
+                log(f"  {rows[-1]}")
+    return rows
+
+
+class OpenVinoCenterFace:
+    """CenterFace's prepared graph compiled by OpenVINO, behind gigaface's Detector protocol."""
+
+    def __init__(self, precision: str, threads: int, tile: int = 640):
+        import io
+
+        from gigaface.detector import prepared_model
+        from gigaface.embedder import openvino_core
+
+        ov, core = openvino_core()
+        self.tile = tile
+        compiled = core.compile_model(ov.convert_model(io.BytesIO(prepared_model(1, tile, tile))), "CPU",
+                                      {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision,
+                                       "PERFORMANCE_HINT": "LATENCY"})
+        self.outputs = compiled.outputs
+        self.request = compiled.create_infer_request()
+        self.buffer = np.zeros((1, tile, tile, 3), np.uint8)
+
+    def infer(self, tile: np.ndarray) -> list[np.ndarray]:
+        self.buffer[0] = tile
+        result = self.request.infer({0: self.buffer})
+        return [result[o][0].copy() for o in self.outputs]
+
+    def detect_jobs(self, jobs, fill, threshold: float = 0.35):
+        from gigaface.detector import decode
+
+        out = []
+        for job in jobs:
+            fill(job, self.buffer[0])
+            out.append(decode(*self.infer(self.buffer[0]), threshold=threshold))
+        return out
+
+
+class OrtCenterFace:
+    """The same prepared graph in one onnxruntime session of `threads` threads."""
+
+    def __init__(self, threads: int, tile: int = 640):
+        from gigaface.detector import _Stream, prepared_model
+
+        self.tile = tile
+        self.stream = _Stream(prepared_model(1, tile, tile), 1, tile, threads, ["CPUExecutionProvider"])
+
+    def infer(self, tile: np.ndarray) -> list[np.ndarray]:
+        self.stream.tiles[0] = tile
+        return [o[0] for o in self.stream.infer(1)]
+
+
+def real_tiles() -> list[np.ndarray]:
+    from bench.data import shared_path
+    from gigaface.source import as_rgb8, open_sequential
+
+    pixels = as_rgb8(open_sequential(str(shared_path(*CROWD)))).numpy()
+    return [np.ascontiguousarray(pixels[y : y + 640, x : x + 640]) for y, x in ((0, 0), (200, 900))]
+
+
+def detector_speeds(repeat: int, log=print) -> dict:
+    from gigaface.errors import GigafaceError
+    from gigaface.plan import settings_for
+    from gigaface.scan_job import detect_image
+    from bench.data import shared_path
+
+    tiles = real_tiles()
+    reference = OrtCenterFace(1)
+    ref_maps = [reference.infer(t) for t in tiles]
+    photo = str(shared_path(*CROWD))
+    ref_dets = detect_image(photo, settings_for("balanced"))
+    rows, agreement = [], {}
+    engines = [("onnxruntime", "f32", th, lambda th=th: OrtCenterFace(th)) for th in (1, 2)]
+    engines += [("openvino", p, th, lambda p=p, th=th: OpenVinoCenterFace(p, th)) for p in ("f32", "bf16") for th in (1, 2)]
+    for runtime, precision, threads, make in engines:
+        try:
+            engine = make()
+        except GigafaceError as exc:
+            log(f"  CenterFace {runtime}: {exc}")
+            continue
+        rows.append({"runtime": runtime, "precision": precision, "threads": threads,
+                     "ms_per_tile": best_ms(lambda: engine.infer(tiles[0]), repeat), "load": os.getloadavg()[0]})
+        log(f"  {rows[-1]}")
+        if runtime == "openvino" and threads == 2:
+            maps = [engine.infer(t) for t in tiles]
+            agreement[precision] = {"max_abs_heatmap": float(max(np.abs(m[0] - r[0]).max() for m, r in zip(maps, ref_maps))),
+                                    "max_abs_any_output": float(max(np.abs(a - b).max() for m, r in zip(maps, ref_maps)
+                                                                    for a, b in zip(m, r))),
+                                    **same_detections(detect_image(photo, settings_for("balanced"), engine), ref_dets)}
+            log(f"  {precision} vs onnxruntime: {agreement[precision]}")
+    return {"tiles": rows, "openvino_vs_onnxruntime": agreement, "crowd_photo": "/".join(CROWD),
+            "faces_onnxruntime": int(len(ref_dets))}
+
+
+def same_detections(dets, ref) -> dict:
+    """How many faces each found, and how many of onnxruntime's have a twin (IoU 0.5, 0.9)."""
+    a, b = dets.boxes, ref.boxes
+    if not len(a) or not len(b):
+        return {"faces": int(len(a)), "matched_iou_0.5": 0, "matched_iou_0.9": 0}
+    lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(hi - lo, 0, None).prod(axis=2)
+    area_a, area_b = ((x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1]) for x in (a, b))
+    best = (inter / (area_a[:, None] + area_b[None, :] - inter)).max(axis=0)
+    return {"faces": int(len(a)), "matched_iou_0.5": int((best >= 0.5).sum()), "matched_iou_0.9": int((best >= 0.9).sum())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.engine_speed", description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")  # dlib-bin on one core, as describe's workers run it
+    from bench.data import MissingData
+
+    try:
+        from gigaface.chips import aligned_chips
+
+        regions, boxes = crowd_faces(FACES)
+        chips = aligned_chips(regions, boxes)[0]
+        result = {"cpu": cpu_name(), "cores": os.cpu_count(), "load_at_start": os.getloadavg()[0],
+                  "alignment": alignment_speeds(regions, boxes, args.repeat),
+                  "descriptor": descriptor_speeds(chips[np.arange(FACES) % len(chips)], args.repeat),
+                  "centerface": detector_speeds(args.repeat)}
+    except MissingData as exc:
+        print(f"engine speed benchmark skipped: {exc}", file=sys.stderr)
+        return 2
+    result["command"] = "python -m bench.engine_speed " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
