@@ -102,9 +102,11 @@ def test_without_the_key_a_library_lists_but_does_not_search(lib, tmp_path):
         del os.environ["GIGAFACE_KEY"]
     wrong = tmp_path / "wrong.key"
     wrong.write_text("A" * 43 + "=\n")
+    wrong.chmod(0o600)
     assert "not this library's key" in fails("--key-file", wrong, "find", db, "--photo", built.reference)
     garbage = tmp_path / "garbage.key"
     garbage.write_text("not a key")
+    garbage.chmod(0o600)
     assert "not a gigaface key" in fails("--key-file", garbage, "captures", db)
 
 
