@@ -259,9 +259,8 @@ class Library:
             self.db.execute("PRAGMA foreign_keys = ON")
             tables = self._tables()
         except sqlite3.DatabaseError as exc:
-            problem = sqlite_write_problem(exc)
-            if problem:
-                raise GigafaceError(f"{path}: cannot open the library: {problem}") from None
+            if sqlite_write_problem(exc):
+                raise _cannot_open(path, exc) from None
             raise GigafaceError(f"{path}: not a gigaface library ({exc})") from None
         if not tables:
             if not create:
@@ -278,7 +277,7 @@ class Library:
         try:
             self.db.execute("PRAGMA journal_mode = WAL")
         except sqlite3.OperationalError as exc:
-            raise GigafaceError(f"{path}: cannot open the library: {sqlite_write_problem(exc) or exc}") from None
+            raise _cannot_open(path, exc) from None
         self.db.execute("PRAGMA synchronous = NORMAL")
         # Erased and expired templates must not linger in free pages of the file.
         self.db.execute("PRAGMA secure_delete = ON")
@@ -866,6 +865,14 @@ def _create_file(path: str) -> list[str]:
         reason = os_reason(exc, folder_of(path)) if isinstance(exc, OSError) else sqlite_write_problem(exc) or str(exc)
         raise GigafaceError(f"{path}: cannot create the library: {reason}") from None
     return made
+
+
+def _cannot_open(path: str, exc: sqlite3.Error) -> GigafaceError:
+    folder = folder_of(path)
+    if not os.access(folder, os.W_OK):
+        return GigafaceError(f"{path}: cannot open the library: cannot write in {folder} (SQLite keeps the"
+                             " library's -wal and -shm files beside it)")
+    return GigafaceError(f"{path}: cannot open the library: {sqlite_write_problem(exc) or exc}")
 
 
 def _initialise(db: sqlite3.Connection, key: LibraryKey) -> None:
