@@ -169,6 +169,10 @@ def test_a_schema_3_library_gets_its_crops_sealed_and_its_log_chained(lib):
     assert rows == 1 and all(c.startswith(b"\xff\xd8") for c in crops.values())  # plain JPEGs, as schema 3 had
     migrated = Library(str(db))
     assert migrated._meta("schema") == "4"
+    # What a copy taken now holds (the library still open, as a running service keeps it):
+    # no plain crop, neither in the main file's old pages nor in the WAL.
+    on_disk = b"".join(Path(str(db) + s).read_bytes() for s in ("", "-wal") if os.path.exists(str(db) + s))
+    assert not any(c[:256] in on_disk for c in crops.values())
     raw = dict(sqlite3.connect(db).execute("SELECT id, crop FROM faces WHERE crop IS NOT NULL"))
     assert raw.keys() == crops.keys()
     assert not any(blob.startswith(b"\xff\xd8") or crops[i] in blob for i, blob in raw.items())

@@ -328,6 +328,9 @@ class Library:
             self.db.execute("ROLLBACK")
             raise
         _make_private(self.path)  # made 0644 by older versions; it holds biometric data
+        # The plain embeddings and crops just sealed stay in the main file until a checkpoint
+        # replaces their pages: a copy of the file alone would still show them.
+        self.flush_deleted()
 
     def _migration_key(self, version: int) -> LibraryKey:
         if version < 3:  # not sealed yet: the key given, or a new one beside the library
