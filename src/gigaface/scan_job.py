@@ -320,15 +320,21 @@ def scan_path(library: Library, path: str, settings: Settings, *, detector: Dete
                                 max_pixels, discard_on_error)
 
 
-def _capture_for(library: Library, path: str, key: str, kind: str, frames: list[Frame],
-                 settings: Settings) -> CaptureRecord:
-    """The capture of this content: found by its key, or by the older, weaker key of a
-    capture made from this same path (which then gets the full key), or made now."""
+def existing_capture(library: Library, path: str, key: str) -> CaptureRecord | None:
+    """The capture of this content: found by its key (`capture_key(path)`), or by the older,
+    weaker key of a capture made from this same path, which then gets the full key."""
     capture = library.capture_by_key(key)
     if capture is None:
         legacy = library.capture_by_key(legacy_capture_key(path))
         if legacy is not None and legacy.source == os.path.abspath(path):
             capture = library.rekey_capture(legacy.id, key)
+    return capture
+
+
+def _capture_for(library: Library, path: str, key: str, kind: str, frames: list[Frame],
+                 settings: Settings) -> CaptureRecord:
+    """The capture of this content (existing_capture), or one made now."""
+    capture = existing_capture(library, path, key)
     if capture is None:
         width = max(f.x + f.width for f in frames)
         height = max(f.y + f.height for f in frames)
