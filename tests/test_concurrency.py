@@ -58,19 +58,29 @@ def _assert_no_face_lost(db, runs) -> None:
     library.close()
 
 
-def _pairs(image, folder, count: int) -> None:
+def _pairs(image, folder, count: int, existing: bool) -> None:
+    """`count` pairs of scans, each pair into a library of its own: new (the race to create
+    it), or `existing` (made before: the race on the capture itself, where the old code
+    ended both scans `done` with 0 faces)."""
     for i in range(count):
         db = folder / f"lib{i}.db"
+        if existing:
+            Library(str(db), create=True).close()
         _assert_no_face_lost(db, _scan_pair(image, db))
 
 
-def test_two_concurrent_scans_of_one_image_lose_no_face(small_image, tmp_path):
-    _pairs(small_image, tmp_path, 2)
+def test_two_concurrent_scans_into_a_new_library_lose_no_face(small_image, tmp_path):
+    _pairs(small_image, tmp_path, 2, existing=False)
+
+
+def test_two_concurrent_scans_into_an_existing_library_lose_no_face(small_image, tmp_path):
+    _pairs(small_image, tmp_path, 3, existing=True)
 
 
 @pytest.mark.slow
-def test_twenty_concurrent_pairs_of_scans_never_lose_a_face(small_image, tmp_path):
-    _pairs(small_image, tmp_path, 20)
+@pytest.mark.parametrize("existing", [False, True], ids=["new-library", "existing-library"])
+def test_twenty_concurrent_pairs_of_scans_never_lose_a_face(small_image, tmp_path, existing):
+    _pairs(small_image, tmp_path, 20, existing)
 
 
 def test_a_second_scan_waits_for_the_first_and_says_so(small_image, tmp_path):
