@@ -26,7 +26,6 @@ from .memory import peak_rss_mb
 from .paths import FULL, NOT_WRITABLE, folder_of, os_reason, sqlite_write_problem
 from .plan import PRESETS, settings_for
 from .scan_job import Reporter, frames_of, scan_path
-from .sealing import key_file_beside
 from .search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, audited_rank, check_threshold, contact_sheet, local_user
 from .source import DEFAULT_MAX_PIXELS
 

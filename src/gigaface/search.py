@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from . import describe as describing
-from .audit_chain import local_user
+from .audit_chain import local_user  # noqa: F401 - callers name it search.local_user
 from .detections import Detections
 from .detector import CenterFace
 from .errors import GigafaceError

@@ -6,7 +6,6 @@ full-width bands, top to bottom (`access="sequential"`), and never holds the who
 from __future__ import annotations
 
 import ctypes
-import os
 import queue
 import threading
 from collections.abc import Iterator
