@@ -20,7 +20,8 @@ def free_port() -> int:
 
 
 def make_token(db: Path | str, role: str, name: str | None = None) -> str:
-    done = run_cli("token", "create", db, "--name", name or role, "--role", role)
+    # --create: most tests start their library with its first token
+    done = run_cli("token", "create", db, "--name", name or role, "--role", role, "--create")
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 
 import numpy as np
@@ -253,3 +254,117 @@ def test_blur_refuses_to_overwrite_the_original(scanned):
     proc = run_cli("blur", image, "--db", db, "--out", image)
     assert_user_error(proc, "overwrite")
     assert image.read_bytes() == before
+
+
+# --- files that would hang: pipes given as inputs ---------------------------------------
+@pytest.fixture
+def fifo(tmp_path):
+    path = tmp_path / "pipe.jpg"
+    os.mkfifo(path)
+    return path
+
+
+def test_scan_of_a_fifo_is_refused_not_hung(tmp_path, fifo):
+    proc = run_cli("scan", fifo, "--db", tmp_path / "lib.db", timeout=60)
+    assert_user_error(proc, "pipe.jpg", "not a regular file")
+    assert not (tmp_path / "lib.db").exists()
+
+
+def test_a_fifo_as_reference_photo_is_refused_not_hung(scanned, fifo, tmp_path):
+    _, _, db = scanned
+    proc = run_cli("find", db, "--photo", fifo, "--sheet", tmp_path / "s.png", timeout=60)
+    assert_user_error(proc, "pipe.jpg", "not a regular file")
+
+
+def test_a_fifo_as_key_file_is_refused_not_hung(scanned, fifo):
+    _, _, db = scanned
+    proc = run_cli("--key-file", fifo, "captures", db, timeout=60)
+    assert_user_error(proc, "pipe.jpg", "not a regular file")
+
+
+# --- values that made tracebacks, or were taken silently ------------------------------------
+@pytest.mark.parametrize("args, needles", [
+    (["--sheet", "/nonexistent/dir/s.png"], ("/nonexistent/dir", "does not exist")),
+    (["--sheet", "."], ("is a directory",)),
+    (["--top", "-1"], ("--top",)),
+    (["--top", "0"], ("--top",)),
+    (["--threshold", "-1"], ("threshold",)),
+    (["--threshold", "5"], ("threshold",)),
+], ids=["sheet-in-missing-folder", "sheet-is-a-folder", "top-negative", "top-zero", "threshold-negative",
+        "threshold-meaningless"])
+def test_find_refuses_bad_values_before_any_work(scanned, tmp_path, args, needles):
+    _, _, db = scanned
+    photo = write_image(tmp_path / "astronaut.png", astronaut())
+    before = Library(str(db)).audit()
+    proc = run_cli("find", db, "--photo", photo, *args, cwd=tmp_path)
+    assert_user_error(proc, *needles)
+    assert len(Library(str(db)).audit()) == len(before)  # nothing searched
+
+
+@pytest.mark.parametrize("command, args, needle", [
+    ("blur", ["--threshold", "-1"], "threshold"),
+    ("forget", ["--threshold", "-1"], "erasure threshold"),
+    ("forget", ["--threshold", "0.9"], "erasure threshold"),
+    ("audit", ["--days", "-5"], "--days"),
+])
+def test_thresholds_and_days_are_checked(scanned, tmp_path, command, args, needle):
+    _, image, db = scanned
+    photo = write_image(tmp_path / "astronaut.png", astronaut())
+    extra = {"blur": [image, "--db", db, "--out", tmp_path / "public.jpg"], "forget": [db, "--photo", photo],
+             "audit": [db]}[command]
+    assert_user_error(run_cli(command, *extra, *args), needle)
+    assert not (tmp_path / "public.jpg").exists()
+
+
+# The old code took --workers -3, and "refused" every image for --max-pixels -1 as over the
+# limit: the message must name the option's own bound.
+@pytest.mark.parametrize("args, needle", [(["--workers", "-3"], "--workers is at least 1"),
+                                          (["--workers", "0"], "--workers is at least 1"),
+                                          (["--max-pixels", "-1"], "--max-pixels is at least 1")])
+def test_scan_refuses_counts_under_one(tmp_path, args, needle):
+    image = write_image(tmp_path / "crowd.png", crowd(300, 200, [(150, 100, 60)]))
+    assert_user_error(run_cli("scan", image, "--db", tmp_path / "lib.db", *args), needle)
+    assert files_in(tmp_path) == {"crowd.png"}
+
+
+@pytest.mark.parametrize("args, needle", [(["--size", "0"], "--size"), (["--size", "-1"], "--size"),
+                                          (["--out", "/proc/nope"], "/proc/nope")])
+def test_demo_refuses_bad_values(tmp_path, args, needle):
+    assert_user_error(run_cli("demo", *args, cwd=tmp_path, timeout=60), needle)
+    assert files_in(tmp_path) == set()
+
+
+def test_token_create_does_not_make_a_library_out_of_a_typo(tmp_path):
+    typo = tmp_path / "libary.db"
+    assert_user_error(run_cli("token", "create", typo, "--name", "me"), "no such library", "--create")
+    assert files_in(tmp_path) == set()
+    made = run_cli("token", "create", typo, "--name", "me", "--create")
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip().startswith("gf_") and Library(str(typo)).tokens()[0].name == "me"
+
+
+def test_a_wrong_key_file_on_scan_is_refused_before_any_work(scanned, tmp_path):
+    folder, _, db = scanned
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text("B" * 43 + "=\n")
+    wrong.chmod(0o600)
+    other = write_image(tmp_path / "other.png", crowd(300, 200, [(150, 100, 60)]))
+    last_id = Library(str(db))._meta("last_capture_id")
+    proc = run_cli("--key-file", wrong, "scan", other, "--db", db, "--quiet")
+    assert_user_error(proc, "not this library's key")
+    # no capture was made and dropped on the way: ids are never reused, so one would show here
+    assert Library(str(db))._meta("last_capture_id") == last_id
+
+
+def test_a_key_file_others_can_read_is_used_with_one_warning(tmp_path):
+    db = tmp_path / "lib.db"
+    Library(str(db), create=True).close()
+    key = tmp_path / "lib.db.key"
+    key.chmod(0o644)
+    proc = run_cli("captures", db)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gigaface: warning: ") and "other users" in lines[0], lines
+    assert "chmod 600" in lines[0]
+    key.chmod(0o600)
+    assert run_cli("captures", db).stderr == ""

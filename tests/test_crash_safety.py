@@ -184,10 +184,13 @@ def test_killed_scans_resume_to_the_same_faces(scene, tmp_path):
     assert face_set(db) == scene["faces"]
     (capture,) = Library(str(db)).captures()
     assert capture.stage == "done"
-    # SQLite's own -wal/-shm may stay beside the library, and its key; nothing else may.
+    # SQLite's own -wal/-shm may stay beside the library, its key, and the capture's scan
+    # lock (scan_lock.py: the files folder holds it); nothing else may.
     leftovers = {p.name for p in tmp_path.iterdir()} - {"crowd.jpg", "lib.db", "lib.db-wal", "lib.db-shm",
-                                                         "lib.db.key"}
+                                                         "lib.db.key", "lib.db.files"}
     assert leftovers == set()
+    files = tmp_path / "lib.db.files"
+    assert [str(p.relative_to(files)) for p in files.rglob("*") if p.is_file()] == ["capture-1/job.lock"]
 
 
 def test_killed_blurs_leave_no_partial_output(scene, tmp_path):

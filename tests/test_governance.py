@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import sqlite3
 import stat
@@ -15,7 +16,9 @@ import numpy as np
 import pytest
 
 from gigaface.demo_scene import build_stadium
+from gigaface.errors import GigafaceError
 from gigaface.index import Library
+from tests.conftest import shared_data
 from tests.helpers import iou, read_image, run_cli
 
 
@@ -102,25 +105,35 @@ def test_without_the_key_a_library_lists_but_does_not_search(lib, tmp_path):
         del os.environ["GIGAFACE_KEY"]
     wrong = tmp_path / "wrong.key"
     wrong.write_text("A" * 43 + "=\n")
+    wrong.chmod(0o600)
     assert "not this library's key" in fails("--key-file", wrong, "find", db, "--photo", built.reference)
     garbage = tmp_path / "garbage.key"
     garbage.write_text("not a key")
+    garbage.chmod(0o600)
     assert "not a gigaface key" in fails("--key-file", garbage, "captures", db)
+
+
+def _unseal_crops(con, key) -> dict[int, bytes]:
+    """The library's crops made plain again, as schema 3 and older kept them."""
+    crops = {i: key.unseal(c, b"crop") for i, c in con.execute("SELECT id, crop FROM faces WHERE crop IS NOT NULL")}
+    con.executemany("UPDATE faces SET crop = ? WHERE id = ?", [(c, i) for i, c in crops.items()])
+    return crops
 
 
 def test_an_older_library_is_migrated_and_its_embeddings_sealed(lib):
     _, db = lib
     ids, vectors = Library(str(db)).embeddings()
-    # Turn the copy back into a schema-2 library: plain embeddings, no governance tables.
+    # Turn the copy back into a schema-2 library: plain embeddings and crops, no governance tables.
     key = Library(str(db)).key()
     con = sqlite3.connect(db, isolation_level=None)
     con.executescript("DROP TABLE consents; DROP TABLE searches; ALTER TABLE faces DROP COLUMN erased;"
                       " ALTER TABLE captures DROP COLUMN expires_at;"
-                      " DELETE FROM meta WHERE key IN ('key_check', 'retention_days');"
+                      " DELETE FROM meta WHERE key IN ('key_check', 'retention_days', 'audit_head');"
                       " UPDATE meta SET value = '2' WHERE key = 'schema';")
     con.executemany("UPDATE faces SET embedding = ? WHERE id = ?",
                     [(key.unseal(blob), i) for i, blob in con.execute("SELECT id, embedding FROM faces"
                                                                       " WHERE embedding IS NOT NULL").fetchall()])
+    crops = _unseal_crops(con, key)
     con.close()
     migrated = Library(str(db))
     again_ids, again = migrated.embeddings()
@@ -128,6 +141,106 @@ def test_an_older_library_is_migrated_and_its_embeddings_sealed(lib):
     assert migrated.captures()[0].expires_at > time.time() + 29 * 86400  # dated from the migration
     sealed = sqlite3.connect(db).execute("SELECT embedding FROM faces WHERE id = ?", (int(ids[0]),)).fetchone()[0]
     assert vectors[0].tobytes() not in sealed
+    assert all(migrated.crop(i) == c for i, c in crops.items())  # sealed once, not twice
+    assert migrated.audit().verdict.ok
+
+
+def _as_schema_3(db) -> tuple[dict[int, bytes], int]:
+    """Turn a library back into what gigaface made before schema 4: crops in clear, no audit
+    chain or head, a file others may read. Returns (the crops, rows in the log)."""
+    key = Library(str(db)).key()
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("BEGIN")
+    crops = _unseal_crops(con, key)
+    con.execute("ALTER TABLE searches DROP COLUMN chain")
+    con.execute("DELETE FROM meta WHERE key = 'audit_head'")
+    con.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    con.execute("COMMIT")
+    rows = con.execute("SELECT COUNT(*) FROM searches").fetchone()[0]
+    con.close()
+    os.chmod(db, 0o644)
+    return crops, rows
+
+
+def test_a_schema_3_library_gets_its_crops_sealed_and_its_log_chained(lib):
+    built, db = lib
+    ok("find", db, "--photo", built.reference, "--top", "2")  # a log entry from before the upgrade
+    crops, rows = _as_schema_3(db)
+    assert rows == 1 and all(c.startswith(b"\xff\xd8") for c in crops.values())  # plain JPEGs, as schema 3 had
+    migrated = Library(str(db))
+    assert migrated._meta("schema") == "4"
+    # What a copy taken now holds (the library still open, as a running service keeps it):
+    # no plain crop, neither in the main file's old pages nor in the WAL.
+    on_disk = b"".join(Path(str(db) + s).read_bytes() for s in ("", "-wal") if os.path.exists(str(db) + s))
+    assert not any(c[:256] in on_disk for c in crops.values())
+    raw = dict(sqlite3.connect(db).execute("SELECT id, crop FROM faces WHERE crop IS NOT NULL"))
+    assert raw.keys() == crops.keys()
+    assert not any(blob.startswith(b"\xff\xd8") or crops[i] in blob for i, blob in raw.items())
+    assert all(migrated.crop(i) == c for i, c in crops.items())
+    log = migrated.audit()
+    assert log.verdict.ok and log.verdict.rows == 1 and log[0].purpose == "search"
+    assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
+
+
+def test_a_schema_3_library_without_its_key_is_not_half_migrated(lib, tmp_path):
+    _, db = lib
+    crops, _ = _as_schema_3(db)
+    os.rename(str(db) + ".key", tmp_path / "apart.key")
+    message = fails("captures", db)
+    assert "schema 3" in message and "--key-file" in message
+    con = sqlite3.connect(db)  # untouched: still schema 3, crops still as they were
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "3"
+    assert dict(con.execute("SELECT id, crop FROM faces WHERE crop IS NOT NULL")) == crops
+    con.close()
+    assert "stadium.jpg" in ok("--key-file", tmp_path / "apart.key", "captures", db)
+    assert Library(str(db))._meta("schema") == "4"
+
+
+# --- crops are biometric too ----------------------------------------------------------------
+def test_crops_are_sealed_and_shown_only_with_the_key(lib, tmp_path):
+    _, db = lib
+    raw = sqlite3.connect(db).execute("SELECT id, crop FROM faces WHERE crop IS NOT NULL").fetchall()
+    assert len(raw) > 20
+    for _, blob in raw:  # nothing in the file decodes as a picture
+        assert cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR) is None
+    library = Library(str(db))
+    face_id = raw[0][0]
+    crop = cv2.imdecode(np.frombuffer(library.crop(face_id), np.uint8), cv2.IMREAD_COLOR)
+    assert crop is not None and min(crop.shape[:2]) > 8
+    os.rename(str(db) + ".key", tmp_path / "apart.key")
+    with pytest.raises(GigafaceError, match="no key was given"):
+        Library(str(db)).crop(face_id)
+
+
+def test_a_copied_library_without_its_key_shows_no_face(tmp_path):
+    """The review's attack: crops read out of a copied lib.db re-embedded into working
+    templates (a real photo's crop matched its person at 0.355). Now they do not decode."""
+    photo = shared_data("face_recognition_examples", "obama.jpg")
+    db = tmp_path / "lib.db"
+    done = run_cli("scan", photo, "--db", db, "--quiet")
+    assert done.returncode == 0, done.stderr
+    Library(str(db)).flush_deleted()
+    copy = tmp_path / "copied.db"
+    shutil.copy(db, copy)  # the file alone, as an attacker would take it
+    rows = sqlite3.connect(copy).execute("SELECT crop, embedding FROM faces").fetchall()
+    assert rows and all(crop for crop, _ in rows)
+    for crop, _ in rows:
+        assert cv2.imdecode(np.frombuffer(crop, np.uint8), cv2.IMREAD_COLOR) is None
+    with pytest.raises(GigafaceError, match="encrypted"):
+        Library(str(copy)).crop(1)
+
+
+def test_the_library_and_its_key_are_owner_only(lib):
+    built, db = lib
+    fresh = db.parent / "fresh.db"
+    done = run_cli("scan", built.reference, "--db", fresh, "--quiet")
+    assert done.returncode == 0, done.stderr
+    for path in (fresh, Path(str(fresh) + ".key")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    library = Library(str(fresh))  # open: SQLite makes the -wal and -shm now
+    library.captures()
+    for suffix in ("-wal", "-shm"):
+        assert stat.S_IMODE(os.stat(str(fresh) + suffix).st_mode) == 0o600, suffix
 
 
 # --- consent -------------------------------------------------------------------------------
@@ -230,6 +343,40 @@ def test_every_search_is_audited_and_the_log_is_append_only(lib):
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             con.execute(statement)
     assert con.execute("SELECT COUNT(*) FROM searches").fetchone()[0] == 3
+
+
+def test_consents_and_dry_runs_are_audited(lib, monkeypatch):
+    built, db = lib
+    monkeypatch.setenv("LOGNAME", "mallory")  # getpass would believe this; the log does not
+    monkeypatch.setenv("USER", "mallory")
+    ok("consent", "add", db, "--photo", built.reference, "--name", "Eileen")
+    (consent,) = json.loads(ok("consent", "list", db, "--json"))
+    ok("consent", "remove", db, str(consent["id"]))
+    log = json.loads(ok("audit", db, "--json"))
+    assert [e["purpose"] for e in log] == ["consent-add", "consent-remove"]
+    added, removed = log
+    assert added["captures"] == removed["captures"] == [1]
+    assert added["results"] > 20 and added["matches"] == 1  # faces compared, the one it reveals
+    assert added["reference_hash"] == removed["reference_hash"]  # the same person's template
+    assert added["who"] == f"local {pwd.getpwuid(os.getuid()).pw_name}" != "local mallory"
+
+
+def test_forget_dry_run_changes_nothing(lib):
+    built, db = lib
+    target = target_face(built, db)
+    ok("consent", "add", db, "--photo", built.reference, "--name", "Eileen")
+    before = sqlite3.connect(db).execute("SELECT id, embedding, crop, erased FROM faces ORDER BY id").fetchall()
+    files = Path(str(db) + ".files") / "capture-1"
+    files.mkdir(parents=True, exist_ok=True)
+    (files / "pyramid.dzi").write_text("<Image/>")  # as `serve` leaves it: a dry run rebuilds nothing
+    report = json.loads(ok("forget", db, "--photo", built.reference, "--dry-run", "--json"))
+    assert report["dry_run"] and report["rebuilt"] == []
+    assert target["id"] in report["captures"][0]["faces"] and report["consents_removed"] == 1
+    assert sqlite3.connect(db).execute("SELECT id, embedding, crop, erased FROM faces ORDER BY id").fetchall() == before
+    assert len(json.loads(ok("consent", "list", db, "--json"))) == 1
+    assert (files / "pyramid.dzi").read_text() == "<Image/>"
+    assert json.loads(ok("audit", db, "--json"))[-1]["purpose"] == "erasure-dry-run"
+    assert "would be erased" in ok("forget", db, "--photo", built.reference, "--dry-run")
 
 
 # --- retention -----------------------------------------------------------------------------

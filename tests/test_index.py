@@ -291,3 +291,47 @@ def test_workers_exit_when_the_scan_is_killed(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+# --- what makes two files one capture -------------------------------------------------------
+@pytest.fixture(scope="module")
+def twin_tiffs(tmp_path_factory):
+    """Two uncompressed TIFFs of one size whose first and last MiB are the same bytes: only
+    the second has a face, in the middle rows."""
+    folder = tmp_path_factory.mktemp("twins")
+    empty = background(1200, 1000, seed=3)
+    with_face = empty.copy()
+    paste_centred(with_face, face_patch(110), 600, 500)
+    a = write_image(folder / "a.tif", empty)
+    b = write_image(folder / "b.tif", with_face)
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    assert len(data_a) == len(data_b) > 3 << 20
+    assert data_a[: 1 << 20] == data_b[: 1 << 20] and data_a[-(1 << 20):] == data_b[-(1 << 20):]
+    return a, b
+
+
+def test_two_images_differing_only_in_the_middle_are_two_captures(tmp_path, twin_tiffs, detector):
+    a, b = twin_tiffs
+    library = Library(str(tmp_path / "lib.db"), create=True)
+    first = scan_path(library, str(a), settings_for("balanced"), detector=detector)
+    second = scan_path(library, str(b), settings_for("balanced"), detector=detector)
+    assert first.faces == 0
+    assert not second.skipped and second.capture.id != first.capture.id  # not "already scanned: 0 faces"
+    assert second.faces == 1 and library.faces(second.capture.id)[0].source == str(b)
+
+
+def test_a_capture_with_an_older_key_is_found_and_rekeyed(tmp_path, twin_tiffs, detector):
+    from gigaface.scan_job import capture_key, legacy_capture_key
+
+    a, b = twin_tiffs
+    library = Library(str(tmp_path / "lib.db"), create=True)
+    first = scan_path(library, str(b), settings_for("balanced"), detector=detector)
+    library.db.execute("UPDATE captures SET key = ? WHERE id = ?", (legacy_capture_key(str(b)), first.capture.id))
+    again = scan_path(library, str(b), settings_for("balanced"), detector=detector)  # the same path: the same capture
+    assert again.skipped and again.capture.id == first.capture.id and again.faces == 1
+    assert library.capture(first.capture.id).key == capture_key(str(b))
+    # The other twin shares the old key, but not the path: not taken for that capture.
+    library.db.execute("UPDATE captures SET key = ? WHERE id = ?", (legacy_capture_key(str(b)), first.capture.id))
+    other = scan_path(library, str(a), settings_for("balanced"), detector=detector)
+    assert not other.skipped and other.capture.id != first.capture.id and other.faces == 0
+    assert library.face_count(first.capture.id) == 1

@@ -12,7 +12,7 @@ from gigaface.index import Library
 from gigaface.manifest import read_manifest
 from gigaface.plan import settings_for
 from gigaface.scan_job import scan_path
-from helpers import crowd, iou, write_image
+from helpers import crowd, iou, run_cli, write_image
 
 
 @pytest.fixture
@@ -82,10 +82,51 @@ def test_manifest_panorama_over_pixel_limit(tmp_path, frame_file):
 def test_manifest_paths_are_relative_to_it(tmp_path, frame_file):
     sub = tmp_path / "sub"
     sub.mkdir()
-    (sub / "frames.json").write_text(json.dumps([{"file": "../cam0.png", "x": 3, "y": 4}]))
-    (frame,) = read_manifest(str(sub / "frames.json"))
-    assert frame.path == str(frame_file)
+    write_image(sub / "cam1.png", np.full((30, 50, 3), 90, np.uint8))
+    (sub / "frames.json").write_text(json.dumps([{"file": "cam1.png", "x": 3, "y": 4},
+                                                 {"file": "../sub/cam1.png", "x": 60, "y": 4}]))
+    first, second = read_manifest(str(sub / "frames.json"))
+    assert first.path == second.path == str(sub / "cam1.png")
+    assert (first.x, first.y, first.width, first.height) == (3, 4, 50, 30)
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "symlink"])
+def test_manifest_frames_stay_in_its_folder_unless_allowed(tmp_path, frame_file, where):
+    """A manifest (perhaps handed to the service) cannot make gigaface read images elsewhere."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    name = {"parent": "../cam0.png", "absolute": str(frame_file), "symlink": "link.png"}[where]
+    (sub / "link.png").symlink_to(frame_file)
+    manifest = sub / "frames.json"
+    manifest.write_text(json.dumps([{"file": name, "x": 3, "y": 4}]))
+    with pytest.raises(GigafaceError, match="outside the manifest's folder") as exc:
+        read_manifest(str(manifest))
+    assert "--frames-anywhere" in str(exc.value)
+    (frame,) = read_manifest(str(manifest), frames_anywhere=True)
+    assert os.path.realpath(frame.path) == str(frame_file)
     assert (frame.x, frame.y, frame.width, frame.height) == (3, 4, 60, 40)
+
+
+def test_scan_refuses_frames_outside_unless_told(tmp_path, frame_file):
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    manifest = sub / "frames.json"
+    manifest.write_text(json.dumps([{"file": "../cam0.png"}]))
+    refused = run_cli("scan", manifest, "--db", tmp_path / "lib.db", "--quiet")
+    assert refused.returncode == 2 and "outside the manifest's folder" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "lib.db").exists()
+    allowed = run_cli("scan", manifest, "--db", tmp_path / "lib.db", "--quiet", "--frames-anywhere", "--json")
+    assert allowed.returncode == 0, allowed.stderr
+    (summary,) = json.loads(allowed.stdout)
+    assert (summary["width"], summary["height"], summary["faces"]) == (60, 40, 0)
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_as_manifest_is_refused_without_opening_it(tmp_path):
+    fifo = tmp_path / "frames.json"
+    os.mkfifo(fifo)
+    with pytest.raises(GigafaceError, match="not a regular file"):
+        read_manifest(str(fifo))
 
 
 # --- a camera array -----------------------------------------------------------------------

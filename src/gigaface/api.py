@@ -79,13 +79,18 @@ def blur_image(library: Library, capture: CaptureRecord, out: str, keep: list[st
 
 def scan(path: str, db: str = "gigaface.db", preset: str = "balanced", min_face: float | None = None,
          min_embed: float | None = None, resume: bool = False, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-         reporter: Reporter | None = None) -> Capture:
-    """Scan an image (or a camera-array manifest .json) into the library at `db`."""
-    library = Library(db, create=True)
+         reporter: Reporter | None = None, frames_anywhere: bool = False) -> Capture:
+    """Scan an image (or a camera-array manifest .json) into the library at `db`. Another
+    scan of the same capture (any process) is waited for, then found done."""
     settings = settings_for(preset, min_face, min_embed=min_embed)
+    if workers is not None and workers < 1:
+        raise GigafaceError(f"workers is at least 1 (got {workers})")
+    if max_pixels < 1:
+        raise GigafaceError(f"max_pixels is at least 1 (got {max_pixels})")
+    library = Library(db, create=True)
     with describing.EmbeddingPool(workers) as pool:
         result = scan_path(library, path, settings, pool=pool, resume=resume, reporter=reporter,
-                           max_pixels=max_pixels)
+                           max_pixels=max_pixels, frames_anywhere=frames_anywhere)
     return Capture(library, result.capture, result)
 
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -16,15 +18,18 @@ from rich.text import Text
 
 from . import describe as describing
 from .api import blur_image, references
+from .artifacts import files_root
 from .detector import CenterFace
 from .errors import GigafaceError
 from .index import Library
 from .memory import peak_rss_mb
+from .paths import FULL, NOT_WRITABLE, folder_of, os_reason, sqlite_write_problem
 from .plan import PRESETS, settings_for
 from .scan_job import Reporter, frames_of, scan_path
-from .sealing import key_file_beside
-from .search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, audited_rank, contact_sheet, local_user
+from .search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, audited_rank, check_threshold, contact_sheet, local_user
 from .source import DEFAULT_MAX_PIXELS
+
+AUDIT_BROKEN_EXIT = 3  # `gigaface audit` found the log's chain broken (2 stays "you gave something wrong")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find every face in a gigapixel crowd image, and find one person among them.")
@@ -105,31 +110,33 @@ def scan(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted scan from its last finished band."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse larger images (decompression bombs)."),
     workers: Optional[int] = typer.Option(None, help="Processes computing embeddings (default: one per core)."),
+    frames_anywhere: bool = typer.Option(False, "--frames-anywhere", help="Let a manifest name frames outside its own folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Find every face in IMAGE... and store them in the library."""
     settings = settings_for(preset, min_face, min_embed=min_embed)
+    _at_least(1, max_pixels=max_pixels, workers=workers)
     for path in images:  # every input is checked before the library is touched
-        frames_of(path, max_pixels)
-    new_library = not os.path.exists(db)
-    new_key = not os.path.exists(key_file_beside(db))
+        frames_of(path, max_pixels, frames_anywhere)
+    files_folder_was_there = os.path.exists(files_root(db))
     library = Library(db, create=True)
     try:
+        library.key()  # a wrong --key-file is said now, not after loading models and detecting
         for path in images:
             if library.is_own_file(path):
                 raise GigafaceError(f"{path}: is the library itself, not an image")
         detector = CenterFace(settings.tile)
         with describing.EmbeddingPool(workers) as pool:
-            summaries = _scan_all(library, images, settings, detector, pool, resume, max_pixels, quiet, as_json)
+            summaries = _scan_all(library, images, settings, detector, pool, resume, max_pixels, frames_anywhere,
+                                  quiet, as_json)
     except GigafaceError:
         # A damaged image found mid-decode: a library this command created and left
-        # empty (and the key made for it) would be half-written files.
-        if new_library and not library.captures():
+        # empty (and the key and files folder made for it) would be half-written files.
+        if db in library.made and not library.captures():
             library.close()
-            for path in [db + suffix for suffix in ("", "-wal", "-shm")] + ([key_file_beside(db)] if new_key else []):
-                if os.path.exists(path):
-                    os.remove(path)
+            folder = [] if files_folder_was_there else [files_root(db)]
+            _remove_made([db + "-wal", db + "-shm", *library.made, *folder])
         raise
     for s in summaries:
         s["peak_rss_mb"] = {"main": round(peak_rss_mb()), "worker": round(pool.peak_rss_mb())}
@@ -144,12 +151,34 @@ def scan(
                       f"({s['width'] * s['height'] / 1e6:,.0f} MP) in {s['seconds']:.1f} s; peak memory {peak_rss_mb():,.0f} MB")
 
 
-def _scan_all(library, images, settings, detector, pool, resume, max_pixels, quiet, as_json) -> list[dict]:
+def _remove_made(paths: list[str]) -> None:
+    for path in paths:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def _at_least(minimum: float, **values) -> None:
+    """Refuse a numeric option under its minimum (None: not given), naming the option."""
+    for name, value in values.items():
+        if value is not None and value < minimum:
+            raise GigafaceError(f"--{name.replace('_', '-')} is at least {minimum:g} (got {value:g})")
+
+
+def _positive(**values) -> None:
+    for name, value in values.items():
+        if value is not None and not value > 0:
+            raise GigafaceError(f"--{name.replace('_', '-')} is more than 0 (got {value:g})")
+
+
+def _scan_all(library, images, settings, detector, pool, resume, max_pixels, frames_anywhere, quiet,
+              as_json) -> list[dict]:
     summaries = []
     for path in images:
         with BarReporter(Path(path).name) if _bars_wanted(quiet, as_json) else QuietReporter() as reporter:
             result = scan_path(library, path, settings, detector=detector, pool=pool, resume=resume,
-                               reporter=reporter, max_pixels=max_pixels)
+                               reporter=reporter, max_pixels=max_pixels, frames_anywhere=frames_anywhere)
         cap = result.capture
         megapixels = cap.width * cap.height / 1e6
         summaries.append({
@@ -215,6 +244,10 @@ def find(db: str = typer.Argument(..., help="Library file."),
          sheet: Optional[str] = typer.Option(None, "--sheet", help="Contact sheet PNG (default: matches.png beside the library)."),
          as_json: bool = typer.Option(False, "--json", help="Print a ranked JSON array.")) -> None:
     """Rank faces by similarity to the person in the reference photos."""
+    _at_least(1, top=top)
+    check_threshold(threshold)
+    sheet_path = _output_file(sheet or os.path.join(os.path.dirname(os.path.abspath(db)), "matches.png"),
+                              "contact sheet (.png)")
     library = Library(db)
     for c in capture or []:
         library.capture(c)
@@ -224,7 +257,6 @@ def find(db: str = typer.Argument(..., help="Library file."),
         if r.faces_in_photo > 1:
             err.print(f"[yellow]warning: {r.path} shows {r.faces_in_photo} faces; using the largest")
     matches = audited_rank(library, refs, capture or None, local_user(), top=top, threshold=threshold)
-    sheet_path = sheet or os.path.join(os.path.dirname(os.path.abspath(db)), "matches.png")
     contact_sheet(library, matches, sheet_path)
     if as_json:
         print(json.dumps([m.to_dict() for m in matches]))
@@ -237,6 +269,16 @@ def find(db: str = typer.Argument(..., help="Library file."),
     out.print(f"{sum(m.match for m in matches)} of {len(matches)} under the threshold {threshold}; contact sheet: {sheet_path}")
 
 
+def _output_file(path: str, what: str) -> str:
+    """An output path whose folder exists and that is not a folder itself, or a clear error
+    before any work is done."""
+    if os.path.isdir(path):
+        raise GigafaceError(f"{path}: is a directory; give a file name for the {what}")
+    if not os.path.isdir(folder_of(path)):
+        raise GigafaceError(f"{path}: the folder {folder_of(path)} does not exist")
+    return path
+
+
 @app.command()
 def blur(image: str = typer.Argument(..., help="A scanned image (or one frame of a camera-array capture)."),
          db: str = typer.Option(..., "--db", help="Library file holding the image's faces."),
@@ -245,6 +287,7 @@ def blur(image: str = typer.Argument(..., help="A scanned image (or one frame of
          style: str = typer.Option("blur", help="blur or pixelate."),
          threshold: float = typer.Option(KEEP_THRESHOLD, help="Distance under which a face counts as a --keep person (stricter than find's: showing a stranger is the worse mistake).")) -> None:
     """Write a copy of IMAGE with every face blurred, except people in --keep photos."""
+    check_threshold(threshold)
     library = Library(db)
     real = os.path.realpath(image)
     for cap in library.captures():
@@ -262,7 +305,17 @@ def demo(out_dir: str = typer.Option("demo-output", "--out", help="Folder for th
          preset: str = typer.Option("balanced", help=f"One of {', '.join(PRESETS)}.")) -> None:
     """Build a synthetic stadium panorama, scan it, find the astronaut, blur everyone else."""
     from .demo import run_demo
+    from .demo_scene import ASPECT, FACE_BOTTOM, JPEG_MAX_SIDE
 
+    settings_for(preset)  # an unknown preset is said before minutes of building
+    # What build_stadium can draw: rows of faces down to 60 px, and one JPEG's largest side.
+    smallest, largest = (8 * FACE_BOTTOM) ** 2 * ASPECT / 1e6, JPEG_MAX_SIDE ** 2 / ASPECT / 1e6
+    if not smallest <= size <= largest:
+        raise GigafaceError(f"--size is a panorama of {smallest:.2f} to {largest:,.0f} megapixels (got {size:g})")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise GigafaceError(f"{out_dir}: cannot make the demo's folder ({exc.strerror})") from None
     run_demo(out_dir, size, preset, err if err.is_terminal else None, out)
 
 
@@ -273,11 +326,16 @@ app.add_typer(token_app, name="token")
 @token_app.command("create")
 def token_create(db: str = typer.Argument(..., help="Library file."),
                  name: str = typer.Option(..., "--name", help="Who or what uses the token."),
-                 role: str = typer.Option("viewer", "--role", help="admin (everything) or viewer (look and search).")) -> None:
+                 role: str = typer.Option("viewer", "--role", help="admin (everything) or viewer (look and search)."),
+                 create: bool = typer.Option(False, "--create", help="Create the library if it does not exist yet.")) -> None:
     """Create a token; it is printed once and stored only as a hash."""
-    from .tokens import create_token
+    from .tokens import ROLES, create_token
 
-    token, secret = create_token(Library(db, create=True), name, role)
+    if role not in ROLES:  # before a library is made for it
+        raise GigafaceError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    if not os.path.exists(db) and not create:
+        raise GigafaceError(f"{db}: no such library (check the name, or add --create to make a new one)")
+    token, secret = create_token(Library(db, create=create), name, role)
     err.print(f"token {token.id} ({token.role}, {token.name}); keep it now, it cannot be shown again:")
     print(secret)
 
@@ -393,8 +451,10 @@ def consent_list(db: str = typer.Argument(..., help="Library file."),
 def consent_remove(db: str = typer.Argument(..., help="Library file."),
                    consent_id: int = typer.Argument(..., help="The consent's id (gigaface consent list).")) -> None:
     """Withdraw a consent: the person is blurred again in the capture's exports."""
+    from . import consent
+
     library = Library(db)
-    removed = library.remove_consent(consent_id)
+    removed = consent.remove(library, consent_id)
     out.print(f"consent {removed.id} ({removed.name}) removed from capture {removed.capture}")
     _refresh_files(db, [removed.capture], originals_too=False)
 
@@ -403,44 +463,61 @@ def consent_remove(db: str = typer.Argument(..., help="Library file."),
 def forget(db: str = typer.Argument(..., help="Library file."),
            photo: list[str] = typer.Option(..., "--photo", help="A photo of the person to erase (repeat for more; never stored)."),
            threshold: float = typer.Option(DEFAULT_THRESHOLD, help="Distance at or under which a face is the person's."),
+           dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would be erased and withdrawn; change nothing."),
            as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
     """Erase a person on request: their embeddings and crops in every capture, for good."""
-    from .erasure import forget as erase
+    from .erasure import check_forget_threshold, forget as erase
 
+    check_forget_threshold(threshold)
     library = Library(db)
     library.key()
-    report = erase(library, references(photo), local_user(), threshold)
-    rebuilt = _refresh_files(db, [c.capture for c in report.captures], originals_too=True)
-    result = {**report.to_dict(), "rebuilt": rebuilt}
+    report = erase(library, references(photo), local_user(), threshold, dry_run=dry_run)
+    rebuilt = [] if dry_run else _refresh_files(db, [c.capture for c in report.captures], originals_too=True)
+    result = {**report.to_dict(), "rebuilt": rebuilt, "dry_run": dry_run}
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    table = Table("capture", "faces erased", "boxes (x, y, w, h)", "consents withdrawn", "files rebuilt")
+    heads = ("faces to erase", "consents to withdraw") if dry_run else ("faces erased", "consents withdrawn")
+    table = Table("capture", heads[0], "boxes (x, y, w, h)", heads[1], "files rebuilt")
     for c in report.captures:
         table.add_row(str(c.capture), str(len(c.faces)), "; ".join(", ".join(f"{v:.0f}" for v in b) for b in c.boxes[:5])
                       + (" ..." if len(c.boxes) > 5 else ""), str(len(c.consents)), "yes" if c.capture in rebuilt else "")
     out.print(table)
-    out.print(f"{report.faces} face(s) erased at threshold {threshold}: embeddings and crops deleted, "
-              "always blurred from now on")
+    if dry_run:
+        out.print(f"dry run: {report.faces} face(s) would be erased and "
+                  f"{sum(len(c.consents) for c in report.captures)} consent(s) withdrawn at threshold {threshold};"
+                  " nothing was changed")
+    else:
+        out.print(f"{report.faces} face(s) erased at threshold {threshold}: embeddings and crops deleted, "
+                  "always blurred from now on")
 
 
 @app.command()
 def audit(db: str = typer.Argument(..., help="Library file."),
           days: Optional[float] = typer.Option(None, "--days", help="Only the last DAYS days."),
           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Show the audit log: every search, when, by whom, over which captures."""
+    """Show the audit log: every search, consent and erasure, when, by whom, over which
+    captures; and check its chain (exit code 3 when it was tampered with)."""
     import time
 
-    entries = Library(db).audit(since=time.time() - days * 86400 if days is not None else None)
+    _positive(days=days)
+    library = Library(db)
+    library.key()  # the chain is keyed: without the key the log cannot be checked
+    entries = library.audit(since=time.time() - days * 86400 if days is not None else None)
     if as_json:
         print(json.dumps([e.__dict__ for e in entries], indent=2))
-        return
-    table = Table("id", "time", "who", "purpose", "captures", "reference (SHA-256)", "results", "matches")
-    for e in entries:
-        table.add_row(str(e.id), _when(e.at), e.who, e.purpose, ",".join(map(str, e.captures)),
-                      e.reference_hash[:16], str(e.results), str(e.matches))
-    out.print(table)
-    out.print(f"{len(entries)} search(es)")
+    else:
+        table = Table("id", "time", "who", "purpose", "captures", "reference (SHA-256)", "results", "matches")
+        for e in entries:
+            table.add_row(str(e.id), _when(e.at), e.who, e.purpose, ",".join(map(str, e.captures)),
+                          e.reference_hash[:16], str(e.results), str(e.matches))
+        out.print(table)
+        out.print(f"{len(entries)} search(es)")
+    verdict = entries.verdict
+    if not verdict.ok:
+        print(f"gigaface: audit log BROKEN: {verdict.problem}", file=sys.stderr)
+        raise typer.Exit(AUDIT_BROKEN_EXIT)
+    err.print(f"audit log intact: {verdict.rows} entries, chain verified")
 
 
 @app.command()
@@ -528,13 +605,29 @@ def _check_port(host: str, port: int) -> None:
             raise GigafaceError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
 
 
+def _warn_in_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"gigaface: warning: {message}", file=sys.stderr)
+
+
 def main() -> None:
+    warnings.showwarning = _warn_in_one_line  # e.g. a key file others can read
     try:
         app()  # typer reports usage errors itself, with exit code 2
     except GigafaceError as exc:
         print(f"gigaface: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except sqlite3.DatabaseError as exc:  # found mid-command: pages of the library are damaged
-        print(f"gigaface: error: the library file is damaged ({exc}); restore it or scan into a new one",
-              file=sys.stderr)
+    except sqlite3.DatabaseError as exc:  # found mid-command
+        problem = sqlite_write_problem(exc)
+        if problem:  # the disk, not the file: what was committed is intact
+            print(f"gigaface: error: could not write to the library: {problem}; every finished step is kept:"
+                  " make room and run the command again (a scan with --resume)", file=sys.stderr)
+        else:
+            print(f"gigaface: error: the library file is damaged ({exc}); restore it or scan into a new one",
+                  file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in FULL + NOT_WRITABLE:
+            raise
+        where = exc.filename or "a file"
+        print(f"gigaface: error: cannot write {where}: {os_reason(exc, folder_of(str(where)))}", file=sys.stderr)
         sys.exit(2)

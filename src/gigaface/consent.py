@@ -9,16 +9,28 @@ from __future__ import annotations
 
 import numpy as np
 
+from .audit_chain import local_user
 from .errors import GigafaceError
 from .index import Consent, Library
 from .search import KEEP_THRESHOLD, Reference
 
 
-def add(library: Library, capture_id: int, ref: Reference, name: str, note: str = "") -> Consent:
+def add(library: Library, capture_id: int, ref: Reference, name: str, note: str = "",
+        who: str | None = None) -> Consent:
+    """Add a consent; the audit log records who added it (default: this computer's user),
+    the faces compared and how many it reveals."""
     library.capture(capture_id)
     if not name.strip():
         raise GigafaceError("give the person's name (--name), so the consent can be found and withdrawn")
-    return library.add_consent(capture_id, name.strip(), note.strip(), ref.embedding)
+    ids, vectors, frames = _embedded_faces(library, capture_id)
+    shown = _nearest_per_frame(ref.embedding, vectors, frames, KEEP_THRESHOLD)
+    return library.add_consent(capture_id, name.strip(), note.strip(), ref.embedding, who=who or local_user(),
+                               compared=len(ids), shown=len(shown))
+
+
+def remove(library: Library, consent_id: int, who: str | None = None) -> Consent:
+    """Withdraw a consent, recorded in the audit log."""
+    return library.remove_consent(consent_id, who=who or local_user())
 
 
 def revealed(library: Library, capture_id: int, threshold: float = KEEP_THRESHOLD) -> dict[int, int]:
@@ -26,17 +38,30 @@ def revealed(library: Library, capture_id: int, threshold: float = KEEP_THRESHOL
     consents, templates = library.consent_embeddings(capture_id)
     if not consents:
         return {}
-    ids, vectors = library.embeddings([capture_id])
-    if not len(ids):
-        return {}
-    frame_of = {f.id: f.source for f in library.faces(capture_id)}
-    frames = np.array([frame_of[int(i)] for i in ids])
+    ids, vectors, frames = _embedded_faces(library, capture_id)
     shown: dict[int, int] = {}
     for consent, template in zip(consents, templates):
-        distances = np.linalg.norm(vectors - template, axis=1)
-        for frame in np.unique(frames):
-            in_frame = np.flatnonzero(frames == frame)
-            best = in_frame[np.argmin(distances[in_frame])]
-            if distances[best] <= threshold:
-                shown[int(ids[best])] = consent.id
+        for best in _nearest_per_frame(template, vectors, frames, threshold):
+            shown[int(ids[best])] = consent.id
     return shown
+
+
+def _embedded_faces(library: Library, capture_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(face ids, embeddings, frame of each) of the capture's searchable faces."""
+    ids, vectors = library.embeddings([capture_id])
+    frame_of = {f.id: f.source for f in library.faces(capture_id)} if len(ids) else {}
+    return ids, vectors, np.array([frame_of[int(i)] for i in ids])
+
+
+def _nearest_per_frame(template: np.ndarray, vectors: np.ndarray, frames: np.ndarray, threshold: float) -> list[int]:
+    """Indices of the one face per frame nearest to `template`, where within `threshold`."""
+    if not len(vectors):
+        return []
+    distances = np.linalg.norm(vectors - template, axis=1)
+    found = []
+    for frame in np.unique(frames):
+        in_frame = np.flatnonzero(frames == frame)
+        best = in_frame[np.argmin(distances[in_frame])]
+        if distances[best] <= threshold:
+            found.append(int(best))
+    return found

@@ -60,7 +60,9 @@ def forget(library: Library, refs: list[Reference], who: str, threshold: float =
     With `dry_run`, the report says what would be erased and withdrawn; nothing changes.
     """
     check_forget_threshold(threshold)
-    matches = [m for m in audited_rank(library, refs, None, who, threshold=threshold, purpose="erasure") if m.match]
+    # A dry run identifies the person as much as an erasure does: logged, but as what it was.
+    purpose = "erasure-dry-run" if dry_run else "erasure"
+    matches = [m for m in audited_rank(library, refs, None, who, threshold=threshold, purpose=purpose) if m.match]
     by_capture: dict[int, CaptureErasure] = {}
     for m in matches:
         entry = by_capture.setdefault(m.face.capture, CaptureErasure(m.face.capture))
@@ -72,7 +74,7 @@ def forget(library: Library, refs: list[Reference], who: str, threshold: float =
         for consent, template in zip(consents, templates):
             if np.linalg.norm(template - target) <= threshold:
                 if not dry_run:
-                    library.remove_consent(consent.id)
+                    library.remove_consent(consent.id, who=who)
                 by_capture.setdefault(capture.id, CaptureErasure(capture.id)).consents.append(consent.id)
     if not dry_run:
         library.erase_faces([m.face.id for m in matches])

@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import audit_chain
+from .audit_chain import AuditVerdict, local_user
 from .detections import Detections
 from .errors import GigafaceError
+from .paths import folder_of, link_new_file, os_reason, sqlite_write_problem
 from .sealing import ENV_KEY_FILE, LibraryKey, find_key, key_file_beside, key_for_new_library
 
 APPLICATION = "gigaface"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 EMBEDDING_DIM = 128
 
 SCHEMA = """
@@ -57,7 +60,7 @@ CREATE TABLE faces (
     landmarks TEXT NOT NULL,          -- JSON [[x, y] x 5], panorama pixels, from the detector
     quality TEXT,                     -- JSON {size, sharpness, frontalness}
     embedding BLOB,                   -- 128 float32 sealed (sealing.py); NULL: too small, or erased
-    crop BLOB,                        -- small JPEG of the face for contact sheets and viewers
+    crop BLOB,                        -- small JPEG of the face for contact sheets and viewers, sealed (schema 4)
     described INTEGER NOT NULL DEFAULT 0,
     erased INTEGER NOT NULL DEFAULT 0 -- the person asked to be forgotten: no embedding, no crop, always blurred
 );
@@ -97,25 +100,33 @@ CREATE TABLE IF NOT EXISTS searches (  -- the audit log: one row per search, nev
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,
     who TEXT NOT NULL,                -- 'token 3 (wall)' or 'local alice'
-    purpose TEXT NOT NULL,            -- search, erasure, consent
+    purpose TEXT NOT NULL,            -- search, keep, erasure, consent-add, consent-remove
     captures TEXT NOT NULL,           -- JSON list of capture ids searched
     reference_hash TEXT NOT NULL,     -- SHA-256 of the reference embedding, never the embedding
     results INTEGER NOT NULL,
     matches INTEGER NOT NULL          -- results at or under the threshold
 );
+"""
+APPEND_ONLY = """
 CREATE TRIGGER IF NOT EXISTS searches_append_only_update BEFORE UPDATE ON searches
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS searches_append_only_delete BEFORE DELETE ON searches
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
-SCHEMA += GOVERNANCE
+GOVERNANCE += APPEND_ONLY
+# Schema 4: each audit row holds its link in the chain (audit_chain.py); crops are sealed.
+AUDIT_CHAIN = "ALTER TABLE searches ADD COLUMN chain TEXT;"
+SCHEMA += GOVERNANCE + AUDIT_CHAIN
 DEFAULT_RETENTION_DAYS = 30
-# What an older library needs to become the current one, by the version it has.
+# What an older library's tables need to become the next version's, by the version it has;
+# the data each step changes is in Library._migrate.
 MIGRATIONS = {
     1: SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS jobs"):SCHEMA.index(GOVERNANCE)],
     2: "ALTER TABLE captures ADD COLUMN expires_at REAL;"
        " ALTER TABLE faces ADD COLUMN erased INTEGER NOT NULL DEFAULT 0;" + GOVERNANCE,
+    3: AUDIT_CHAIN,
 }
+AUDIT_COLUMNS = "id, at, who, purpose, captures, reference_hash, results, matches"
 
 
 @dataclass(frozen=True)
@@ -210,6 +221,14 @@ class AuditEntry:
     matches: int
 
 
+class AuditLog(list):
+    """Audit entries (a list of AuditEntry), with the verdict on the whole log's chain."""
+
+    def __init__(self, entries: Iterable[AuditEntry], verdict: AuditVerdict):
+        super().__init__(entries)
+        self.verdict = verdict
+
+
 @dataclass(frozen=True)
 class Token:
     id: int
@@ -221,24 +240,32 @@ class Token:
 
 
 class Library:
-    """A gigaface library file. Opened for writing by one scan at a time."""
+    """A gigaface library file. Each capture is scanned by one process at a time (scan_lock.py)."""
 
     def __init__(self, path: str, create: bool = False):
         self.path = path
+        self._key: LibraryKey | None = None
+        self.made: list[str] = []  # the files this object created (the library, its key file)
         if not os.path.exists(path) and not create:
             raise GigafaceError(f"{path}: no such library (scan an image into it first)")
         if os.path.isdir(path):
             raise GigafaceError(f"{path}: is a directory, not a library file")
+        if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block SQLite's open
+            raise GigafaceError(f"{path}: not a regular file (a pipe or a device), not a library file")
+        if not os.path.exists(path):
+            self.made = _create_file(path)
         try:
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
             self.db.execute("PRAGMA foreign_keys = ON")
-            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = self._tables()
         except sqlite3.DatabaseError as exc:
+            if sqlite_write_problem(exc):
+                raise _cannot_open(path, exc) from None
             raise GigafaceError(f"{path}: not a gigaface library ({exc})") from None
         if not tables:
             if not create:
                 raise GigafaceError(f"{path}: empty file, not a gigaface library")
-            self._create()
+            self._create_in_place()
         elif "meta" not in tables or self._meta("application") != APPLICATION:
             raise GigafaceError(f"{path}: an SQLite file of another program, not a gigaface library")
         elif not str(self._meta("schema") or 0).isdecimal():
@@ -247,13 +274,18 @@ class Library:
             raise GigafaceError(f"{path}: made by a newer gigaface (schema {self._meta('schema')})")
         elif not {"captures", "faces"} <= tables:
             raise GigafaceError(f"{path}: a damaged gigaface library (no captures or faces table)")
-        self.db.execute("PRAGMA journal_mode = WAL")
+        try:
+            self.db.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            raise _cannot_open(path, exc) from None
         self.db.execute("PRAGMA synchronous = NORMAL")
         # Erased and expired templates must not linger in free pages of the file.
         self.db.execute("PRAGMA secure_delete = ON")
         if int(self._meta("schema") or 0) < SCHEMA_VERSION:
             self._migrate()
-        self._key: LibraryKey | None = None
+
+    def _tables(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
     def _meta(self, key: str) -> str | None:
         try:
@@ -262,38 +294,88 @@ class Library:
             return None
         return row[0] if row else None
 
-    def _create(self) -> None:
-        key = key_for_new_library(self.path)
-        # One script, one transaction: a library file is either complete or absent.
-        self.db.executescript(
-            f"BEGIN; {SCHEMA} INSERT INTO meta VALUES ('application', '{APPLICATION}'),"
-            f" ('schema', '{SCHEMA_VERSION}'), ('key_check', '{key.check}'),"
-            f" ('retention_days', '{DEFAULT_RETENTION_DAYS}'); COMMIT;")
-
-    def _migrate(self) -> None:
-        """Bring an older library up to this schema in one transaction; its plain embeddings
-        are sealed on the way, and its captures get the default retention from today."""
+    def _create_in_place(self) -> None:
+        """Make the schema in an existing empty file. Under the write lock, and checking for
+        tables inside it: two processes creating one library make it once."""
+        key = None
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            version = int(self._meta("schema") or 0)  # another process may have migrated it meanwhile
-            if version < 3:
-                key = key_for_new_library(self.path)
-                for v in range(version, SCHEMA_VERSION):
-                    if v in MIGRATIONS:
-                        for statement in _statements(MIGRATIONS[v]):
-                            self.db.execute(statement)
-                rows = self.db.execute("SELECT id, embedding FROM faces WHERE embedding IS NOT NULL").fetchall()
-                self.db.executemany("UPDATE faces SET embedding = ? WHERE id = ?",
-                                    [(key.seal(blob), i) for i, blob in rows])
-                expires = time.time() + DEFAULT_RETENTION_DAYS * 86400
-                self.db.execute("UPDATE captures SET expires_at = ?", (expires,))
-                self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                    [("key_check", key.check), ("retention_days", str(DEFAULT_RETENTION_DAYS)),
-                                     ("schema", str(SCHEMA_VERSION))])
+            if not self._tables():
+                key, _ = key_for_new_library(self.path)
+                _initialise(self.db, key)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        if key is not None:
+            _make_private(self.path)
+
+    def _migrate(self) -> None:
+        """Bring an older library up to this schema in one transaction: step by step, each
+        version's tables, then its data (see _upgrade_data)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(self._meta("schema") or 0)  # another process may have migrated it meanwhile
+            if version < SCHEMA_VERSION:
+                key = self._migration_key(version)
+                for v in range(version, SCHEMA_VERSION):
+                    for statement in _statements(MIGRATIONS.get(v, "")):
+                        self.db.execute(statement)
+                    self._upgrade_data(v, key)
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        _make_private(self.path)  # made 0644 by older versions; it holds biometric data
+        # The plain embeddings and crops just sealed stay in the main file until a checkpoint
+        # replaces their pages: a copy of the file alone would still show them.
+        self.flush_deleted()
+
+    def _migration_key(self, version: int) -> LibraryKey:
+        if version < 3:  # not sealed yet: the key given, or a new one beside the library
+            return key_for_new_library(self.path)[0]
+        if find_key(self.path) is None:
+            raise GigafaceError(
+                f"{self.path}: a library of schema {version}; this gigaface seals its face crops and chains its"
+                f" audit log, which needs its key once (the key file {key_file_beside(self.path)} is missing;"
+                f" use --key-file or ${ENV_KEY_FILE})")
+        return self.key()
+
+    def _upgrade_data(self, version: int, key: LibraryKey) -> None:
+        """What the step from `version` to the next changes in the rows, inside _migrate's
+        transaction."""
+        if version == 2:  # schema 3: embeddings sealed; captures get the default retention from today
+            rows = self.db.execute("SELECT id, embedding FROM faces WHERE embedding IS NOT NULL").fetchall()
+            self.db.executemany("UPDATE faces SET embedding = ? WHERE id = ?",
+                                [(key.seal(blob), i) for i, blob in rows])
+            expires = time.time() + DEFAULT_RETENTION_DAYS * 86400
+            self.db.execute("UPDATE captures SET expires_at = ?", (expires,))
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                [("key_check", key.check), ("retention_days", str(DEFAULT_RETENTION_DAYS))])
+        elif version == 3:  # schema 4: crops sealed; the audit log chained from here on
+            self._seal_crops(key)
+            self._chain_audit_log(key)
+
+    def _seal_crops(self, key: LibraryKey) -> None:
+        rows = self.db.execute("SELECT id, crop FROM faces WHERE crop IS NOT NULL").fetchall()
+        self.db.executemany("UPDATE faces SET crop = ? WHERE id = ?", [(key.seal(c, b"crop"), i) for i, c in rows])
+
+    def _chain_audit_log(self, key: LibraryKey) -> None:
+        """Chain the rows an older library logged, as they are now (nothing can vouch for
+        what they were before), and write the head."""
+        rows = self.db.execute(f"SELECT {AUDIT_COLUMNS} FROM searches ORDER BY id").fetchall()
+        previous, links = audit_chain.GENESIS, []
+        for row in rows:
+            previous = audit_chain.row_mac(key.audit_key, previous, tuple(row))
+            links.append((previous, row[0]))
+        # The triggers refuse every UPDATE: lifted for this one, in this transaction.
+        self.db.execute("DROP TRIGGER IF EXISTS searches_append_only_update")
+        self.db.executemany("UPDATE searches SET chain = ? WHERE id = ?", links)
+        for statement in _statements(APPEND_ONLY):
+            self.db.execute(statement)
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                        (audit_chain.HEAD, audit_chain.make_head(key.audit_key, len(rows), previous)))
 
     # --- the key that seals embeddings ------------------------------------------------
     def key(self) -> LibraryKey:
@@ -344,8 +426,18 @@ class Library:
 
     def create_capture(self, key: str, source: str, kind: str, width: int, height: int,
                        frames: Iterable[Frame], settings: dict) -> CaptureRecord:
+        """A new capture; when another process created the one of this key meanwhile, that one."""
+        return self.find_or_create_capture(key, source, kind, width, height, frames, settings)[0]
+
+    def find_or_create_capture(self, key: str, source: str, kind: str, width: int, height: int,
+                               frames: Iterable[Frame], settings: dict) -> tuple[CaptureRecord, bool]:
+        """The capture of this key, made now if missing, and whether it was made: looked up
+        and inserted in one write transaction, so two scans of one image make one capture."""
         frames_json = json.dumps([f.__dict__ for f in frames])
         with self.transaction():
+            row = self.db.execute("SELECT id FROM captures WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                return self.capture(row[0]), False
             # Ids are never reused, so a stale link or a cached tile never shows another
             # capture: the highest id ever given is kept in meta.
             last = max(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM captures").fetchone()[0],
@@ -359,7 +451,13 @@ class Library:
                  now + days * 86400 if days else None),
             )
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('last_capture_id', ?)", (str(last + 1),))
-        return self.capture(last + 1)
+        return self.capture(last + 1), True
+
+    def rekey_capture(self, capture_id: int, key: str) -> CaptureRecord:
+        """Give a capture the key of its content (an older gigaface's key was weaker)."""
+        with self.transaction():
+            self.db.execute("UPDATE captures SET key = ? WHERE id = ?", (key, capture_id))
+        return self.capture(capture_id)
 
     def restart_capture(self, capture_id: int, settings: dict) -> CaptureRecord:
         """Forget everything a capture's earlier scan found, keeping its id (and its erased
@@ -453,12 +551,14 @@ class Library:
                            (capture_id,))
 
     def save_descriptions(self, rows: list[tuple[int, dict, np.ndarray | None, bytes | None]]) -> None:
-        """(face id, quality, embedding or None, crop JPEG) for a batch of faces, atomically."""
-        key = self.key() if any(e is not None for _, _, e, _ in rows) else None
+        """(face id, quality, embedding or None, crop JPEG) for a batch of faces, atomically;
+        embeddings and crops sealed (a crop re-embeds into a template: it is biometric too)."""
+        key = self.key() if any(e is not None or c is not None for _, _, e, c in rows) else None
         with self.transaction():
             self.db.executemany(
                 "UPDATE faces SET quality = ?, embedding = ?, crop = ?, described = 1 WHERE id = ? AND erased = 0",
-                [(json.dumps(q), None if e is None else key.seal(np.asarray(e, np.float32).tobytes()), c, i)
+                [(json.dumps(q), None if e is None else key.seal(np.asarray(e, np.float32).tobytes()),
+                  None if c is None else key.seal(c, b"crop"), i)
                  for i, q, e, c in rows])
 
     # --- queries --------------------------------------------------------------------
@@ -518,16 +618,24 @@ class Library:
                 np.stack([np.frombuffer(key.unseal(r[1]), np.float32) for r in rows]))
 
     def crop(self, face_id: int) -> bytes | None:
+        """The face's JPEG thumbnail (None: not described yet, or erased); without the key, a
+        clear error: a crop shows a face as much as a template identifies it."""
+        key = self.key()
         row = self.db.execute("SELECT crop FROM faces WHERE id = ?", (face_id,)).fetchone()
-        return row[0] if row else None
-
+        return key.unseal(row[0], b"crop") if row and row[0] is not None else None
 
     # --- consent: people who asked to stay visible -------------------------------------
-    def add_consent(self, capture_id: int, name: str, note: str, embedding: np.ndarray) -> Consent:
-        sealed = self.key().seal(np.asarray(embedding, np.float32).tobytes(), b"consent")
+    def add_consent(self, capture_id: int, name: str, note: str, embedding: np.ndarray, who: str | None = None,
+                    compared: int = 0, shown: int = 0) -> Consent:
+        """A consent, and its entry in the audit log (purpose consent-add: `compared` faces of
+        the capture, `shown` revealed by it) in the same transaction: adding one identifies
+        a person, so it is never done unlogged."""
+        plain = np.asarray(embedding, np.float32).tobytes()
+        sealed = self.key().seal(plain, b"consent")
         with self.transaction():
             cur = self.db.execute("INSERT INTO consents (capture_id, name, note, embedding, created_at)"
                                   " VALUES (?, ?, ?, ?, ?)", (capture_id, name, note, sealed, time.time()))
+            self._append_audit(who or local_user(), "consent-add", [capture_id], plain, compared, shown)
         return next(c for c in self.consents(capture_id) if c.id == cur.lastrowid)
 
     def consents(self, capture_id: int | None = None) -> list[Consent]:
@@ -544,12 +652,18 @@ class Library:
         rows = dict(self.db.execute("SELECT id, embedding FROM consents WHERE capture_id = ?", (capture_id,)))
         return consents, np.stack([np.frombuffer(key.unseal(rows[c.id], b"consent"), np.float32) for c in consents])
 
-    def remove_consent(self, consent_id: int) -> Consent:
+    def remove_consent(self, consent_id: int, who: str | None = None) -> Consent:
+        """Withdraw a consent, logged (purpose consent-remove, with the same reference hash
+        as its consent-add entry) in the same transaction."""
         found = [c for c in self.consents() if c.id == consent_id]
         if not found:
             raise GigafaceError(f"{self.path}: no consent {consent_id}")
+        key = self.key()
         with self.transaction():
+            sealed = self.db.execute("SELECT embedding FROM consents WHERE id = ?", (consent_id,)).fetchone()[0]
             self.db.execute("DELETE FROM consents WHERE id = ?", (consent_id,))
+            self._append_audit(who or local_user(), "consent-remove", [found[0].capture],
+                               key.unseal(sealed, b"consent"), 0, 0)
         return found[0]
 
     # --- erasure -------------------------------------------------------------------------
@@ -600,26 +714,46 @@ class Library:
         return [c for c in self.captures() if c.expires_at is not None and c.expires_at <= now]
 
     def drop_embeddings(self, capture_id: int) -> int:
-        """A capture's templates first, in their own transaction: if removing the rest is
-        interrupted, what is left is no longer biometric."""
+        """A capture's templates and crops first, in their own transaction: if removing the
+        rest is interrupted, what is left is no longer biometric. Returns templates dropped."""
         with self.transaction():
-            cur = self.db.execute("UPDATE faces SET embedding = NULL WHERE capture_id = ? AND embedding IS NOT NULL",
-                                  (capture_id,))
+            embedded = self.face_count(capture_id, embedded=True)
+            self.db.execute("UPDATE faces SET embedding = NULL, crop = NULL WHERE capture_id = ?"
+                            " AND (embedding IS NOT NULL OR crop IS NOT NULL)", (capture_id,))
             self.db.execute("DELETE FROM consents WHERE capture_id = ?", (capture_id,))
-        return cur.rowcount
+        return embedded
 
-    # --- the audit log -------------------------------------------------------------------
+    # --- the audit log (chained: audit_chain.py) -----------------------------------------
     def record_search(self, who: str, purpose: str, capture_ids: Iterable[int], reference: np.ndarray,
                       results: int, matches: int) -> None:
-        digest = hashlib.sha256(np.asarray(reference, np.float32).tobytes()).hexdigest()
+        plain = np.asarray(reference, np.float32).tobytes()
+        self.key()  # before the transaction: a clear error without the key
         with self.transaction():
-            self.db.execute("INSERT INTO searches (at, who, purpose, captures, reference_hash, results, matches)"
-                            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (time.time(), who, purpose, json.dumps(sorted(int(c) for c in capture_ids)), digest,
-                             results, matches))
+            self._append_audit(who, purpose, capture_ids, plain, results, matches)
 
-    def audit(self, since: float | None = None, limit: int | None = None) -> list[AuditEntry]:
-        sql = "SELECT id, at, who, purpose, captures, reference_hash, results, matches FROM searches"
+    def _append_audit(self, who: str, purpose: str, capture_ids: Iterable[int], reference: bytes,
+                      results: int, matches: int) -> None:
+        """One row of the log, inside the caller's write transaction: linked to the row
+        before it, and the head moved on. A head that does not verify, or names another
+        last row, stays as it is: a broken log stays broken, and `audit` keeps saying so."""
+        key = self.key().audit_key
+        last = self.db.execute("SELECT id, chain FROM searches ORDER BY id DESC LIMIT 1").fetchone()
+        previous = (last[1] or "") if last else audit_chain.GENESIS
+        row = (last[0] + 1 if last else 1, time.time(), who, purpose,
+               json.dumps(sorted(int(c) for c in capture_ids)), hashlib.sha256(reference).hexdigest(),
+               int(results), int(matches))
+        chain = audit_chain.row_mac(key, previous, row)
+        self.db.execute(f"INSERT INTO searches ({AUDIT_COLUMNS}, chain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (*row, chain))
+        head = audit_chain.read_head(key, self._meta(audit_chain.HEAD))
+        if head is not None and head[1] == previous:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                            (audit_chain.HEAD, audit_chain.make_head(key, head[0] + 1, chain)))
+
+    def audit(self, since: float | None = None, limit: int | None = None) -> AuditLog:
+        """The log's entries (from `since`, at most `limit`), with the verdict on its whole
+        chain in `.verdict`."""
+        sql = f"SELECT {AUDIT_COLUMNS} FROM searches"
         args: list = []
         if since is not None:
             sql += " WHERE at >= ?"
@@ -628,8 +762,24 @@ class Library:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        return [AuditEntry(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7])
-                for r in self.db.execute(sql, args)]
+        entries = [AuditEntry(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7])
+                   for r in self.db.execute(sql, args)]
+        return AuditLog(entries, self.verify_audit())
+
+    def verify_audit(self) -> AuditVerdict:
+        """Whether the whole log is as gigaface wrote it (see audit_chain.py for what this
+        cannot see). Without the key it cannot be checked, and says so."""
+        try:
+            key = self.key()
+        except GigafaceError as exc:
+            return AuditVerdict(False, 0, f"cannot be verified: {exc}")
+        self.db.execute("BEGIN")  # rows and head read from one snapshot
+        try:
+            rows = self.db.execute(f"SELECT {AUDIT_COLUMNS}, chain FROM searches ORDER BY id").fetchall()
+            head = self._meta(audit_chain.HEAD)
+        finally:
+            self.db.execute("COMMIT")
+        return audit_chain.verify(key.audit_key, [tuple(r) for r in rows], head)
 
     # --- background jobs (the service) ---------------------------------------------------
     def put_job(self, capture_id: int, state: str = "queued", stage: str = "detect",
@@ -685,6 +835,68 @@ class Library:
             cur = self.db.execute("UPDATE tokens SET revoked = 1 WHERE id = ?", (token_id,))
         if not cur.rowcount:
             raise GigafaceError(f"{self.path}: no token {token_id}")
+
+
+def _create_file(path: str) -> list[str]:
+    """A new library at `path`: made complete under a temporary name and linked into place,
+    so no reader ever sees half a library, and a link never replaces a file (when two
+    processes create one library, the first link wins and the other opens it). Owner-only:
+    it holds biometric data. On failure (disk full, a folder we cannot write) nothing is
+    left behind, not even the key file this call made. Returns the files this call made."""
+    key, made_key = key_for_new_library(path)
+    made = [key.origin] if made_key else []
+
+    def write(aside: str) -> None:
+        con = sqlite3.connect(aside, isolation_level=None)
+        try:
+            con.execute("PRAGMA journal_mode = MEMORY")  # no journal file beside the temporary
+            con.execute("BEGIN")
+            _initialise(con, key)
+            con.execute("COMMIT")
+        finally:
+            con.close()
+
+    try:
+        if link_new_file(path, write):  # else another process made it first: that one is the library
+            made.append(path)
+    except (OSError, sqlite3.Error) as exc:
+        if made_key and not os.path.exists(path):
+            try:
+                os.remove(key.origin)
+            except OSError:
+                pass
+        reason = os_reason(exc, folder_of(path)) if isinstance(exc, OSError) else sqlite_write_problem(exc) or str(exc)
+        raise GigafaceError(f"{path}: cannot create the library: {reason}") from None
+    return made
+
+
+def _cannot_open(path: str, exc: sqlite3.Error) -> GigafaceError:
+    folder = folder_of(path)
+    if not os.access(folder, os.W_OK):
+        return GigafaceError(f"{path}: cannot open the library: cannot write in {folder} (SQLite keeps the"
+                             " library's -wal and -shm files beside it)")
+    return GigafaceError(f"{path}: cannot open the library: {sqlite_write_problem(exc) or exc}")
+
+
+def _initialise(db: sqlite3.Connection, key: LibraryKey) -> None:
+    """The tables and meta of a new library, inside the caller's transaction."""
+    for statement in _statements(SCHEMA):
+        db.execute(statement)
+    db.executemany("INSERT INTO meta VALUES (?, ?)", [
+        ("application", APPLICATION), ("schema", str(SCHEMA_VERSION)), ("key_check", key.check),
+        ("retention_days", str(DEFAULT_RETENTION_DAYS)),
+        (audit_chain.HEAD, audit_chain.make_head(key.audit_key, 0, audit_chain.GENESIS))])
+
+
+def _make_private(path: str) -> None:
+    """Owner-only permissions for the library and the files SQLite keeps beside it (it gives
+    new ones the library's mode); best effort: the file may be someone else's."""
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            if os.path.exists(name):
+                os.chmod(name, 0o600)
+        except OSError:
+            pass
 
 
 def _statements(script: str) -> list[str]:

@@ -9,7 +9,6 @@ next run resumes from the library. Progress goes into the library's `jobs` row.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
 import time
@@ -22,7 +21,8 @@ from .errors import GigafaceError
 from .index import CaptureRecord, Library
 from .plan import Settings
 from .pyramid import build_pyramid, composed, remove_pyramid
-from .scan_job import Reporter, capture_key, scan_path
+from .scan_job import Reporter, is_capture_of, scan_path
+from .scan_lock import capture_lock
 from .source import open_sequential
 
 PROGRESS_EVERY = 0.5  # s between progress writes: readers poll the row
@@ -65,9 +65,9 @@ def run_job(db: str, capture_id: int) -> None:
     capture = library.capture(capture_id)
     files = capture_files(db, capture_id)
     os.makedirs(files.folder, exist_ok=True)
-    with open(files.lock, "w") as lock:
-        # A job left running by a server that was killed holds this; wait for it to end.
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    # A job left running by a server that was killed, or a CLI scan, holds this: wait for it.
+    with capture_lock(db, capture_id):
+        capture = library.capture(capture_id)  # as the process we waited for left it
         if library.job(capture_id) is None:
             library.put_job(capture_id, state="running")
         library.update_job(capture_id, state="running", error=None)
@@ -88,7 +88,7 @@ def _scan(library: Library, capture: CaptureRecord, reporter: JobReporter) -> Ca
     for frame in capture.frames:
         if not os.path.exists(frame.path):
             raise GigafaceError(f"{frame.path}: the image is gone")
-    if capture_key(capture.source) != capture.key:
+    if not is_capture_of(capture.source, capture):
         raise GigafaceError(f"{capture.source}: the file changed since it was added; add it again")
     with describing.EmbeddingPool() as pool:
         result = scan_path(library, capture.source, Settings(**capture.settings), pool=pool, resume=True,

@@ -2,7 +2,10 @@
 
     {"frames": [{"file": "cam00.jpg", "x": 0, "y": 0}, {"file": "cam01.jpg", "x": 3800, "y": 0}]}
 
-Paths are relative to the manifest. Frames may overlap; nothing is stitched.
+Paths are relative to the manifest, and must stay inside its folder (symbolic links
+resolved): a manifest handed to the service could otherwise make it read any image on the
+server. `frames_anywhere` (the CLI's `scan --frames-anywhere`) lifts that for a manifest
+the user trusts. Frames may overlap; nothing is stitched.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import os
 
 from .errors import GigafaceError
 from .index import Frame
+from .paths import require_regular_file
 from .source import DEFAULT_MAX_PIXELS, probe
 
 MAX_FRAMES = 100_000
@@ -20,7 +24,10 @@ def is_manifest(path: str) -> bool:
     return path.lower().endswith(".json")
 
 
-def read_manifest(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Frame]:
+def read_manifest(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, frames_anywhere: bool = False) -> list[Frame]:
+    if not os.path.exists(path):
+        raise GigafaceError(f"{path}: cannot read manifest (no such file)")
+    require_regular_file(path, "manifest")  # a FIFO would block the open forever
     try:
         with open(path, "rb") as f:
             raw = f.read(64 * 1024 * 1024 + 1)
@@ -56,6 +63,9 @@ def read_manifest(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Frame
         if max(x, y) >= max_pixels:  # checked before the offset is printed or stored
             raise GigafaceError(f"{where}: offset too large for a panorama under the pixel limit of {max_pixels:,}")
         file = os.path.normpath(os.path.join(base, entry["file"]))
+        if not frames_anywhere and not _inside(file, base):
+            raise GigafaceError(f"{where}: {entry['file']!r} is outside the manifest's folder"
+                                " (allow it with --frames-anywhere if you trust this manifest)")
         info = probe(file, max_pixels)
         frames.append(Frame(file, x, y, info.width, info.height))
     width = max(f.x + f.width for f in frames)
@@ -63,3 +73,8 @@ def read_manifest(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Frame
     if width * height > max_pixels:
         raise GigafaceError(f"{path}: the panorama would be {width}x{height}, over the pixel limit")
     return frames
+
+
+def _inside(file: str, folder: str) -> bool:
+    real, top = os.path.realpath(file), os.path.realpath(folder)
+    return os.path.commonpath([real, top]) == top

@@ -22,7 +22,9 @@ from .detector import CenterFace, Detector
 from .errors import GigafaceError
 from .index import CaptureRecord, Face, Frame, Library
 from .manifest import is_manifest, read_manifest
+from .paths import require_regular_file
 from .plan import Pass, Settings, plan_passes, tile_columns
+from .scan_lock import capture_lock
 from .source import DEFAULT_MAX_PIXELS, ImageInfo, RowWindow, bands, load_scaled, probe
 
 DESCRIBE_NATIVE_MAX = 320  # px: larger faces are described from a downscaled read
@@ -58,12 +60,36 @@ class ScanResult:
     describe_seconds: float = 0.0
 
 
-def capture_key(path: str) -> str:
+def capture_key(path: str, frames: list[Frame] | None = None) -> str:
     """What makes two scans the same capture: the content, not the path or the file's mtime.
 
-    For an image, its size and the hash of its first and last MiB (reading all of a
-    gigapixel file would cost seconds); for a manifest, its location and content.
+    For an image, the SHA-256 of all of it: two files that differ anywhere are two
+    captures (reading the file costs a fraction of decoding it); for a manifest, its
+    location, its content and the SHA-256 of each of its frames (`frames`, when the
+    caller has read the manifest already).
     """
+    if not is_manifest(path):
+        return f"image:sha256:{file_sha256(path)}"
+    require_regular_file(path, "manifest")
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read())
+    if frames is None:  # the key only names the content: where frames may be is frames_of's to check
+        frames = read_manifest(path, 2**62, frames_anywhere=True)
+    for frame in frames:
+        digest.update(bytes.fromhex(file_sha256(frame.path)))
+    return f"manifest:sha256:{os.path.realpath(path)}:{digest.hexdigest()}"
+
+
+def file_sha256(path: str) -> str:
+    require_regular_file(path, "image")  # a FIFO would block the read forever
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def legacy_capture_key(path: str) -> str:
+    """The key gigaface gave captures before schema 4: the size and the first and last MiB
+    of an image (so two images differing only in the middle collided), or a manifest's
+    location and text. Used only to find such captures and give them their full key."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         if is_manifest(path):
@@ -77,9 +103,19 @@ def capture_key(path: str) -> str:
     return f"image:{size}:{digest.hexdigest()[:24]}"
 
 
-def frames_of(path: str, max_pixels: int) -> tuple[str, list[Frame]]:
+def is_capture_of(path: str, capture: CaptureRecord) -> bool:
+    """Whether the file at `path` is still what `capture` was made from (full key, or the
+    older key of a capture made from this very path)."""
+    if capture.key == capture_key(path):
+        return True
+    return os.path.abspath(path) == capture.source and capture.key == legacy_capture_key(path)
+
+
+def frames_of(path: str, max_pixels: int, frames_anywhere: bool = False) -> tuple[str, list[Frame]]:
+    """The kind of input and its frames; a manifest's frames must lie in its folder unless
+    `frames_anywhere`."""
     if is_manifest(path):
-        return "manifest", read_manifest(path, max_pixels)
+        return "manifest", read_manifest(path, max_pixels, frames_anywhere=frames_anywhere)
     info = probe(path, max_pixels)
     return "image", [Frame(os.path.abspath(path), 0, 0, info.width, info.height)]
 
@@ -262,26 +298,62 @@ class _done:
 def scan_path(library: Library, path: str, settings: Settings, *, detector: Detector | None = None,
               pool: describing.EmbeddingPool | None = None, resume: bool = False,
               reporter: Reporter | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-              discard_on_error: bool = True) -> ScanResult:
+              discard_on_error: bool = True, frames_anywhere: bool = False) -> ScanResult:
     """Scan one image (or manifest) into the library; see the module docstring for stages.
 
-    Bad input found mid-way (a truncated file) deletes the half-scanned capture, unless
-    `discard_on_error` is False: the service keeps it, to show the error on it."""
+    One process scans a capture at a time (scan_lock.py): a second scan of it waits, saying
+    so through `reporter.note`, then finds it scanned. Bad input found mid-way (a truncated
+    file) deletes the half-scanned capture, unless `discard_on_error` is False: the service
+    keeps it, to show the error on it."""
     reporter = reporter or Reporter()
-    started = time.perf_counter()
-    kind, frames = frames_of(path, max_pixels)
-    key = capture_key(path)
-    width = max(f.x + f.width for f in frames)
-    height = max(f.y + f.height for f in frames)
-    wanted = settings.to_dict()
+    kind, frames = frames_of(path, max_pixels, frames_anywhere)
+    library.key()  # a missing or wrong key is said now, not after the detection it would waste
+    key = capture_key(path, frames)
+    while True:
+        capture = _capture_for(library, path, key, kind, frames, settings)
+        with capture_lock(library.path, capture.id, on_wait=reporter.note):
+            try:
+                capture = library.capture(capture.id)  # as the scan we waited for left it
+            except GigafaceError:
+                continue  # that scan failed and discarded the capture: make it again
+            return _scan_locked(library, capture, path, frames, settings, detector, pool, resume, reporter,
+                                max_pixels, discard_on_error)
+
+
+def existing_capture(library: Library, path: str, key: str) -> CaptureRecord | None:
+    """The capture of this content: found by its key (`capture_key(path)`), or by the older,
+    weaker key of a capture made from this same path, which then gets the full key."""
     capture = library.capture_by_key(key)
-    if capture is not None and capture.kind == "image" and capture.frames[0].path != frames[0].path:
-        capture = library.relocate(capture.id, frames[0].path)  # the same image, moved
-    if capture is not None and capture.stage == "done" and capture.settings == wanted:
-        return ScanResult(capture, library.face_count(capture.id), 0, 0.0, skipped=True)
     if capture is None:
-        capture = library.create_capture(key, os.path.abspath(path), kind, width, height, frames, wanted)
-    elif not (resume and capture.settings == wanted):
+        legacy = library.capture_by_key(legacy_capture_key(path))
+        if legacy is not None and legacy.source == os.path.abspath(path):
+            capture = library.rekey_capture(legacy.id, key)
+    return capture
+
+
+def _capture_for(library: Library, path: str, key: str, kind: str, frames: list[Frame],
+                 settings: Settings) -> CaptureRecord:
+    """The capture of this content (existing_capture), or one made now."""
+    capture = existing_capture(library, path, key)
+    if capture is None:
+        width = max(f.x + f.width for f in frames)
+        height = max(f.y + f.height for f in frames)
+        capture, _ = library.find_or_create_capture(key, os.path.abspath(path), kind, width, height, frames,
+                                                    settings.to_dict())
+    return capture
+
+
+def _scan_locked(library: Library, capture: CaptureRecord, path: str, frames: list[Frame], settings: Settings,
+                 detector: Detector | None, pool, resume: bool, reporter: Reporter, max_pixels: int,
+                 discard_on_error: bool) -> ScanResult:
+    """scan_path's work on a capture whose lock this process holds."""
+    started = time.perf_counter()
+    wanted = settings.to_dict()
+    if capture.kind == "image" and capture.frames[0].path != frames[0].path:
+        capture = library.relocate(capture.id, frames[0].path)  # the same image, moved
+    if capture.stage == "done" and capture.settings == wanted:
+        return ScanResult(capture, library.face_count(capture.id), 0, 0.0, skipped=True)
+    if not (resume and capture.settings == wanted):
         if resume:
             reporter.note(f"capture {capture.id} was scanned with other settings; starting over")
         capture = library.restart_capture(capture.id, wanted)

@@ -1,7 +1,9 @@
-"""Embeddings at rest: sealed with AES-256-GCM under a library key that is not in the library.
+"""Biometric data at rest: sealed with AES-256-GCM under a library key that is not in the library.
 
-Face templates are biometric data, so the SQLite file holds them only encrypted; a copied
-library without its key can still be listed (captures, boxes, quality) but not searched.
+Face templates and face crops are biometric data (a crop re-embeds into a working
+template), so the SQLite file holds both only encrypted; a copied library without its key
+can still be listed (captures, boxes, quality) but not searched, and shows no face. The
+key also keys the audit log's chain (index.py), so its rows cannot be rewritten unseen.
 
 Where the key comes from, first found wins:
     1. `gigaface --key-file PATH ...` (sets GIGAFACE_KEY_FILE for this process and its workers)
@@ -9,6 +11,8 @@ Where the key comes from, first found wins:
     3. GIGAFACE_KEY_FILE: a file holding that text
     4. LIBRARY.key beside the library file: made (mode 0600) when a library is created
        without a key, so that encryption is the default, not an option
+
+A key file readable by others is used, with a warning.
 """
 from __future__ import annotations
 
@@ -18,18 +22,28 @@ import hashlib
 import hmac
 import os
 import secrets
+import stat
+import warnings
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import GigafaceError
+from .paths import folder_of, link_new_file, os_reason, require_regular_file
 
 ENV_KEY = "GIGAFACE_KEY"
 ENV_KEY_FILE = "GIGAFACE_KEY_FILE"
 NONCE = 12
 # Binds a sealed value to what it is, so a consent template cannot be passed off as a face's.
-PURPOSES = (b"face", b"consent")
+PURPOSES = (b"face", b"consent", b"crop")
+
+
+class KeyFileWarning(UserWarning):
+    """A key file that other users of the computer can read."""
+
+
+_warned: set[str] = set()  # key files already warned about: once per process is enough
 
 
 def key_file_beside(db: str) -> str:
@@ -47,6 +61,12 @@ class LibraryKey:
         revealing the key."""
         return hmac.new(self.secret, b"gigaface library key check", hashlib.sha256).hexdigest()[:32]
 
+    @property
+    def audit_key(self) -> bytes:
+        """The HMAC key of the audit log's chain: derived, so the sealing key itself is used
+        for one thing only."""
+        return hmac.new(self.secret, b"gigaface audit chain", hashlib.sha256).digest()
+
     def seal(self, plain: bytes, purpose: bytes = b"face") -> bytes:
         nonce = secrets.token_bytes(NONCE)
         return nonce + AESGCM(self.secret).encrypt(nonce, plain, purpose)
@@ -55,7 +75,8 @@ class LibraryKey:
         try:
             return AESGCM(self.secret).decrypt(sealed[:NONCE], sealed[NONCE:], purpose)
         except InvalidTag:
-            raise GigafaceError(f"an embedding does not open with the key from {self.origin}:"
+            what = {b"crop": "a face crop", b"consent": "a consent's embedding"}.get(purpose, "an embedding")
+            raise GigafaceError(f"{what} does not open with the key from {self.origin}:"
                                 " the library was altered or the key is wrong") from None
 
 
@@ -70,12 +91,18 @@ def parse_key(text: str, origin: str) -> LibraryKey:
 
 
 def read_key_file(path: str) -> LibraryKey:
+    st = require_regular_file(path, "key file")  # a FIFO would block the open forever
     try:
         with open(path, encoding="ascii", errors="replace") as f:
             text = f.read(1024)
     except OSError as exc:
         raise GigafaceError(f"{path}: cannot read the key file ({exc.strerror})") from None
-    return parse_key(text, path)
+    key = parse_key(text, path)
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO) and os.path.realpath(path) not in _warned:
+        _warned.add(os.path.realpath(path))
+        warnings.warn(f"{path}: the key file can be read by other users; make it private: chmod 600 {path}",
+                      KeyFileWarning, stacklevel=2)
+    return key
 
 
 def find_key(db: str) -> LibraryKey | None:
@@ -88,22 +115,30 @@ def find_key(db: str) -> LibraryKey | None:
     return read_key_file(beside) if os.path.exists(beside) else None
 
 
-def new_key_file(path: str) -> LibraryKey:
-    """Write a fresh random key, readable by its owner only; never replaces a file."""
+def new_key_file(path: str) -> tuple[LibraryKey, bool]:
+    """A fresh random key at `path`, readable by its owner only, and whether this call made
+    it. The key is written aside and linked into place, so a reader never sees half a key
+    file, and a link never replaces a file: when another process made one first (two scans
+    creating one library), its key is the one returned."""
     text = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
+
+    def write(aside: str) -> None:
+        with open(aside, "w") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise GigafaceError(f"{path}: a key file is already there; not replacing it") from None
+        made = link_new_file(path, write)
     except OSError as exc:
-        raise GigafaceError(f"{path}: cannot write the key file ({exc.strerror})") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    return LibraryKey(base64.urlsafe_b64decode(text), path)
+        raise GigafaceError(f"{path}: cannot write the key file: {os_reason(exc, folder_of(path))}") from None
+    if not made:
+        return read_key_file(path), False
+    return LibraryKey(base64.urlsafe_b64decode(text), path), True
 
 
-def key_for_new_library(db: str) -> LibraryKey:
-    """The key a library being created will use: the one given, or a new one beside it."""
-    return find_key(db) or new_key_file(key_file_beside(db))
+def key_for_new_library(db: str) -> tuple[LibraryKey, bool]:
+    """The key a library being created will use: the one given, or the one beside it (made
+    now when missing); and whether this call made a key file."""
+    found = find_key(db)
+    return (found, False) if found is not None else new_key_file(key_file_beside(db))

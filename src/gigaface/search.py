@@ -1,7 +1,6 @@
 """Find a person: reference photos -> one embedding -> faces ranked by distance."""
 from __future__ import annotations
 
-import getpass
 import multiprocessing
 import os
 import tempfile
@@ -12,6 +11,7 @@ import cv2
 import numpy as np
 
 from . import describe as describing
+from .audit_chain import local_user  # noqa: F401 - callers name it search.local_user
 from .detections import Detections
 from .detector import CenterFace
 from .errors import GigafaceError
@@ -169,14 +169,6 @@ def audited_rank(library: Library, refs: list[Reference], capture_ids: list[int]
     library.record_search(who, purpose, searched, np.mean([r.embedding for r in refs], axis=0),
                           len(matches), sum(m.match for m in matches))
     return matches
-
-
-def local_user() -> str:
-    """Who searches from this computer's command line or Python API, for the audit log."""
-    try:
-        return f"local {getpass.getuser()}"
-    except (KeyError, OSError):
-        return f"local uid {os.getuid()}"
 
 
 def contact_sheet(library: Library, matches: list[Match], out: str, columns: int = 6) -> str:

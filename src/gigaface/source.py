@@ -6,7 +6,6 @@ full-width bands, top to bottom (`access="sequential"`), and never holds the who
 from __future__ import annotations
 
 import ctypes
-import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import numpy as np
 import pyvips
 
 from .errors import GigafaceError
+from .paths import require_regular_file
 
 
 def _release_large_buffers() -> None:
@@ -74,10 +74,7 @@ def _fail_on(path: str) -> str:
 
 def probe(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Read the header only; refuse what we cannot or should not decode."""
-    if not os.path.exists(path):
-        raise GigafaceError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise GigafaceError(f"{path}: is a directory, not an image")
+    require_regular_file(path, "image")  # before any open: a FIFO would block it forever
     try:
         image = open_sequential(path)
     except pyvips.Error as exc:
