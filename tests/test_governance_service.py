@@ -66,9 +66,10 @@ def pyramid_image(site, which: str) -> np.ndarray:
     height, width = site["original"].shape[:2]
     level = math.ceil(math.log2(max(width, height)))
     image = np.zeros((height, width, 3), np.uint8)
+    url = site["server"].client.get("/api/captures/1").json()["pyramid_url" if which == "pyramid" else "public_url"]
     for row in range(math.ceil(height / TILE)):
         for col in range(math.ceil(width / TILE)):
-            r = site["server"].client.get(f"/api/captures/1/{which}_files/{level}/{col}_{row}.jpg")
+            r = site["server"].client.get(f"{url[:-len('.dzi')]}_files/{level}/{col}_{row}.jpg")
             assert r.status_code == 200
             tile = cv2.cvtColor(cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
             x0, y0 = col * TILE - (col > 0), row * TILE - (row > 0)  # one pixel of overlap on inner edges
