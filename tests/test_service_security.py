@@ -240,9 +240,10 @@ def reference_workers(pid: int) -> list[int]:
     return workers
 
 
-def ram_files(pid: int) -> set[str]:
-    """The photos process `pid` holds in RAM (other processes on this machine may hold theirs)."""
-    return set(glob.glob(f"/dev/shm/gigaface-ref-{pid}-*"))
+def ram_files(*pids: int) -> set[str]:
+    """The photos these processes hold in RAM (other processes on this machine may hold
+    theirs): a server and its reference workers, whichever of them would write one."""
+    return {path for pid in pids for path in glob.glob(f"/dev/shm/gigaface-ref-{pid}-*")}
 
 
 def test_a_killed_reference_worker_is_replaced(site):
@@ -257,8 +258,9 @@ def test_a_killed_reference_worker_is_replaced(site):
     assert r.status_code == 200, r.text
     assert r.json()["matches"][0]["match"] is True
     assert api.post("/api/forget", params={"dry_run": "true"}, files=photos()).status_code == 200
-    assert not set(reference_workers(site.server.process.pid)) & set(workers)
-    assert ram_files(site.server.process.pid) == before
+    replaced = reference_workers(site.server.process.pid)
+    assert replaced and not set(replaced) & set(workers)
+    assert ram_files(site.server.process.pid, *workers, *replaced) == before
 
 
 def test_a_worker_killed_mid_photo_leaves_no_ram_file():
@@ -287,7 +289,7 @@ def test_a_worker_killed_mid_photo_leaves_no_ram_file():
     finally:
         pool.close()
     assert result["ref"].path == "me.jpg" and result["ref"].faces_in_photo == 1
-    assert ram_files(me) == before
+    assert ram_files(me, *killed, *reference_workers(me)) == before
 
 
 # --- 4. event streams and big photos ----------------------------------------------------------
