@@ -76,7 +76,11 @@ class Server:
             self.process = subprocess.Popen([*CLI, *args, "--port", str(self.port)], stdout=out,
                                             stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         if args[0] == "view":
-            self.page_url = wait_until("the viewer's address", self.printed_url, timeout=60, server=self.process)
+            try:
+                self.page_url = wait_until("the viewer's address", self.printed_url, timeout=60, server=self.process)
+            except BaseException:
+                self.stop()  # no fixture owns it yet
+                raise
             self.key = re.search(r"#key=([A-Za-z0-9_-]+)", self.page_url).group(1)
             self.headers = {KEY_HEADER: self.key}
 
