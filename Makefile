@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
-# The viewer's OpenSeadragon, from the npm registry at the version the lock file names.
+# The viewer's OpenSeadragon and /docs' Swagger UI, from the npm registry at the versions the
+# lock file names. No install scripts: swagger-ui-dist pulls in @scarf/scarf, whose only
+# script reports the install to a third party.
 $(OSD): $(WEB)/package.json $(WEB)/package-lock.json
-	npm ci --prefix $(WEB) --no-audit --no-fund --loglevel=error
+	npm ci --prefix $(WEB) --no-audit --no-fund --ignore-scripts --loglevel=error
 	touch $(OSD)
 
 setup: $(STAMP) $(OSD)

@@ -327,13 +327,14 @@ def make_token(db: Path, role: str) -> str:
 
 
 class Server:
-    """`gigaface serve DB --host 127.0.0.1 --port P` in a subprocess, stopped by SIGTERM."""
+    """`gigaface serve DB --host 127.0.0.1 --port P --data-dir DIR` in a subprocess, stopped by SIGTERM."""
 
-    def __init__(self, db: Path):
+    def __init__(self, db: Path, data_dir: Path):
         self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.log = tempfile.TemporaryFile("w+")
-        self.process = subprocess.Popen([*CLI, "serve", str(db), "--host", LOOPBACK, "--port", str(self.port)],
+        self.process = subprocess.Popen([*CLI, "serve", str(db), "--host", LOOPBACK, "--port", str(self.port),
+                                         "--data-dir", str(data_dir)],
                                         stdout=self.log, stderr=subprocess.STDOUT, text=True,
                                         env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
         deadline = time.monotonic() + 60
@@ -406,7 +407,7 @@ def run(work: Path, size: float = 100, clients: int = 8, seconds: float = 90, ma
     with tempfile.TemporaryDirectory(dir=work, prefix="load-library-") as folder:
         db = Path(folder) / "library.db"
         admin, viewer = make_token(db, "admin"), make_token(db, "viewer")
-        with Server(db) as server, httpx.Client(base_url=server.url, headers=_auth(admin), timeout=120) as api:
+        with Server(db, work) as server, httpx.Client(base_url=server.url, headers=_auth(admin), timeout=120) as api:
             t = time.perf_counter()
             listed = api.post("/api/captures", json={"path": str(small.panorama)})
             listed.raise_for_status()

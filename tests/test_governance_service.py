@@ -66,9 +66,10 @@ def pyramid_image(site, which: str) -> np.ndarray:
     height, width = site["original"].shape[:2]
     level = math.ceil(math.log2(max(width, height)))
     image = np.zeros((height, width, 3), np.uint8)
+    url = site["server"].client.get("/api/captures/1").json()["pyramid_url" if which == "pyramid" else "public_url"]
     for row in range(math.ceil(height / TILE)):
         for col in range(math.ceil(width / TILE)):
-            r = site["server"].client.get(f"/api/captures/1/{which}_files/{level}/{col}_{row}.jpg")
+            r = site["server"].client.get(f"{url[:-len('.dzi')]}_files/{level}/{col}_{row}.jpg")
             assert r.status_code == 200
             tile = cv2.cvtColor(cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
             x0, y0 = col * TILE - (col > 0), row * TILE - (row > 0)  # one pixel of overlap on inner edges
@@ -87,11 +88,13 @@ def test_governance_routes_are_for_admins(site):
 
 
 def test_searches_are_audited_with_the_token(site):
-    before = len(site["server"].client.get("/api/audit").json())
+    before = len(site["server"].client.get("/api/audit").json()["entries"])
     r = as_viewer(site).post("/api/captures/1/search", files={"photos": reference(site)["photo"]},
                              params={"top": 4})
     assert r.status_code == 200 and r.json()["matches"][0]["face_id"] == site["target"]["id"]
-    log = site["server"].client.get("/api/audit").json()
+    audit = site["server"].client.get("/api/audit").json()
+    assert audit["chain"]["ok"] is True
+    log = audit["entries"]
     assert len(log) == before + 1
     entry = log[-1]
     assert entry["who"].startswith("token ") and "(viewer)" in entry["who"]
@@ -113,6 +116,12 @@ def test_consent_shows_the_person_in_the_export_and_public_view(site):
 
     assert server.client.delete(f"/api/consents/{consent['id']}").status_code == 204
     assert server.client.delete(f"/api/consents/{consent['id']}").status_code == 404
+    # Both changes are in the audit log under the token that made them, and the chain holds.
+    audit = server.client.get("/api/audit").json()
+    added, removed = [e for e in audit["entries"] if e["purpose"] in ("consent-add", "consent-remove")][-2:]
+    assert (added["purpose"], removed["purpose"]) == ("consent-add", "consent-remove")
+    assert added["who"].startswith("token ") and removed["who"] == added["who"]
+    assert audit["chain"]["ok"] is True
     wait_rebuilt(server)
     assert detail(export(site), target["box"]) < 0.5 * detail(original, target["box"])
 
@@ -130,7 +139,7 @@ def test_forget_blurs_the_person_even_in_the_original_pyramid(site):
     assert server.client.get(f"/api/faces/{target['id']}").json()["erased"] is True
     found = server.client.post("/api/captures/1/search", files={"photos": reference(site)["photo"]}).json()
     assert target["id"] not in [m["face_id"] for m in found["matches"]]
-    assert [e["purpose"] for e in server.client.get("/api/audit").json()][-2:] == ["erasure", "search"]
+    assert [e["purpose"] for e in server.client.get("/api/audit").json()["entries"]][-2:] == ["erasure", "search"]
 
 
 def test_the_service_purges_expired_captures(site):

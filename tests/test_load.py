@@ -25,7 +25,7 @@ def test_the_service_answers_every_request_while_a_scan_runs(tmp_path):
     assert ok
     db = tmp_path / "library.db"
     admin, viewer = make_token(db, "admin"), make_token(db, "viewer")
-    with Server(db, token=admin) as server:
+    with Server(db, "--data-dir", tmp_path, token=admin) as server:
         api = server.client
         first = api.post("/api/captures", json={"path": str(listed)}).json()["id"]
         assert server.wait_for(first)["faces"] == len(LISTED)

@@ -29,7 +29,7 @@ def site(tmp_path_factory):
     image = write_image(folder / "crowd.jpg", crowd(1600, 1000, FACES), Q=95)
     db = folder / "library.db"
     admin, viewer = make_token(db, "admin"), make_token(db, "viewer")
-    with Server(db, "--public", token=admin) as server:
+    with Server(db, "--public", "--data-dir", folder, token=admin) as server:
         created = server.client.post("/api/captures", json={"path": str(image)})
         assert created.status_code == 201, created.text
         capture = server.wait_for(created.json()["id"])
@@ -54,7 +54,7 @@ def test_every_api_route_needs_a_token(site):
     anonymous = client(site, None)
     capture_id = site["capture"]["id"]
     for path in ("/api/me", "/api/captures", f"/api/captures/{capture_id}", f"/api/captures/{capture_id}/faces",
-                 f"/api/captures/{capture_id}/pyramid.dzi", f"/api/captures/{capture_id}/export", "/api/faces/1/crop.jpg"):
+                 site["capture"]["pyramid_url"], f"/api/captures/{capture_id}/export", "/api/faces/1/crop.jpg"):
         r = anonymous.get(path)
         assert r.status_code == 401, path
         assert r.headers["www-authenticate"] == "Bearer"
@@ -103,7 +103,7 @@ def test_capture_after_the_scan(site):
 
 def test_bad_paths_are_one_line_errors(site):
     api = site["server"].client
-    for body, words in (({"path": "/nonexistent/crowd.jpg"}, "no such file"),
+    for body, words in (({"path": str(site["folder"] / "nonexistent.jpg")}, "no such file"),
                         ({"path": str(site["folder"])}, "directory"),
                         ({"path": str(site["db"])}, "the library itself"),
                         ({"path": str(site["image"]), "preset": "warp"}, None)):
@@ -114,9 +114,9 @@ def test_bad_paths_are_one_line_errors(site):
     assert len(api.get("/api/captures").json()) == 1
 
 
-def test_progress_is_streamed_as_server_sent_events(site, tmp_path):
+def test_progress_is_streamed_as_server_sent_events(site):
     api = site["server"].client
-    image = write_image(tmp_path / "other.jpg", crowd(1400, 900, FACES[:2], seed=3), Q=95)
+    image = write_image(site["folder"] / "other.jpg", crowd(1400, 900, FACES[:2], seed=3), Q=95)
     capture_id = api.post("/api/captures", json={"path": str(image), "preset": "fast"}).json()["id"]
     events = []
     with api.stream("GET", f"/api/captures/{capture_id}/events") as stream:
@@ -170,7 +170,8 @@ def test_face_crop_is_a_jpeg_of_the_face(site):
 def test_search_ranks_the_person_and_keeps_no_photo(site):
     api = site["server"].client
     cid = site["capture"]["id"]
-    before = set(glob.glob("/dev/shm/gigaface-ref-*")) | _files(site["folder"])
+    ram = f"/dev/shm/gigaface-ref-{site['server'].process.pid}-*"  # this server's photos in RAM
+    before = set(glob.glob(ram)) | _files(site["folder"])
     r = api.post(f"/api/captures/{cid}/search", params={"top": 3},
                  files=[("photos", ("me.jpg", photo_bytes(150), "image/jpeg")),
                         ("photos", ("me2.jpg", photo_bytes(110), "image/jpeg"))])
@@ -182,7 +183,7 @@ def test_search_ranks_the_person_and_keeps_no_photo(site):
     assert distances == sorted(distances) and found["matches"][0]["match"] is True
     assert [m["rank"] for m in found["matches"]] == [1, 2, 3]
     # the photos were decoded in memory and are gone: nothing new on disk or in /dev/shm
-    assert set(glob.glob("/dev/shm/gigaface-ref-*")) | _files(site["folder"]) == before
+    assert set(glob.glob(ram)) | _files(site["folder"]) == before
 
 
 def test_search_errors(site):
@@ -221,30 +222,35 @@ def test_export_blurs_every_face(site, tmp_path):
     assert detail(blurred, *no_face) > 0.6 * detail(original, *no_face)
 
 
+def tiles_of(dzi_url: str) -> str:
+    """The tile folder's URL of a DeepZoom descriptor's URL, as OpenSeadragon makes it."""
+    return dzi_url[: -len(".dzi")] + "_files"
+
+
 def test_pyramids_and_their_tiles(site):
     api = site["server"].client
-    cid = site["capture"]["id"]
-    for which in ("pyramid", "public"):
-        r = api.get(f"/api/captures/{cid}/{which}.dzi")
+    capture = api.get(f"/api/captures/{site['capture']['id']}").json()
+    for url in (capture["pyramid_url"], capture["public_url"]):
+        r = api.get(url)
         assert r.status_code == 200
         size = ET.fromstring(r.text).find("{*}Size")
         assert (int(size.get("Width")), int(size.get("Height"))) == (1600, 1000)
-        tile = api.get(f"/api/captures/{cid}/{which}_files/11/0_0.jpg")
+        tile = api.get(f"{tiles_of(url)}/11/0_0.jpg")
         assert tile.status_code == 200 and tile.content[:3] == b"\xff\xd8\xff"
-        top = api.get(f"/api/captures/{cid}/{which}_files/0/0_0.jpg")
+        top = api.get(f"{tiles_of(url)}/0/0_0.jpg")
         assert cv2.imdecode(np.frombuffer(top.content, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (1, 1)
-    original = api.get(f"/api/captures/{cid}/pyramid_files/11/0_0.jpg").content
-    public = api.get(f"/api/captures/{cid}/public_files/11/0_0.jpg").content
+    original = api.get(f"{tiles_of(capture['pyramid_url'])}/11/0_0.jpg").content
+    public = api.get(f"{tiles_of(capture['public_url'])}/11/0_0.jpg").content
     assert original != public  # the first tile holds a face: blurred in the public pyramid
 
 
 @pytest.mark.parametrize("path", [
-    "pyramid_files/11/..%2F..%2Fjob.lock", "pyramid_files/11/../../job.lock", "pyramid_files/..%2F11/0_0.jpg",
-    "pyramid_files/11/0_0.jpg%00.png", "pyramid_files/11/%2Fetc%2Fpasswd", "pyramid_files/-1/0_0.jpg",
-    "pyramid_files/11/0_0.JPG", "pyramid_files/99/0_0.jpg", "pyramid_files/11/9_9.jpg",
+    "11/..%2F..%2Fjob.lock", "11/../../job.lock", "..%2F11/0_0.jpg",
+    "11/0_0.jpg%00.png", "11/%2Fetc%2Fpasswd", "-1/0_0.jpg",
+    "11/0_0.JPG", "99/0_0.jpg", "11/9_9.jpg",
 ])
 def test_tile_routes_refuse_traversal(site, path):
-    r = site["server"].client.get(f"/api/captures/{site['capture']['id']}/{path}")
+    r = site["server"].client.get(f"{tiles_of(site['capture']['pyramid_url'])}/{path}")
     assert r.status_code in (404, 422), (path, r.status_code)
     assert b"root:" not in r.content and r.headers.get("content-type") != "image/jpeg"
 
@@ -253,13 +259,17 @@ def test_public_view_is_anonymised_only(site):
     anonymous = client(site, None)
     cid = site["capture"]["id"]
     listed = anonymous.get("/public/captures").json()
-    assert listed == [{"id": cid, "name": "crowd.jpg", "width": 1600, "height": 1000}]
-    assert anonymous.get(f"/public/captures/{cid}/image.dzi").status_code == 200
-    public_tile = anonymous.get(f"/public/captures/{cid}/image_files/11/0_0.jpg")
-    assert public_tile.content == client(site, site["viewer"]).get(f"/api/captures/{cid}/public_files/11/0_0.jpg").content
+    url = listed[0]["url"]
+    # a neutral name: the file's own may say where it was taken, or of whom
+    assert listed == [{"id": cid, "name": f"capture {cid}", "width": 1600, "height": 1000, "url": url}]
+    assert anonymous.get(url).status_code == 200
+    public_tile = anonymous.get(f"{tiles_of(url)}/11/0_0.jpg")
+    viewer = client(site, site["viewer"])
+    own_public_url = viewer.get(f"/api/captures/{cid}").json()["public_url"]
+    assert public_tile.content == viewer.get(f"{tiles_of(own_public_url)}/11/0_0.jpg").content
     assert anonymous.get("/public").status_code == 200
     # and nothing else: no faces, no original pyramid, no search
-    assert anonymous.get(f"/api/captures/{cid}/pyramid_files/11/0_0.jpg").status_code == 401
+    assert anonymous.get(f"{tiles_of(site['capture']['pyramid_url'])}/11/0_0.jpg").status_code == 401
     assert anonymous.get(f"/api/captures/{cid}/faces").status_code == 401
 
 
@@ -329,7 +339,7 @@ def test_an_interrupted_scan_resumes_after_a_restart(tmp_path):
     admin = make_token(db, "admin")
     faces = [(300 + 420 * (i % 5), 260 + 380 * (i // 5), 40 + 6 * i) for i in range(10)]
     image = write_image(tmp_path / "wide.jpg", crowd(2400, 1000, faces), Q=95)
-    with Server(db, token=admin) as server:
+    with Server(db, "--data-dir", tmp_path, token=admin) as server:
         cid = server.client.post("/api/captures", json={"path": str(image), "preset": "accurate"}).json()["id"]
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -345,7 +355,7 @@ def test_an_interrupted_scan_resumes_after_a_restart(tmp_path):
         kept = dict(con.execute("SELECT frame || '/' || pass || '/' || band, rowid FROM bands_done").fetchall())
         stage = con.execute("SELECT stage FROM captures WHERE id = ?", (cid,)).fetchone()[0]
     assert kept and stage == "detect"
-    with Server(db, token=admin) as server:
+    with Server(db, "--data-dir", tmp_path, token=admin) as server:
         capture = server.wait_for(cid, timeout=300)
         assert capture["state"] == "done" and capture["pyramid"]
         found = server.client.get(f"/api/captures/{cid}/faces").json()["items"]
@@ -361,9 +371,10 @@ def test_an_interrupted_scan_resumes_after_a_restart(tmp_path):
 # --- gigaface view ------------------------------------------------------------------------
 def test_view_serves_one_library_locally_without_tokens(site, tmp_path):
     with Server(site["db"], command="view") as server:
+        local = server.client  # with the key of this run, as the page opened from the printed URL
+        assert local.get("/api/me").json() == {"role": "admin", "name": "local user", "mode": "local"}
+        assert local.get("/api/captures").json()[0]["id"] == site["capture"]["id"]
         anonymous = httpx.Client(base_url=server.url)
-        assert anonymous.get("/api/me").json() == {"role": "admin", "name": "local user", "mode": "local"}
-        assert anonymous.get("/api/captures").json()[0]["id"] == site["capture"]["id"]
         assert anonymous.get("/").status_code == 200 and "<html" in anonymous.get("/").text.lower()
         assert anonymous.get("/static/vendor/openseadragon/openseadragon.min.js").status_code == 200
         assert anonymous.get("/public/captures").status_code == 404  # no public view unless asked
@@ -387,7 +398,7 @@ def test_openapi_holds_under_schemathesis(tmp_path):
     db = tmp_path / "fuzz.db"
     admin = make_token(db, "admin")
     image = write_image(tmp_path / "crowd.jpg", crowd(900, 600, FACES[:2]), Q=95)
-    with Server(db, "--public", token=admin) as server:
+    with Server(db, "--public", "--data-dir", tmp_path, token=admin) as server:
         server.wait_for(server.client.post("/api/captures", json={"path": str(image)}).json()["id"])
         st = Path(sys.executable).with_name("schemathesis")
         done = subprocess.run([str(st), "run", f"{server.url}/openapi.json", "-H", f"Authorization: Bearer {admin}",

@@ -1,13 +1,15 @@
 """The web viewer in a real browser (Debian's Chromium via Playwright) against a real server.
 
-A small synthetic stadium is built and scanned once; `gigaface view` serves it (no tokens)
-and `gigaface serve --public` serves it again behind tokens, with the anonymised copy public. Screenshots of each state go to
-test-artifacts/ at the repository root, for a person to look at.
+A small synthetic stadium is built and scanned once; `gigaface view` serves it (no tokens:
+the page is opened from the URL it prints, whose fragment holds the run's key) and
+`gigaface serve --public` serves it again behind tokens, with the anonymised copy public.
+Screenshots of each state go to test-artifacts/ at the repository root, for a person to look at.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.error
@@ -18,7 +20,7 @@ import pytest
 
 from gigaface.demo_scene import build_stadium
 from tests.helpers import CLI, iou, run_cli
-from tests.server import free_port
+from tests.server import KEY_HEADER, free_port
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -38,8 +40,8 @@ pytestmark = [
 
 # --- servers ---------------------------------------------------------------------------------
 
-def get_json(url: str):
-    with urllib.request.urlopen(url, timeout=10) as r:
+def get_json(url: str, headers: dict | None = None):
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as r:
         return json.load(r)
 
 
@@ -60,15 +62,34 @@ def wait_until(what: str, check, timeout: float = 120.0, server: subprocess.Pope
 
 
 class Server:
-    """A gigaface server command in a subprocess, its output in a log file."""
+    """A gigaface server command in a subprocess, its output in a log file.
+
+    For `view`, `page_url` is the address it printed (the run's key in its fragment) and
+    `headers` carry that key, as the page sends it."""
 
     def __init__(self, args: list[str], log: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        self.page_url, self.key, self.headers = self.url + "/", None, {}
         with open(log, "wb") as out:
             self.process = subprocess.Popen([*CLI, *args, "--port", str(self.port)], stdout=out,
                                             stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        if args[0] == "view":
+            try:
+                self.page_url = wait_until("the viewer's address", self.printed_url, timeout=60, server=self.process)
+            except BaseException:
+                self.stop()  # no fixture owns it yet
+                raise
+            self.key = re.search(r"#key=([A-Za-z0-9_-]+)", self.page_url).group(1)
+            self.headers = {KEY_HEADER: self.key}
+
+    def printed_url(self) -> str | None:
+        found = re.search(r"at (http://127\.0\.0\.1:\d+/\S*)", self.log.read_text())
+        return found.group(1) if found else None
+
+    def get(self, path: str):
+        return get_json(self.url + path, self.headers)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -99,7 +120,7 @@ def view_server(scene):
     try:
         # Exports too: the public server started later must find nothing left to build.
         wait_until("the pyramid and exports", lambda: all(
-            c["pyramid"] and c["export"] for c in get_json(f"{server.url}/api/captures")) or None,
+            c["pyramid"] and c["export"] for c in server.get("/api/captures")) or None,
             server=server.process)
         yield server
     finally:
@@ -146,7 +167,7 @@ def page(browser):
 # --- page helpers -----------------------------------------------------------------------------
 
 def open_viewer(page, server: Server) -> None:
-    page.goto(server.url + "/")
+    page.goto(server.page_url)
     page.wait_for_function("window.gigaface && window.gigaface.ready === true", timeout=60_000)
     wait_for_tiles(page)
 
@@ -189,7 +210,7 @@ def centre(box) -> tuple[float, float]:
 def test_viewer_loads_every_face_and_draws_them(page, view_server):
     open_viewer(page, view_server)
     capture = page.evaluate("window.gigaface.capture")
-    total = get_json(f"{view_server.url}/api/captures/{capture['id']}/faces?limit=1")["total"]
+    total = view_server.get(f"/api/captures/{capture['id']}/faces?limit=1")["total"]
     assert total > 100
     assert page.evaluate("window.gigaface.faces.length") == total
     # The home view shows the whole image, so every face is drawn (as a box or a dot).
@@ -199,6 +220,27 @@ def test_viewer_loads_every_face_and_draws_them(page, view_server):
     assert page.text_content("#face-count") == f"{total:,} faces"
     assert page.locator("#capture-select option:checked").text_content() == "stadium.jpg"
     page.screenshot(path=ARTIFACTS / "viewer.png")
+
+
+def test_the_run_key_leaves_the_address_bar_and_goes_with_every_request(page, view_server):
+    """`gigaface view`'s page keeps the key of its URL's fragment for the tab and sends it
+    with every API and tile request (a page of another site has no way to learn it)."""
+    sent: list[tuple[str, dict]] = []
+    page.on("request", lambda r: "/api/" in r.url and sent.append((r.url, r.headers)))
+    open_viewer(page, view_server)
+    assert "key=" not in page.url   # not bookmarked, shared or shown
+    assert page.evaluate("sessionStorage.getItem('gigaface.key')") == view_server.key
+    tiles = [url for url, _ in sent if re.search(r"/pyramid/\w+_files/", url)]
+    assert tiles and [url for url, _ in sent if "/api/me" in url]
+    assert all(headers.get(KEY_HEADER.lower()) == view_server.key for _, headers in sent)
+
+
+def test_the_viewer_opened_without_its_key_says_where_to_find_it(page, view_server):
+    page.goto(view_server.url + "/")
+    message = page.locator("#stage-message[data-kind='error']")
+    message.wait_for(timeout=30_000)
+    assert "gigaface view printed" in message.text_content()
+    assert page.evaluate("window.gigaface.ready") is not True
 
 
 def test_hover_shows_tooltip_and_click_selects_face(page, view_server):
@@ -344,7 +386,7 @@ def test_sign_in_with_a_token(page, token_server):
     assert "not accepted" in page.text_content("#signin-error")
 
     tiles: list[dict] = []
-    page.on("request", lambda r: "/pyramid_files/" in r.url and tiles.append(r.headers))
+    page.on("request", lambda r: re.search(r"/pyramid/\w+_files/", r.url) and tiles.append(r.headers))
     page.fill("#signin-token", token)
     page.click("#signin-form button[type=submit]")
     page.wait_for_function("window.gigaface && window.gigaface.ready === true", timeout=60_000)
@@ -370,8 +412,8 @@ def test_public_page_shows_only_the_anonymised_image(page, token_server):
     assert page.locator("canvas.face-overlay").count() == 0
     assert page.locator("input[type=file], #find-panel, #face-panel, #legend").count() == 0
     # Every image request went to the anonymised pyramid, none to the private API.
-    tiles = [u for u in requests if "/image_files/" in u]
-    assert tiles and all(f"/public/captures/{capture['id']}/image_files/" in u for u in tiles)
+    tiles = [u for u in requests if "_files/" in u]
+    assert tiles and all(u.startswith(f"{server.url}{capture['url'][:-len('.dzi')]}_files/") for u in tiles)
     assert not [u for u in requests if "/api/" in u]
     page.screenshot(path=ARTIFACTS / "public.png")
 
@@ -384,17 +426,17 @@ def test_a_capture_being_scanned_shows_progress_then_opens(page, tmp_path):
     built = build_stadium(tmp_path, megapixels=3, occupancy=0.5, seed=3)
     db = tmp_path / "scanning.db"
     Library(str(db), create=True).close()
-    server = Server(["view", str(db), "--no-browser"], tmp_path / "view.log")
+    server = Server(["view", str(db), "--no-browser", "--data-dir", str(tmp_path)], tmp_path / "view.log")
     try:
-        wait_until("the server", lambda: get_json(f"{server.url}/api/me"), server=server.process)
+        wait_until("the server", lambda: server.get("/api/me"), server=server.process)
         body = json.dumps({"path": str(built.panorama)}).encode()
         request = urllib.request.Request(f"{server.url}/api/captures", data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json", **server.headers})
         with urllib.request.urlopen(request, timeout=30) as r:
             capture = json.load(r)
         assert capture["state"] in ("queued", "running")
 
-        page.goto(f"{server.url}/?capture={capture['id']}")
+        page.goto(f"{server.url}/?capture={capture['id']}#key={server.key}")
         progress = page.locator("#scan-progress")
         progress.wait_for(state="visible")
         assert page.evaluate("window.gigaface.ready") is False
@@ -405,7 +447,7 @@ def test_a_capture_being_scanned_shows_progress_then_opens(page, tmp_path):
 
         page.wait_for_function("window.gigaface.ready === true", timeout=180_000)
         assert progress.is_hidden() and page.is_hidden("#stage-message")
-        total = get_json(f"{server.url}/api/captures/{capture['id']}/faces?limit=1")["total"]
+        total = server.get(f"/api/captures/{capture['id']}/faces?limit=1")["total"]
         assert total > 100 and page.evaluate("window.gigaface.faces.length") == total
         assert page.locator("#capture-select option:checked").text_content() == built.panorama.name
     finally:

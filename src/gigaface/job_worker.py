@@ -16,7 +16,7 @@ import time
 from . import consent
 from . import describe as describing
 from .anonymise import anonymise, blurred
-from .artifacts import capture_files
+from .artifacts import capture_files, owner_only, private_folder
 from .errors import GigafaceError
 from .index import CaptureRecord, Library
 from .plan import Settings
@@ -60,11 +60,12 @@ class JobReporter(Reporter):
                                     total=self.total, faces=self.faces)
 
 
+@owner_only()  # tiles, exports and the lock: owner-only, in owner-only folders (faces are biometric data)
 def run_job(db: str, capture_id: int) -> None:
     library = Library(db)
     capture = library.capture(capture_id)
     files = capture_files(db, capture_id)
-    os.makedirs(files.folder, exist_ok=True)
+    private_folder(db, files.folder)
     # A job left running by a server that was killed, or a CLI scan, holds this: wait for it.
     with capture_lock(db, capture_id):
         capture = library.capture(capture_id)  # as the process we waited for left it

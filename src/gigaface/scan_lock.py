@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .artifacts import capture_files
+from .artifacts import capture_files, private_folder
 
 _held = threading.local()
 
@@ -42,7 +42,7 @@ def capture_lock(db: str, capture_id: int, on_wait: Callable[[str], None] | None
     if path in held:
         yield
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    private_folder(os.path.realpath(db), os.path.dirname(path))  # the files folder is owner-only
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:

@@ -1,11 +1,12 @@
 """The REST service and the viewer's web server: FastAPI on uvicorn, one library per server.
 
     gigaface serve library.db            tokens required (admin / viewer), any interface
-    gigaface view library.db             one local user, no tokens, 127.0.0.1 only
+    gigaface view library.db             one local user, 127.0.0.1 only, a key per run
 
 Scans run in a job process of their own (`jobs.py`), so the server keeps answering while a
 scan holds the CPU. Reference photos for a search stay in memory and are gone when the
-request ends.
+request ends. What is refused before a route runs (hosts, other sites' pages, callers,
+body sizes) is in `gate.py`.
 """
 
 import asyncio
@@ -14,9 +15,13 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import sqlite3
+import stat
 import threading
 import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,36 +31,50 @@ import starlette.formparsers
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from . import __version__
-from .artifacts import capture_files, uploads_folder
+from .artifacts import capture_files, private_folder, pyramid_build, uploads_folder
 from .errors import GigafaceError
 from . import consent
+from .gate import SMALL_BODY, Gate, HostCheck, Policy, route_of
 from .index import AuditEntry, CaptureRecord, Consent, Face, Library
 from .jobs import JobRunner
+from .manifest import is_manifest
 from .plan import settings_for
-from .scan_job import capture_key, frames_of
+from .scan_job import capture_key, existing_capture, frames_of
 from .consent import revealed
-from .erasure import forget
+from .erasure import MAX_FORGET_THRESHOLD, forget
 from .job_worker import stale
 from .retention import Purged, purge, remove
-from .search import DEFAULT_THRESHOLD, Reference, ReferencePool, audited_rank, local_user
+from .search import DEFAULT_THRESHOLD, MAX_THRESHOLD, Reference, ReferencePool, audited_rank, local_user
 from .source import DEFAULT_MAX_PIXELS
 from .tokens import verify
 
 WEB = Path(__file__).parent / "web"
 OPENSEADRAGON = WEB / "node_modules" / "openseadragon" / "build" / "openseadragon"
+SWAGGER_UI = WEB / "node_modules" / "swagger-ui-dist"
 MAX_PHOTO_BYTES = 25 << 20      # one reference photo
 MAX_PHOTOS = 8
-MAX_BODY_BYTES = MAX_PHOTOS * MAX_PHOTO_BYTES + (1 << 20)   # any request but an upload
+PHOTOS_BODY = MAX_PHOTOS * MAX_PHOTO_BYTES + SMALL_BODY   # a search or an erasure
+MAX_BODY_BYTES = PHOTOS_BODY    # the largest body of any request but an upload
 DEFAULT_MAX_UPLOAD = 4 << 30
 TILE_NAME = re.compile(r"\d{1,6}_\d{1,6}\.jpg")  # whole name only: fullmatch
+# `gigaface view`'s per-run secret travels in this header. A custom header also makes any
+# cross-origin request a "preflighted" one, which this server never allows.
+KEY_HEADER = "X-Gigaface-Key"
+# Server-sent event streams are cheap (async) but each polls the library: a few per
+# caller is all a page needs, and the total keeps a set of viewer tokens from piling up.
+MAX_STREAMS_PER_CALLER = 4
+MAX_STREAMS = 32
 # Magic numbers of the formats libvips reads that people upload: a cheap check on the
 # first bytes, so a wrong file is refused before gigabytes of it are received.
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+",
@@ -87,6 +106,9 @@ class CaptureOut(BaseModel):
     faces: int
     pyramid: bool
     export: bool
+    pyramid_url: str | None = Field(description="the DeepZoom descriptor of the current build of the pyramid"
+                                                " (a rebuild changes every URL: cached tiles are never shown)")
+    public_url: str | None = Field(description="the same for the pyramid of the anonymised copy")
     error: str | None
     created_at: float
     finished_at: float | None
@@ -157,9 +179,10 @@ class AddCapture(BaseModel):
 
 class PublicCapture(BaseModel):
     id: int
-    name: str
+    name: str = Field(description="a neutral name: the file's own name may say where or who")
     width: int
     height: int
+    url: str = Field(description="the DeepZoom descriptor of the current build of the anonymised pyramid")
 
 
 class ConsentOut(BaseModel):
@@ -180,9 +203,22 @@ class CaptureErasureOut(BaseModel):
 
 class ErasureOut(BaseModel):
     threshold: float
+    dry_run: bool = Field(description="only a report: nothing was erased or withdrawn")
     faces_erased: int
     consents_removed: int
     captures: list[CaptureErasureOut]
+
+
+class AuditChainOut(BaseModel):
+    ok: bool = Field(description="every row and the log's keyed head verify: nothing was edited, cut or wiped")
+    rows: int
+    problem: str | None = None
+    row: int | None = Field(None, description="the first row that does not verify")
+
+
+class AuditOut(BaseModel):
+    chain: AuditChainOut
+    entries: list[AuditEntry]
 
 
 class Problem(BaseModel):
@@ -191,6 +227,7 @@ class Problem(BaseModel):
 
 CaptureId = Annotated[int, PathParam(ge=0, le=2**62)]
 ERRORS = {400: {"model": Problem}, 401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem}}
+TOO_LARGE = {413: {"model": Problem}}
 ADDED = {200: {"model": CaptureOut, "description": "the same image is already in the library: that capture"}}
 
 
@@ -210,47 +247,74 @@ class Access:
 @dataclass(frozen=True)
 class Config:
     db: str
-    local: bool = False         # `gigaface view`: one local user, no tokens
+    local: bool = False         # `gigaface view`: one local user, no tokens...
+    local_key: str | None = None    # ...but this run's secret, in the X-Gigaface-Key header
     public: bool = False        # anonymous read-only access to the anonymised pyramids
     max_upload: int = DEFAULT_MAX_UPLOAD
     max_pixels: int = DEFAULT_MAX_PIXELS
     run_jobs: bool = True
     purge_every: float = 60.0   # seconds between removals of expired captures
+    data_dir: str | None = None     # captures by server path only from under here; None: uploads only
+    host: str = "127.0.0.1"     # the address the server listens on
+    allow_hosts: tuple[str, ...] = ()   # more Host names it answers for (behind a DNS name)
 
 
-class _BodyLimit:
-    """Refuse request bodies over a limit, whether announced by Content-Length or not.
-    Uploads have their own, larger limit, checked while they stream to disk."""
-
-    def __init__(self, app, limit: int, exempt: tuple[str, ...]):
-        self.app, self.limit, self.exempt = app, limit, exempt
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in self.exempt:
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.limit:
-            return await _too_large(self.limit)(scope, receive, send)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise HTTPException(413, f"request body over {self.limit >> 20} MB")
-            return message
-
-        await self.app(scope, counted, send)
+def body_limit(limit: int) -> Callable:
+    """The largest request body a route takes (the gate refuses more before the route
+    runs); routes without one take SMALL_BODY."""
+    def mark(endpoint: Callable) -> Callable:
+        endpoint.body_limit = limit
+        return endpoint
+    return mark
 
 
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse({"detail": f"request body over {limit >> 20} MB"}, status_code=413)
+class StreamSlots:
+    """How many event streams each caller (and everyone) has open; 429 beyond the caps."""
+
+    def __init__(self, per_caller: int, total: int):
+        self.per_caller, self.total = per_caller, total
+        self.open: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def take(self, caller: str) -> Callable[[], None]:
+        """A slot for `caller`; returns the function that gives it back (once)."""
+        with self.lock:
+            if self.open[caller] >= self.per_caller or sum(self.open.values()) >= self.total:
+                raise HTTPException(429, f"too many open event streams (at most {self.per_caller} per caller,"
+                                         f" {self.total} in all): close one, or poll GET /api/captures/ID",
+                                    headers={"Retry-After": "15"})
+            self.open[caller] += 1
+        given_back = threading.Event()
+
+        def give_back() -> None:
+            with self.lock:
+                if not given_back.is_set():
+                    given_back.set()
+                    self.open[caller] -= 1
+        return give_back
+
+
+class _SlotStream(StreamingResponse):
+    """A streamed response that gives its slot back however it ends (finished, client gone,
+    cancelled, or never started)."""
+
+    def __init__(self, content, give_back: Callable[[], None], **options):
+        super().__init__(content, **options)
+        self.give_back = give_back
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.give_back()
 
 
 def create_app(config: Config) -> FastAPI:
+    if config.local and not config.local_key:
+        raise ValueError("a local server needs its run's key (Config.local_key)")
     Library(config.db)  # a clear error now rather than on the first request
     runner = JobRunner(config.db) if config.run_jobs else None
+    streams = StreamSlots(MAX_STREAMS_PER_CALLER, MAX_STREAMS)
     local = threading.local()
     pool_lock = threading.Lock()
     pool_holder: list[ReferencePool] = []
@@ -295,9 +359,10 @@ def create_app(config: Config) -> FastAPI:
 
     # No redirects to a slash-less path: a probe like ".../10/../" gets a plain 404, not a
     # redirect that echoes it back.
+    # Swagger UI is served from this server (see /docs below), never from a CDN.
     app = FastAPI(title="gigaface", version=__version__, lifespan=lifespan, redirect_slashes=False,
+                  docs_url=None, redoc_url=None,
                   description="Faces in gigapixel crowd images: captures, faces, search, exports, deep zoom.")
-    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES, exempt=("/api/captures/upload",))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -320,20 +385,27 @@ def create_app(config: Config) -> FastAPI:
     async def _user_error(_request: Request, exc: GigafaceError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
+    # Only for the OpenAPI document: the gate authenticates every /api request first.
     bearer = HTTPBearer(auto_error=False, description="an API token from `gigaface token create`")
 
-    def access(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Access:
+    def authenticate(headers: Headers) -> Access:
+        """Who is asking: the one answer, used by the gate before any body is read."""
         if config.local:
-            return Access("admin", "local user", "local")
-        if credentials is None or credentials.scheme.lower() != "bearer":
+            return _local_caller(headers, config.local_key)
+        scheme, _, secret = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
             raise HTTPException(401, "an API token is needed: Authorization: Bearer <token>",
                                 headers={"WWW-Authenticate": "Bearer"})
-        token = verify(library(), credentials.credentials)
+        token = verify(library(), secret.strip())
         if token is None:
             raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
         if token.last_used is None or time.time() - token.last_used > 60:
             library().touch_token(token.id)  # at most once a minute: a write costs the scan a lock
         return Access(token.role, token.name, "token", token.id)
+
+    def access(request: Request, _documented: Annotated[object, Depends(bearer)]) -> Access:
+        who = getattr(request.state, "access", None)
+        return who if who is not None else authenticate(request.headers)
 
     def admin(who: Annotated[Access, Depends(access)]) -> Access:
         if who.role != "admin":
@@ -349,7 +421,7 @@ def create_app(config: Config) -> FastAPI:
         except GigafaceError:
             raise HTTPException(404, f"no capture {capture_id}") from None
 
-    def capture_out(c: CaptureRecord) -> CaptureOut:
+    def capture_out(c: CaptureRecord, who: Access) -> CaptureOut:
         lib = library()
         job = lib.job(c.id)
         files = capture_files(config.db, c.id)
@@ -361,10 +433,14 @@ def create_app(config: Config) -> FastAPI:
             state = "done" if c.stage == "done" else "running"
             stage, error = c.stage, None
             progress = Progress(done=0, total=0, faces=0)
+        if who.role != "admin":  # where the server keeps its files is no viewer's business
+            error = _without_folders(error, [c.source, *(f.path for f in c.frames)])
         return CaptureOut(
-            id=c.id, name=os.path.basename(c.source), source=c.source, kind=c.kind, width=c.width,
-            height=c.height, state=state, stage=stage, progress=progress, faces=lib.face_count(c.id),
-            pyramid=os.path.exists(files.pyramid), export=exports_ready, error=error,
+            id=c.id, name=os.path.basename(c.source), source=c.source if who.role == "admin" else os.path.basename(c.source),
+            kind=c.kind, width=c.width, height=c.height, state=state, stage=stage, progress=progress,
+            faces=lib.face_count(c.id), pyramid=os.path.exists(files.pyramid), export=exports_ready, error=error,
+            pyramid_url=_pyramid_url(f"/api/captures/{c.id}/pyramid", files.pyramid),
+            public_url=_pyramid_url(f"/api/captures/{c.id}/public", files.public_pyramid),
             created_at=c.created_at, finished_at=c.finished_at, expires_at=c.expires_at)
 
     # --- health and identity -------------------------------------------------------
@@ -379,7 +455,7 @@ def create_app(config: Config) -> FastAPI:
     # --- captures ------------------------------------------------------------------
     @app.get("/api/captures", response_model=list[CaptureOut], responses=ERRORS, tags=["captures"])
     def list_captures(who: Viewer) -> list[CaptureOut]:
-        return [capture_out(c) for c in library().captures()]
+        return [capture_out(c, who) for c in library().captures()]
 
     def add(path: str, preset: str, min_face: float | None, owned: str | None) -> tuple[CaptureRecord, bool]:
         lib = library()
@@ -388,42 +464,56 @@ def create_app(config: Config) -> FastAPI:
             raise GigafaceError(f"{path}: is the library itself, not an image")
         kind, frames = frames_of(path, config.max_pixels)
         key = capture_key(path)
-        existing = lib.capture_by_key(key)
+        existing = existing_capture(lib, path, key)  # also a capture an older version keyed by path
         if existing is not None:
             return existing, False
         width = max(f.x + f.width for f in frames)
         height = max(f.y + f.height for f in frames)
-        capture = lib.create_capture(key, os.path.abspath(path), kind, width, height, frames, settings.to_dict())
+        capture, made = lib.find_or_create_capture(key, os.path.abspath(path), kind, width, height, frames,
+                                                   settings.to_dict())
+        if not made:  # a CLI scan of the same file made it meanwhile
+            return capture, False
         lib.put_job(capture.id, owned_file=owned)
         if runner is not None:
             runner.submit(capture.id)
         return capture, True
 
-    @app.post("/api/captures", response_model=CaptureOut, status_code=201, responses={**ERRORS, **ADDED},
-              tags=["captures"],
-              summary="Add an image or camera-array manifest that is on the server, and scan it")
+    def server_path(path: str) -> str:
+        """A client's path to an image or manifest, as the real path under the data folder,
+        checked to be a regular file before anything opens it (a FIFO would block forever)."""
+        if config.data_dir is None:
+            raise HTTPException(403, "this server takes uploads only (POST /api/captures/upload);"
+                                     " start it with --data-dir DIR to add files by their path under DIR")
+        real = _inside(config.data_dir, path)
+        _regular_file(real, path)
+        if is_manifest(real):
+            for k, frame in enumerate(_manifest_files(real)):
+                _regular_file(_inside(config.data_dir, frame, f"{path}: frame {k}"), f"{path}: frame {k}",
+                              missing_ok=True)
+        return real
+
+    @app.post("/api/captures", response_model=CaptureOut, status_code=201,
+              responses={**ERRORS, **ADDED, **TOO_LARGE}, tags=["captures"],
+              summary="Add an image or camera-array manifest from the server's data folder (serve --data-dir), and scan it")
     def add_capture(body: AddCapture, who: Admin, response: Response) -> CaptureOut:
-        capture, new = add(body.path, body.preset, body.min_face, None)
+        capture, new = add(server_path(body.path), body.preset, body.min_face, None)
         if not new:
             response.status_code = 200  # already in the library: nothing to do
-        return capture_out(capture)
+        return capture_out(capture, who)
 
     @app.post("/api/captures/upload", response_model=CaptureOut, status_code=201,
-              responses={**ERRORS, **ADDED, 413: {"model": Problem}, 415: {"model": Problem}}, tags=["captures"],
+              responses={**ERRORS, **ADDED, **TOO_LARGE, 415: {"model": Problem}}, tags=["captures"],
               summary="Upload an image (the request body is the file) and scan it",
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+    @body_limit(config.max_upload)
     async def upload_capture(request: Request, who: Admin, response: Response,
                              filename: Annotated[str, Query(min_length=1, max_length=200)],
                              preset: Literal["fast", "balanced", "accurate"] = "balanced") -> CaptureOut:
         name = _safe_name(filename)
         if name.lower().endswith(".json"):
             raise HTTPException(400, "upload images only; add camera-array manifests by their server path")
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > config.max_upload):
-            raise HTTPException(413, f"upload over the limit of {config.max_upload >> 20} MB")
-        folder = os.path.join(uploads_folder(config.db), secrets.token_hex(8))
-        os.makedirs(folder)
+        folder = private_folder(config.db, os.path.join(uploads_folder(config.db), secrets.token_hex(8)))
         partial = os.path.join(folder, ".partial")
         try:
             try:
@@ -441,38 +531,45 @@ def create_app(config: Config) -> FastAPI:
         if not new:
             shutil.rmtree(folder, ignore_errors=True)  # the same image is already there
             response.status_code = 200
-        return capture_out(capture)
+        return await run_in_threadpool(capture_out, capture, who)
 
     @app.get("/api/captures/{capture_id:int}", response_model=CaptureOut, responses=ERRORS, tags=["captures"])
     def get_capture(capture_id: CaptureId, who: Viewer) -> CaptureOut:
-        return capture_out(capture_or_404(capture_id))
+        return capture_out(capture_or_404(capture_id), who)
 
-    @app.get("/api/captures/{capture_id:int}/events", responses={**ERRORS, 200: {
+    def capture_json(capture_id: int, who: Access) -> str | None:
+        try:
+            return capture_out(library().capture(capture_id), who).model_dump_json()
+        except GigafaceError:
+            return None  # deleted
+
+    async def events(request: Request, capture_id: int, who: Access) -> AsyncIterator[str]:
+        """The capture after each change, until its job ends. Async: an open stream holds no
+        thread, only a library read every half second."""
+        last, quiet_since, started = None, time.monotonic(), time.monotonic()
+        while time.monotonic() - started < 6 * 3600 and not await request.is_disconnected():
+            current = await run_in_threadpool(capture_json, capture_id, who)
+            if current is None:
+                yield "event: deleted\ndata: {}\n\n"
+                return
+            if current != last:
+                yield f"data: {current}\n\n"
+                last, quiet_since = current, time.monotonic()
+                if json.loads(current)["state"] in ("done", "failed"):
+                    return
+            elif time.monotonic() - quiet_since > 15:
+                yield ": still here\n\n"  # keeps proxies from closing an idle stream
+                quiet_since = time.monotonic()
+            await asyncio.sleep(0.5)
+
+    @app.get("/api/captures/{capture_id:int}/events", responses={**ERRORS, 429: {"model": Problem}, 200: {
         "content": {"text/event-stream": {}}, "description": "the capture as JSON after each change"}},
         tags=["captures"], summary="Server-sent events: the capture's progress until its job ends")
-    def capture_events(capture_id: CaptureId, who: Viewer) -> StreamingResponse:
-        capture_or_404(capture_id)
-
-        def stream():
-            last, quiet_since, started = None, time.monotonic(), time.monotonic()
-            while time.monotonic() - started < 6 * 3600:
-                try:
-                    current = capture_out(library().capture(capture_id)).model_dump_json()
-                except GigafaceError:
-                    yield "event: deleted\ndata: {}\n\n"
-                    return
-                if current != last:
-                    yield f"data: {current}\n\n"
-                    last, quiet_since = current, time.monotonic()
-                    if json.loads(current)["state"] in ("done", "failed"):
-                        return
-                elif time.monotonic() - quiet_since > 15:
-                    yield ": still here\n\n"  # keeps proxies from closing an idle stream
-                    quiet_since = time.monotonic()
-                time.sleep(0.5)
-
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    async def capture_events(request: Request, capture_id: CaptureId, who: Viewer) -> StreamingResponse:
+        await run_in_threadpool(capture_or_404, capture_id)
+        give_back = streams.take(_caller(who))
+        return _SlotStream(events(request, capture_id, who), give_back, media_type="text/event-stream",
+                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.delete("/api/captures/{capture_id:int}", status_code=204, responses=ERRORS, tags=["captures"],
                 summary="Delete a capture: its faces, embeddings, pyramids, exports and uploaded file")
@@ -515,15 +612,18 @@ def create_app(config: Config) -> FastAPI:
         data = library().crop(face_id)
         if not data:
             raise HTTPException(404, f"face {face_id} has no crop yet")
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+        # Not kept by the browser: a face erased later must not stay in its cache (the page
+        # keeps the crops it fetched for as long as it is open).
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})
 
     # --- search --------------------------------------------------------------------
     @app.post("/api/captures/{capture_id:int}/search", response_model=SearchOut,
               responses={**ERRORS, 413: {"model": Problem}}, tags=["search"],
               summary="Rank the capture's faces by likeness to the person in the photos (not stored)")
+    @body_limit(PHOTOS_BODY)
     def search(capture_id: CaptureId, who: Viewer, photos: Annotated[list[UploadFile], File(description="photos of one person")],
                top: Annotated[int, Query(ge=1, le=1000)] = 20,
-               threshold: Annotated[float, Query(gt=0, le=2)] = DEFAULT_THRESHOLD) -> SearchOut:
+               threshold: Annotated[float, Query(gt=0, le=MAX_THRESHOLD)] = DEFAULT_THRESHOLD) -> SearchOut:
         capture_or_404(capture_id)
         library().key()  # a library without its key cannot be searched: say so before any work
         refs = read_references(photos)
@@ -578,6 +678,7 @@ def create_app(config: Config) -> FastAPI:
     @app.post("/api/captures/{capture_id:int}/consents", response_model=ConsentOut, status_code=201,
               responses={**ERRORS, 413: {"model": Problem}}, tags=["consent"],
               summary="Add a person's consent from their own photo (the photo is not stored)")
+    @body_limit(MAX_PHOTO_BYTES + SMALL_BODY)
     def add_consent(capture_id: CaptureId, who: Admin,
                     photo: Annotated[UploadFile, File(description="the person's own photo")],
                     name: Annotated[str, Form(min_length=1, max_length=200)],
@@ -585,35 +686,39 @@ def create_app(config: Config) -> FastAPI:
         capture_or_404(capture_id)
         library().key()
         ref = read_references([photo])[0]
-        added = consent.add(library(), capture_id, ref, name, note)
+        added = consent.add(library(), capture_id, ref, name, note, who=who.who)
         redo_files(capture_id, originals_too=False)
         return consent_out(added, revealed(library(), capture_id))
 
     @app.delete("/api/consents/{consent_id:int}", status_code=204, responses=ERRORS, tags=["consent"],
                 summary="Withdraw a consent: the person is blurred again")
     def remove_consent(consent_id: Annotated[int, PathParam(ge=0, le=2**62)], who: Admin) -> Response:
-        try:
-            removed = library().remove_consent(consent_id)
-        except GigafaceError:
-            raise HTTPException(404, f"no consent {consent_id}") from None
+        if not any(c.id == consent_id for c in library().consents()):
+            raise HTTPException(404, f"no consent {consent_id}")
+        removed = consent.remove(library(), consent_id, who=who.who)  # audited under the token
         redo_files(removed.capture, originals_too=False)
         return Response(status_code=204)
 
     @app.post("/api/forget", response_model=ErasureOut, responses={**ERRORS, 413: {"model": Problem}},
               tags=["consent"], summary="Erase a person on request, in every capture (the photos are not stored)")
+    @body_limit(PHOTOS_BODY)
     def forget_person(who: Admin, photos: Annotated[list[UploadFile], File(description="photos of the person")],
-                      threshold: Annotated[float, Query(gt=0, le=2)] = DEFAULT_THRESHOLD) -> ErasureOut:
+                      threshold: Annotated[float, Query(gt=0, le=MAX_FORGET_THRESHOLD)] = DEFAULT_THRESHOLD,
+                      dry_run: Annotated[bool, Query(description="report what would be erased; change nothing")] = False,
+                      ) -> ErasureOut:
         library().key()
-        report = forget(library(), read_references(photos), who.who, threshold)
-        for entry in report.captures:
-            redo_files(entry.capture, originals_too=True)
-        return ErasureOut(**report.to_dict())
+        report = forget(library(), read_references(photos), who.who, threshold, dry_run=dry_run)
+        if not dry_run:
+            for entry in report.captures:
+                redo_files(entry.capture, originals_too=True)
+        return ErasureOut(**report.to_dict(), dry_run=dry_run)
 
-    @app.get("/api/audit", response_model=list[AuditEntry], responses=ERRORS, tags=["consent"],
-             summary="The audit log: every search, by whom, over which captures")
+    @app.get("/api/audit", response_model=AuditOut, responses=ERRORS, tags=["consent"],
+             summary="The audit log: every search, by whom, over which captures, and whether its chain holds")
     def audit_log(who: Admin, since: Annotated[float | None, Query(ge=0, le=1e11)] = None,
-                  limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> list[AuditEntry]:
-        return library().audit(since=since, limit=limit)
+                  limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> AuditOut:
+        log = library().audit(since=since, limit=limit)
+        return AuditOut(chain=AuditChainOut(**log.verdict.to_dict()), entries=list(log))
 
     @app.post("/api/purge", response_model=list[Purged], responses=ERRORS, tags=["consent"],
               summary="Remove the captures whose retention has passed now (the service also does it every minute)")
@@ -634,45 +739,59 @@ def create_app(config: Config) -> FastAPI:
         return FileResponse(paths[frame], filename=f"{Path(capture.frames[frame].path).stem}-anonymised"
                             f"{Path(paths[frame]).suffix}")
 
-    def dzi(capture_id: int, which: str) -> FileResponse:
-        capture_or_404(capture_id)
+    # Pyramid URLs carry the build (artifacts.pyramid_build): a rebuild after an erasure or
+    # a withdrawn consent changes every URL, and the old ones answer 404, so no browser
+    # shows a tile it cached from before. The capture's JSON names the current ones.
+    def pyramid_file(capture_id: int, which: str, build: str) -> tuple[str, str]:
+        """(descriptor, tile folder) of the capture's pyramid if `build` is its current one."""
         files = capture_files(config.db, capture_id)
         path = files.pyramid if which == "pyramid" else files.public_pyramid
-        if not os.path.exists(path):
+        current = pyramid_build(path)
+        if current is None:
             raise HTTPException(404, f"capture {capture_id}: the {which} pyramid is not ready yet")
+        if build != current:
+            raise HTTPException(404, f"capture {capture_id}: that {which} pyramid was replaced;"
+                                     " the capture's pyramid_url names the current one")
+        return path, files.tiles(which)
+
+    def dzi(capture_id: int, which: str, build: str) -> FileResponse:
+        capture_or_404(capture_id)
+        path, _ = pyramid_file(capture_id, which, build)
         return FileResponse(path, media_type="application/xml", headers={"Cache-Control": "no-cache"})
 
-    def tile(capture_id: int, which: str, level: int, name: str) -> FileResponse:
+    def tile(capture_id: int, which: str, build: str, level: int, name: str) -> FileResponse:
         if not TILE_NAME.fullmatch(name):
             raise HTTPException(404, "no such tile")
-        folder = capture_files(config.db, capture_id).tiles(which)
+        _, folder = pyramid_file(capture_id, which, build)
         path = os.path.join(folder, str(level), name)
         if not os.path.isfile(path):
             raise HTTPException(404, "no such tile")
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
     TILE_RESPONSES = {**ERRORS, 200: {"content": {"image/jpeg": {}}}}
+    DZI_RESPONSES = {**ERRORS, 200: {"content": {"application/xml": {}}}}
     Level = Annotated[int, PathParam(ge=0, le=64)]
+    Build = Annotated[str, PathParam(max_length=64, description="the build, from the capture's pyramid_url")]
 
-    @app.get("/api/captures/{capture_id:int}/pyramid.dzi", response_class=FileResponse, tags=["deep zoom"],
-             responses={**ERRORS, 200: {"content": {"application/xml": {}}}})
-    def pyramid_dzi(capture_id: CaptureId, who: Viewer) -> FileResponse:
-        return dzi(capture_id, "pyramid")
+    @app.get("/api/captures/{capture_id:int}/pyramid/{build}.dzi", response_class=FileResponse,
+             tags=["deep zoom"], responses=DZI_RESPONSES)
+    def pyramid_dzi(capture_id: CaptureId, build: Build, who: Viewer) -> FileResponse:
+        return dzi(capture_id, "pyramid", build)
 
-    @app.get("/api/captures/{capture_id:int}/pyramid_files/{level:int}/{name}", response_class=FileResponse,
+    @app.get("/api/captures/{capture_id:int}/pyramid/{build}_files/{level:int}/{name}", response_class=FileResponse,
              tags=["deep zoom"], responses=TILE_RESPONSES)
-    def pyramid_tile(capture_id: CaptureId, level: Level, name: str, who: Viewer) -> FileResponse:
-        return tile(capture_id, "pyramid", level, name)
+    def pyramid_tile(capture_id: CaptureId, build: Build, level: Level, name: str, who: Viewer) -> FileResponse:
+        return tile(capture_id, "pyramid", build, level, name)
 
-    @app.get("/api/captures/{capture_id:int}/public.dzi", response_class=FileResponse, tags=["deep zoom"],
-             responses={**ERRORS, 200: {"content": {"application/xml": {}}}})
-    def public_dzi(capture_id: CaptureId, who: Viewer) -> FileResponse:
-        return dzi(capture_id, "public")
+    @app.get("/api/captures/{capture_id:int}/public/{build}.dzi", response_class=FileResponse,
+             tags=["deep zoom"], responses=DZI_RESPONSES)
+    def public_dzi(capture_id: CaptureId, build: Build, who: Viewer) -> FileResponse:
+        return dzi(capture_id, "public", build)
 
-    @app.get("/api/captures/{capture_id:int}/public_files/{level:int}/{name}", response_class=FileResponse,
+    @app.get("/api/captures/{capture_id:int}/public/{build}_files/{level:int}/{name}", response_class=FileResponse,
              tags=["deep zoom"], responses=TILE_RESPONSES)
-    def public_tile(capture_id: CaptureId, level: Level, name: str, who: Viewer) -> FileResponse:
-        return tile(capture_id, "public", level, name)
+    def public_tile(capture_id: CaptureId, build: Build, level: Level, name: str, who: Viewer) -> FileResponse:
+        return tile(capture_id, "public", build, level, name)
 
     # --- the public, anonymised-only view -------------------------------------------
     def public_only() -> None:
@@ -684,20 +803,22 @@ def create_app(config: Config) -> FastAPI:
     @app.get("/public/captures", response_model=list[PublicCapture], responses={404: {"model": Problem}},
              tags=["public"])
     def public_captures(_: Public) -> list[PublicCapture]:
-        ready = [c for c in library().captures()
-                 if os.path.exists(capture_files(config.db, c.id).public_pyramid)]
-        return [PublicCapture(id=c.id, name=os.path.basename(c.source), width=c.width, height=c.height)
-                for c in ready]
+        listed = []
+        for c in library().captures():
+            url = _pyramid_url(f"/public/captures/{c.id}", capture_files(config.db, c.id).public_pyramid)
+            if url is not None:  # file names may say where or who: a neutral name
+                listed.append(PublicCapture(id=c.id, name=f"capture {c.id}", width=c.width, height=c.height, url=url))
+        return listed
 
-    @app.get("/public/captures/{capture_id:int}/image.dzi", response_class=FileResponse, tags=["public"],
+    @app.get("/public/captures/{capture_id:int}/{build}.dzi", response_class=FileResponse, tags=["public"],
              responses={404: {"model": Problem}, 200: {"content": {"application/xml": {}}}})
-    def public_image_dzi(capture_id: CaptureId, _: Public) -> FileResponse:
-        return dzi(capture_id, "public")
+    def public_image_dzi(capture_id: CaptureId, build: Build, _: Public) -> FileResponse:
+        return dzi(capture_id, "public", build)
 
-    @app.get("/public/captures/{capture_id:int}/image_files/{level:int}/{name}", response_class=FileResponse,
+    @app.get("/public/captures/{capture_id:int}/{build}_files/{level:int}/{name}", response_class=FileResponse,
              tags=["public"], responses={404: {"model": Problem}, 200: {"content": {"image/jpeg": {}}}})
-    def public_image_tile(capture_id: CaptureId, level: Level, name: str, _: Public) -> FileResponse:
-        return tile(capture_id, "public", level, name)
+    def public_image_tile(capture_id: CaptureId, build: Build, level: Level, name: str, _: Public) -> FileResponse:
+        return tile(capture_id, "public", build, level, name)
 
     # --- the web pages -------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -709,15 +830,140 @@ def create_app(config: Config) -> FastAPI:
         public_only()
         return FileResponse(WEB / "public.html", headers={"Cache-Control": "no-cache"})
 
-    if OPENSEADRAGON.is_dir():
-        app.mount("/static/vendor/openseadragon", StaticFiles(directory=OPENSEADRAGON), name="openseadragon")
-    else:
-        @app.get("/static/vendor/openseadragon/{rest:path}", include_in_schema=False)
-        def no_openseadragon(rest: str) -> Response:
-            return Response("// OpenSeadragon is not installed: run `make setup` (npm ci in src/gigaface/web)\n",
-                            status_code=404, media_type="text/javascript")
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        if not SWAGGER_UI.is_dir():
+            return HTMLResponse("Swagger UI is not installed: run `make setup` (npm ci in src/gigaface/web);"
+                                " the API document is at /openapi.json", status_code=404)
+        # Its script and style from this server: a page of the API should load nothing from elsewhere.
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="gigaface API",
+                                   swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
+                                   swagger_favicon_url="/static/vendor/swagger-ui/favicon-32x32.png",
+                                   oauth2_redirect_url=None)
+
+    vendor(app, "openseadragon", OPENSEADRAGON)
+    vendor(app, "swagger-ui", SWAGGER_UI)
     app.mount("/static", StaticFiles(directory=WEB), name="static")
+    policies = route_policies(app.router.routes, viewer=access, admin=admin)
+    app.add_middleware(Gate, hosts=HostCheck(config.host, config.allow_hosts), authenticate=authenticate,
+                       policy=lambda scope: policy_for(policies, app.router.routes, scope))
     return app
+
+
+def vendor(app: FastAPI, name: str, folder: Path) -> None:
+    """/static/vendor/NAME: a package from npm (src/gigaface/web/node_modules), or a clear 404."""
+    if folder.is_dir():
+        app.mount(f"/static/vendor/{name}", StaticFiles(directory=folder), name=name)
+        return
+
+    @app.get(f"/static/vendor/{name}/{{rest:path}}", include_in_schema=False)
+    def not_installed(rest: str) -> Response:
+        return Response(f"// {name} is not installed: run `make setup` (npm ci in src/gigaface/web)\n",
+                        status_code=404, media_type="text/javascript")
+
+
+def route_policies(routes, viewer: Callable, admin: Callable) -> dict[int, Policy]:
+    """Each API route's Policy (by the route's id): who may call it (from its own dependencies: one place says
+    a route is for admins) and the body it takes (`body_limit`)."""
+    policies = {}
+    for route in routes:
+        if not isinstance(route, APIRoute):
+            continue
+        calls = _dependency_calls(route.dependant)
+        role = "admin" if admin in calls else "viewer" if viewer in calls else None
+        policies[id(route)] = Policy(role, getattr(route.endpoint, "body_limit", SMALL_BODY))
+    return policies
+
+
+def _dependency_calls(dependant) -> set:
+    calls = set()
+    for sub in dependant.dependencies:
+        calls.add(sub.call)
+        calls |= _dependency_calls(sub)
+    return calls
+
+
+def policy_for(policies: dict[int, Policy], routes, scope: dict) -> Policy:
+    """The Policy of the route that will answer; any other /api path (a 404 or 405 to be)
+    is for callers who said who they are, so that probing it tells a stranger nothing."""
+    route = route_of(routes, scope)
+    if id(route) in policies:
+        return policies[id(route)]
+    path = scope["path"]
+    return Policy("viewer" if path.startswith("/api/") or path == "/api" else None)
+
+
+def _local_caller(headers: Headers, key: str) -> Access:
+    """`gigaface view`'s one user, known by this run's key: a page of another site cannot
+    read it (it is in the URL's fragment, which browsers send nowhere)."""
+    given = headers.get(KEY_HEADER, "")
+    if not given or not secrets.compare_digest(given.encode("latin-1"), key.encode("latin-1")):
+        raise HTTPException(401, "this viewer needs its key: open the address that `gigaface view` printed",
+                            headers={"WWW-Authenticate": "GigafaceKey"})
+    return Access("admin", "local user", "local")
+
+
+def _caller(who: Access) -> str:
+    return f"token {who.token_id}" if who.token_id is not None else who.mode
+
+
+def _pyramid_url(prefix: str, dzi: str) -> str | None:
+    build = pyramid_build(dzi)
+    return f"{prefix}/{build}.dzi" if build is not None else None
+
+
+def _without_folders(text: str | None, paths: list[str]) -> str | None:
+    """`text` with each path reduced to its file name."""
+    if text is None:
+        return None
+    for path in sorted(set(paths), key=len, reverse=True):
+        text = text.replace(path, os.path.basename(path))
+    return text
+
+
+def _inside(data_dir: str, path: str, shown: str | None = None) -> str:
+    """The real path of `path` (relative to the data folder, or absolute), if it is under the
+    data folder. The error is the same whether or not the path exists: the server's other
+    files are not an admin's to probe."""
+    real = os.path.realpath(os.path.join(data_dir, path))
+    if os.path.commonpath([real, data_dir]) != data_dir:
+        raise HTTPException(403, f"{shown or path}: not in the server's data folder")
+    return real
+
+
+def _regular_file(real: str, shown: str, missing_ok: bool = False) -> None:
+    """Refuse what is not a plain file before anything opens it: a FIFO blocks its reader
+    forever, a device never ends."""
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise GigafaceError(f"{shown}: no such file") from None
+    except OSError as exc:
+        raise GigafaceError(f"{shown}: cannot be read ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise GigafaceError(f"{shown}: is a directory, not an image")
+    if not stat.S_ISREG(mode):
+        raise GigafaceError(f"{shown}: not a regular file")
+
+
+def _manifest_files(path: str) -> list[str]:
+    """The frame files a manifest names, joined to its folder as `manifest.read_manifest`
+    joins them, to be checked before it opens them. A manifest that does not parse gives
+    none: read_manifest then says what is wrong with it."""
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(64 << 20))
+    except (OSError, ValueError, RecursionError):
+        return []
+    entries = data.get("frames") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        return []
+    base = os.path.dirname(path)
+    return [os.path.join(base, e["file"]) for e in entries
+            if isinstance(e, dict) and isinstance(e.get("file"), str) and e["file"] and "\0" not in e["file"]]
 
 
 def _face_out(f: Face) -> FaceOut:
@@ -737,7 +983,7 @@ async def _receive(request: Request, path: str, limit: int) -> None:
     """Stream the request body into `path`, refusing more than `limit` bytes and content
     that does not start like an image."""
     received = 0
-    with open(path, "wb") as out:
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
         async for chunk in request.stream():
             if not received and chunk and not chunk[:16].startswith(IMAGE_MAGIC):
                 raise HTTPException(415, "not an image (JPEG, PNG, TIFF, WebP, GIF, BMP or JPEG 2000)")
@@ -765,10 +1011,13 @@ def _ends_whole(path: str) -> bool:
     return True
 
 
-def serve(config: Config, host: str, port: int, on_ready=None) -> None:
+def serve(config: Config, sock: socket.socket, on_ready: Callable[[], None] | None = None) -> None:
+    """Run the service on `sock`, a socket the caller bound (so that a refused address or
+    port is found, and said, before anything starts)."""
     import uvicorn
 
     app = create_app(config)
+    host, port = sock.getsockname()[:2]
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=30))
     if on_ready is not None:
@@ -777,4 +1026,4 @@ def serve(config: Config, host: str, port: int, on_ready=None) -> None:
                 time.sleep(0.05)
             on_ready()
         threading.Thread(target=wait, daemon=True).start()
-    server.run()
+    server.run(sockets=[sock])

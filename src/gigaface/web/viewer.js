@@ -4,7 +4,7 @@
 
 /* global OpenSeadragon */
 
-import { ApiError, getJSON, getToken, setToken } from "./api.js";
+import { ApiError, authHeaders, getJSON, getToken, setToken, takeKeyFromURL } from "./api.js";
 import { FaceOverlay } from "./overlay.js";
 import { FacePanel, FindPanel } from "./sidebar.js";
 
@@ -34,15 +34,17 @@ function stageMessage(text, kind = "info") {
   el.dataset.kind = kind;
 }
 
-function createViewer(token) {
+// `headers`: what every tile request must carry (the token, or view's key); none for the public page.
+function createViewer(headers) {
+  const auth = Object.keys(headers).length > 0;
   return OpenSeadragon({
     element: $("viewer"),
     prefixUrl: "/static/vendor/openseadragon/images/",
     // The 2D canvas drawer works everywhere, headless and GPU-less browsers included.
     drawer: "canvas",
-    // Tiles need the bearer token too, and an <img> cannot send headers.
-    loadTilesWithAjax: Boolean(token),
-    ajaxHeaders: token ? { Authorization: `Bearer ${token}` } : {},
+    // Tiles need the token (or key) too, and an <img> cannot send headers.
+    loadTilesWithAjax: auth,
+    ajaxHeaders: headers,
     zoomInButton: "zoom-in",
     zoomOutButton: "zoom-out",
     homeButton: "zoom-home",
@@ -116,6 +118,8 @@ function rememberCapture(id) {
 // --- the library page ------------------------------------------------------------------
 
 // Ask /api/me who we are; on 401 show the sign-in card and try again with its token.
+// `gigaface view` takes no token: without its key (opened from another address) there is
+// nothing to ask for, only where to find the right address.
 async function signIn() {
   let problem = "";
   for (;;) {
@@ -123,6 +127,10 @@ async function signIn() {
       return await getJSON("/api/me");
     } catch (err) {
       if (!(err instanceof ApiError) || err.status !== 401) throw err;
+      if (err.scheme === "GigafaceKey") {
+        throw new Error("Open this viewer from the address that gigaface view printed in its terminal: "
+          + "it carries the key for this run.");
+      }
       if (getToken()) problem = "That token was not accepted. Check it and try again.";
       setToken(null);
       setToken(await askForToken(problem));
@@ -227,7 +235,7 @@ async function loadFaces(captureId, isCurrent) {
 
 // Faces are final and the image is tiled once the job reaches its last stage (export).
 function viewable(c) {
-  return c.pyramid && (c.state === "done" || (c.state === "running" && c.stage === "export"));
+  return Boolean(c.pyramid_url) && (c.state === "done" || (c.state === "running" && c.stage === "export"));
 }
 
 function captureLabel(c) {
@@ -237,7 +245,7 @@ function captureLabel(c) {
 async function libraryPage() {
   const me = await signIn();
   showWhoAmI(me);
-  const viewer = (state.viewer = createViewer(getToken()));
+  const viewer = (state.viewer = createViewer(authHeaders()));
   $("legend").hidden = false;
 
   let current = 0;   // bumps on every capture switch: stale async work checks it and stops
@@ -312,7 +320,8 @@ async function libraryPage() {
 
     const [faces] = await Promise.all([
       loadFaces(id, isCurrent),
-      openImage(viewer, `/api/captures/${id}/pyramid.dzi`),
+      // The URL names the pyramid's build: a rebuilt one (after an erasure) has new URLs.
+      openImage(viewer, cap.pyramid_url),
     ]);
     if (!faces || !isCurrent()) return;
     stageMessage("");
@@ -354,7 +363,7 @@ async function publicPage() {
     stageMessage("No public images yet.");
     return;
   }
-  const viewer = (state.viewer = createViewer(null));
+  const viewer = (state.viewer = createViewer({}));
   const id = captureFromURL(captures, () => true);
   fillCaptureSelect(captures, id, (c) => c.name);
   const open = async (captureId) => {
@@ -362,7 +371,7 @@ async function publicPage() {
     state.capture = captures.find((c) => c.id === captureId);
     showEmpty(true);
     stageMessage("Loading…");
-    await openImage(viewer, `/public/captures/${captureId}/image.dzi`);
+    await openImage(viewer, state.capture.url);
     stageMessage("");
     showEmpty(false);
     state.ready = true;
@@ -388,4 +397,5 @@ function run(promise) {
   });
 }
 
+if (state.mode !== "public") takeKeyFromURL();
 run(state.mode === "public" ? publicPage() : libraryPage());
