@@ -46,6 +46,28 @@ def anonymise(source: str, boxes: Iterable[tuple[float, float, float, float]], o
     return len(boxes)
 
 
+def blur_mask(boxes: Iterable[tuple[float, float, float, float]], width: int, height: int
+              ) -> tuple[np.ndarray, int, list[int]]:
+    """Where the copy is blurred: (mask, cell, blocks). One mask byte stands for a cell x cell
+    square of the image: 0 is left as is, k is blurred with blocks[k - 1] pixels a block."""
+    # Mask cell size: a power of two that keeps the mask small; boxes grow outward to it.
+    cell = 1
+    while (width // cell) * (height // cell) > MASK_MAX_PIXELS or cell < 4:
+        cell *= 2
+    mask = np.zeros((-(-height // cell), -(-width // cell)), np.uint8)
+    blocks: list[int] = []
+    for x, y, w, h in sorted((b for b in boxes if b[2] > 0 and b[3] > 0), key=lambda b: max(b[2], b[3])):
+        block = _block(max(w, h))
+        if block not in blocks:
+            blocks.append(block)
+        level = blocks.index(block) + 1
+        g = BOX_GROW * max(w, h)
+        x0, y0 = max(0, int((x - g) // cell)), max(0, int((y - g) // cell))
+        x1, y1 = int(math.ceil((x + w + g) / cell)), int(math.ceil((y + h + g) / cell))
+        mask[y0:y1, x0:x1] = np.maximum(mask[y0:y1, x0:x1], level)
+    return mask, cell, blocks
+
+
 def blurred(source: str, boxes: Iterable[tuple[float, float, float, float]], style: str = "blur") -> pyvips.Image:
     """`source` with `boxes` blurred, as a lazy libvips image to be read top to bottom once."""
     if style not in STYLES:
@@ -56,23 +78,7 @@ def blurred(source: str, boxes: Iterable[tuple[float, float, float, float]], sty
     except pyvips.Error as exc:
         raise GigafaceError(f"{source}: cannot read ({error_text(exc)})") from None
     width, height = image.width, image.height
-    boxes = [b for b in boxes if b[2] > 0 and b[3] > 0]
-
-    # Mask cell size: a power of two that keeps the mask small; boxes grow outward to it.
-    cell = 1
-    while (width // cell) * (height // cell) > MASK_MAX_PIXELS or cell < 4:
-        cell *= 2
-    mask = np.zeros((-(-height // cell), -(-width // cell)), np.uint8)
-    blocks: list[int] = []
-    for x, y, w, h in sorted(boxes, key=lambda b: max(b[2], b[3])):
-        block = _block(max(w, h))
-        if block not in blocks:
-            blocks.append(block)
-        level = blocks.index(block) + 1
-        g = BOX_GROW * max(w, h)
-        x0, y0 = max(0, int((x - g) // cell)), max(0, int((y - g) // cell))
-        x1, y1 = int(math.ceil((x + w + g) / cell)), int(math.ceil((y + h + g) / cell))
-        mask[y0:y1, x0:x1] = np.maximum(mask[y0:y1, x0:x1], level)
+    mask, cell, blocks = blur_mask(boxes, width, height)
 
     out_image = image
     if blocks:
