@@ -83,12 +83,16 @@ class Settings:
         return replace(self, blur_threshold=self.threshold, blur_min_face=self.min_face)
 
 
-# Blur points measured in bench/privacy.py (bench/report.md, section 7). `fast` keeps to the
-# native scale (no extra inference); `balanced` adds one 2x pass for faces under 16 px;
-# `accurate` lists at a sensitive point already.
+# Blur points chosen by bench/privacy.py's sweep (bench/report.md, section 7; 30 WIDER
+# images, 494 faces): with `balanced`, 390 stayed sharp when only listed faces were blurred,
+# 192 at score 0.15 and 10 px at native scale, 24 with the 2x pass down to 4 px (3.3x the
+# detection tiles). Under 0.15 the boxes per image more than double for few faces more.
+# `fast` keeps to the native scale, no extra inference (`python -m bench.privacy --preset
+# fast`: 181 sharp at 0.15 and 6 px, 236 at 0.2 and 10 px); `accurate` lists at a
+# sensitive point already.
 PRESET_DEFAULTS = {
-    "fast": dict(min_face=18.0, threshold=0.5, blur_threshold=0.2, blur_min_face=10.0, blur_upscale=False),
-    "balanced": dict(min_face=16.0, threshold=0.45, blur_threshold=0.15, blur_min_face=4.0),
+    "fast": dict(min_face=18.0, threshold=0.5, blur_threshold=0.15, blur_min_face=6.0, blur_upscale=False),
+    "balanced": dict(min_face=16.0, threshold=0.45, blur_threshold=0.15, blur_min_face=4.0, blur_upscale=True),
     # A low threshold and a looser NMS: on WIDER FACE each step of the threshold from 0.35
     # down to 0.12 bought more recall on tiny faces than it cost in precision, and faces in
     # a crowd overlap more than NMS at 0.4 lets through.
