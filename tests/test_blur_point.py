@@ -99,6 +99,29 @@ def test_service_export_blurs_the_tiny_faces_too(tiny_crowd, tmp_path):
     assert_every_face_blurred(read_image(image), read_image(export))
 
 
+def test_a_consent_reveals_a_listed_face_never_a_tiny_one(tiny_crowd, tmp_path):
+    """The tiny faces are copies of the consenting person, but they have no embedding:
+    only one big face (the one nearest the consent) is shown, every tiny one stays blurred."""
+    _, image, db, _ = tiny_crowd
+    Library(str(db)).flush_deleted()  # everything in the main file, so a copy of it is whole
+    copy = tmp_path / "consented.db"
+    shutil.copy(db, copy)
+    shutil.copy(str(db) + ".key", str(copy) + ".key")
+    reference = write_image(tmp_path / "astronaut.png", astronaut())
+    done = run_cli("consent", "add", copy, "--photo", reference, "--name", "Eileen")
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "public.png"
+    done = run_cli("blur", image, "--db", copy, "--out", out)
+    assert done.returncode == 0, done.stderr
+    before, after = read_image(image), read_image(out)
+    shown = [(cx, cy, s) for cx, cy, s in BIG
+             if detail(after, expected_box(cx, cy, s)) > 0.8 * detail(before, expected_box(cx, cy, s))]
+    assert len(shown) == 1
+    for cx, cy, s in TINY:
+        box = expected_box(cx, cy, s)
+        assert detail(after, box) < 0.35 * detail(before, box), (cx, cy, s)
+
+
 # --- the merge: the listed faces are what they were ----------------------------------------
 def _dets(boxes, scores) -> Detections:
     return Detections(np.array(boxes, np.float32), np.array(scores, np.float32), np.zeros((len(boxes), 5, 2), np.float32))
