@@ -6,6 +6,7 @@
     python -m bench --sections identity      # one section; the report keeps the others' last results
     python -m bench --sections load          # searches and face listings on a server while it scans (6 min)
     python -m bench --sections load --size 40 --load-clients 4 --load-seconds 30
+    python -m bench --sections privacy       # labelled faces left sharp by the anonymiser (15 min)
     python -m bench --report-only            # rewrite the report from saved results
 
 Each section saves its results as JSON under bench/results/ as soon as it finishes, so
@@ -24,7 +25,7 @@ from pathlib import Path
 from .data import MissingData
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("wider", "identity", "mosaic", "scaling", "load")
+SECTIONS = ("wider", "identity", "mosaic", "scaling", "load", "privacy")
 
 
 def save_json(path: Path, value) -> None:
@@ -50,6 +51,10 @@ def run_section(name: str, args, results: Path, plots: Path) -> None:
         elif name == "mosaic":
             value = run_mosaic(args, plots)
             name = mosaic_results_name(args.size)
+        elif name == "privacy":
+            from . import privacy
+
+            value = privacy.run(args.work, images=args.privacy_images)
         elif name == "load":
             from . import load
 
@@ -110,6 +115,8 @@ def main() -> None:
                         help="gigaface presets in the side-by-side on the mosaic")
     parser.add_argument("--load-clients", type=int, default=8, help="concurrent clients in the load section")
     parser.add_argument("--load-seconds", type=float, default=90, help="how long the load section's load lasts")
+    parser.add_argument("--privacy-images", type=int, default=30,
+                        help="WIDER images the privacy section anonymises (default 30)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"any of {', '.join(SECTIONS)}")
     parser.add_argument("--work", type=Path, default=HERE / "out", help="where mosaics and libraries go")
     parser.add_argument("--report", type=Path, default=HERE / "report.md")

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from gigaface.detections import Detections, nms_indices
 from gigaface.index import Library
-from gigaface.plan import PRESETS, plan_passes, settings_for, tile_columns
+from gigaface.plan import PRESETS, listing_passes, plan_passes, settings_for, tile_columns
 from gigaface.scan_job import count_tiles, frames_of, scan_path
 from helpers import crowd, expected_box, iou, write_image
 
@@ -32,14 +33,21 @@ def test_passes_cover_every_face_size(preset, min_face, size):
     width, height = size
     settings = settings_for(preset, min_face)
     passes = plan_passes(width, height, settings)
-    assert passes[0].min_size == settings.min_face
+    assert passes[0].min_size == settings.detect_min_face <= settings.min_face
     assert any(p.scale == 1.0 for p in passes)
     assert [p.scale for p in passes] == sorted({p.scale for p in passes}, reverse=True)  # fine to coarse
-    # Together the passes keep every face from min_face up to the largest the image can hold.
-    assert covered([(p.min_size, p.max_size) for p in passes], settings.min_face, min(width, height))
+    # Together the passes keep every face from the blur point up to the largest the image can hold.
+    assert covered([(p.min_size, p.max_size) for p in passes], settings.detect_min_face, min(width, height))
     for prev, nxt in zip(passes, passes[1:]):
         # Size ranges overlap, so a face at a boundary is seen by two passes (the merge dedups).
         assert nxt.min_size < prev.max_size, (prev, nxt)
+    # The faces to list are looked for by the passes they were before there was a blur point;
+    # a pass added for the blur point sees only faces too small to be listed.
+    listing = listing_passes(width, height, settings)
+    assert [replace(p, min_size=0) for p in passes if not p.upscale_tiles] == [replace(p, min_size=0) for p in listing]
+    for p in passes:
+        if p.upscale_tiles:
+            assert p.max_size <= settings.min_face and p.core % p.scale == 0 and p.margin % p.scale == 0
     for p in passes:
         assert 0 < p.core <= p.tile and p.tile % 32 == 0
         # A tile sees `margin` pixels beyond its core: any face it keeps (centre in the core)

@@ -4,12 +4,17 @@ The output is one lazy libvips pipeline: for each band of face sizes, a shrunk-a
 copy of the image, chosen per pixel through a small mask of face boxes. libvips evaluates
 it top to bottom while writing, so no step holds the whole image. The source file is only
 read; the output appears under its name only once complete.
+
+What is published carries pixels and an RGB colour profile, nothing else: the source's
+EXIF (with its embedded thumbnail of the unblurred photo, GPS, dates, serial numbers),
+XMP, IPTC and comments stay behind, and its EXIF orientation is applied to the pixels.
 """
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pyvips
@@ -41,6 +46,28 @@ def anonymise(source: str, boxes: Iterable[tuple[float, float, float, float]], o
     return len(boxes)
 
 
+def blur_mask(boxes: Iterable[tuple[float, float, float, float]], width: int, height: int
+              ) -> tuple[np.ndarray, int, list[int]]:
+    """Where the copy is blurred: (mask, cell, blocks). One mask byte stands for a cell x cell
+    square of the image: 0 is left as is, k is blurred with blocks[k - 1] pixels a block."""
+    # Mask cell size: a power of two that keeps the mask small; boxes grow outward to it.
+    cell = 1
+    while (width // cell) * (height // cell) > MASK_MAX_PIXELS or cell < 4:
+        cell *= 2
+    mask = np.zeros((-(-height // cell), -(-width // cell)), np.uint8)
+    blocks: list[int] = []
+    for x, y, w, h in sorted((b for b in boxes if b[2] > 0 and b[3] > 0), key=lambda b: max(b[2], b[3])):
+        block = _block(max(w, h))
+        if block not in blocks:
+            blocks.append(block)
+        level = blocks.index(block) + 1
+        g = BOX_GROW * max(w, h)
+        x0, y0 = max(0, int((x - g) // cell)), max(0, int((y - g) // cell))
+        x1, y1 = int(math.ceil((x + w + g) / cell)), int(math.ceil((y + h + g) / cell))
+        mask[y0:y1, x0:x1] = np.maximum(mask[y0:y1, x0:x1], level)
+    return mask, cell, blocks
+
+
 def blurred(source: str, boxes: Iterable[tuple[float, float, float, float]], style: str = "blur") -> pyvips.Image:
     """`source` with `boxes` blurred, as a lazy libvips image to be read top to bottom once."""
     if style not in STYLES:
@@ -51,23 +78,7 @@ def blurred(source: str, boxes: Iterable[tuple[float, float, float, float]], sty
     except pyvips.Error as exc:
         raise GigafaceError(f"{source}: cannot read ({error_text(exc)})") from None
     width, height = image.width, image.height
-    boxes = [b for b in boxes if b[2] > 0 and b[3] > 0]
-
-    # Mask cell size: a power of two that keeps the mask small; boxes grow outward to it.
-    cell = 1
-    while (width // cell) * (height // cell) > MASK_MAX_PIXELS or cell < 4:
-        cell *= 2
-    mask = np.zeros((-(-height // cell), -(-width // cell)), np.uint8)
-    blocks: list[int] = []
-    for x, y, w, h in sorted(boxes, key=lambda b: max(b[2], b[3])):
-        block = _block(max(w, h))
-        if block not in blocks:
-            blocks.append(block)
-        level = blocks.index(block) + 1
-        g = BOX_GROW * max(w, h)
-        x0, y0 = max(0, int((x - g) // cell)), max(0, int((y - g) // cell))
-        x1, y1 = int(math.ceil((x + w + g) / cell)), int(math.ceil((y + h + g) / cell))
-        mask[y0:y1, x0:x1] = np.maximum(mask[y0:y1, x0:x1], level)
+    mask, cell, blocks = blur_mask(boxes, width, height)
 
     out_image = image
     if blocks:
@@ -106,7 +117,44 @@ def _write(image: pyvips.Image, out: str, quality: int) -> None:
     # A temporary of a writer that was killed is removed here, by the next write of `out`.
     with temporary_beside(out, suffix) as tmp:
         try:
-            image.write_to_file(tmp, **options)
+            with upright(image, out) as turned:
+                turned.write_to_file(tmp, **options, **publishable_metadata(turned))
         except pyvips.Error as exc:
             raise GigafaceError(f"{out}: cannot write ({error_text(exc)})") from None
         os.replace(tmp, out)
+
+
+def publishable_metadata(image: pyvips.Image) -> dict:
+    """Saver options that keep no metadata but an RGB colour profile (which only says how
+    to show the pixels). A profile of another colour space is dropped too: `as_rgb8` has
+    converted those pixels to sRGB."""
+    if not pyvips.at_least_libvips(8, 15):
+        return {"strip": True}  # older savers cannot keep the profile alone: keep nothing
+    return {"keep": pyvips.ForeignKeep.ICC if has_rgb_profile(image) else pyvips.ForeignKeep.NONE}
+
+
+def has_rgb_profile(image: pyvips.Image) -> bool:
+    if not image.get_typeof("icc-profile-data"):
+        return False
+    profile = image.get("icc-profile-data")
+    return len(profile) >= 20 and profile[16:20] == b"RGB "  # the header's data colour space
+
+
+def orientation(image: pyvips.Image) -> int:
+    """The EXIF orientation (1-8) the image's metadata asks for; 1 when none."""
+    return int(image.get("orientation")) if image.get_typeof("orientation") else 1
+
+
+@contextmanager
+def upright(image: pyvips.Image, out: str) -> Iterator[pyvips.Image]:
+    """`image` turned as its EXIF orientation says, with the tag gone: the published file
+    shows the scene as the camera meant, whatever the viewer does with tags. Face boxes
+    are in the stored pixel grid, so the blur comes first; turning needs the pixels in
+    another order than a sequential read gives them, so the blurred image goes to a
+    temporary file beside `out` (disk, not memory) and is turned from there."""
+    if orientation(image) == 1:
+        yield image
+        return
+    with temporary_beside(out, ".v") as spill:
+        image.write_to_file(spill)
+        yield pyvips.Image.new_from_file(spill).autorot()

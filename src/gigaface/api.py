@@ -67,7 +67,8 @@ def blur_image(library: Library, capture: CaptureRecord, out: str, keep: list[st
     frame = next((f for f in capture.frames if frame_path is None or f.path == frame_path), None)
     if frame is None:
         raise GigafaceError(f"{frame_path}: not a frame of capture {capture.id}")
-    faces = [f for f in library.faces(capture.id) if f.source == frame.path]
+    # Every box down to the blur point: unlisted faces are blurred as much as listed ones.
+    faces = [f for f in library.faces(capture.id, include_unlisted=True) if f.source == frame.path]
     kept = set(consent.revealed(library, capture.id))  # people on the capture's consent list
     for ref in references(keep, detector) if keep else []:  # each photo is a person of its own
         matches = audited_rank(library, [ref], [capture.id], local_user(), threshold=threshold, purpose="keep")

@@ -184,7 +184,7 @@ def _scan_all(library, images, settings, detector, pool, resume, max_pixels, fra
         megapixels = cap.width * cap.height / 1e6
         summaries.append({
             "capture": cap.id, "source": cap.source, "width": cap.width, "height": cap.height,
-            "faces": result.faces, "described": result.described,
+            "faces": result.faces, "stored": result.stored, "described": result.described,
             "embedded": library.face_count(cap.id, embedded=True), "skipped": result.skipped,
             "seconds": round(result.seconds, 2), "detect_seconds": round(result.detect_seconds, 2),
             "describe_seconds": round(result.describe_seconds, 2), "tiles": result.tiles,

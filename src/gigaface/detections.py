@@ -94,20 +94,27 @@ def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + areas - inter, 1e-9)
 
 
-def nms(dets: Detections, iou: float = 0.4, cell: float = 256.0) -> Detections:
-    return dets.select(nms_indices(dets, iou, cell))
+def nms(dets: Detections, iou: float = 0.4, cell: float = 256.0, first: np.ndarray | None = None) -> Detections:
+    return dets.select(nms_indices(dets, iou, cell, first))
 
 
-def nms_indices(dets: Detections, iou: float = 0.4, cell: float = 256.0) -> np.ndarray:
+def nms_indices(dets: Detections, iou: float = 0.4, cell: float = 256.0,
+                first: np.ndarray | None = None) -> np.ndarray:
     """Greedy non-maximum suppression that scales to a whole panorama; kept rows in order.
 
     Boxes are bucketed on a grid so that each box is compared only with kept boxes
     in neighbouring cells; boxes larger than a cell go to a coarser grid of their own.
+    With `first` (a bool per box), those boxes are visited before all others whatever
+    their scores: what survives among them is what NMS over them alone keeps, and the
+    others only fill the places they leave.
     """
     n = len(dets)
     if n <= 1:
         return np.arange(n, dtype=np.int64)
-    order = np.argsort(-dets.scores, kind="stable")
+    if first is None:
+        order = np.argsort(-dets.scores, kind="stable")
+    else:
+        order = np.lexsort((-dets.scores, ~np.asarray(first, bool)))  # stable, like the above
     boxes = dets.boxes.astype(np.float64)
     sizes = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     cell = max(cell, 1.0)

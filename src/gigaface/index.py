@@ -62,7 +62,8 @@ CREATE TABLE faces (
     embedding BLOB,                   -- 128 float32 sealed (sealing.py); NULL: too small, or erased
     crop BLOB,                        -- small JPEG of the face for contact sheets and viewers, sealed (schema 4)
     described INTEGER NOT NULL DEFAULT 0,
-    erased INTEGER NOT NULL DEFAULT 0 -- the person asked to be forgotten: no embedding, no crop, always blurred
+    erased INTEGER NOT NULL DEFAULT 0, -- the person asked to be forgotten: no embedding, no crop, always blurred
+    listed INTEGER NOT NULL DEFAULT 1  -- 0: seen only at the blur point; a box to blur, never described or shown
 );
 CREATE INDEX faces_capture ON faces(capture_id);
 """ + """
@@ -124,7 +125,8 @@ MIGRATIONS = {
     1: SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS jobs"):SCHEMA.index(GOVERNANCE)],
     2: "ALTER TABLE captures ADD COLUMN expires_at REAL;"
        " ALTER TABLE faces ADD COLUMN erased INTEGER NOT NULL DEFAULT 0;" + GOVERNANCE,
-    3: AUDIT_CHAIN,
+    # faces.listed: faces seen only at the blur point are kept as boxes to blur
+    3: "ALTER TABLE faces ADD COLUMN listed INTEGER NOT NULL DEFAULT 1;" + AUDIT_CHAIN,
 }
 AUDIT_COLUMNS = "id, at, who, purpose, captures, reference_hash, results, matches"
 
@@ -168,6 +170,7 @@ class Face:
     quality: dict = field(default_factory=dict)
     embedded: bool = False
     erased: bool = False
+    listed: bool = True  # False: seen only at the blur point, kept only to be blurred
 
     def to_dict(self) -> dict:
         return {
@@ -523,31 +526,35 @@ class Library:
         landmarks = np.stack([np.frombuffer(r[6], np.float32).reshape(5, 2) for r in rows])
         return frames, Detections(boxes, scores, landmarks)
 
-    def replace_faces(self, capture_id: int, frames: np.ndarray, dets: Detections) -> None:
+    def replace_faces(self, capture_id: int, frames: np.ndarray, dets: Detections,
+                      listed: np.ndarray | None = None) -> None:
         """The merged faces of a capture, replacing any earlier merge; raw detections go.
-        A face found where an erased one is (its centre inside the erased box) is not kept:
-        the erased row already stands for it, blurred and without a template."""
+        `listed` (all, when not given) marks the faces at the listing point; the others are
+        stored only to be blurred. A face found where an erased one is (its centre inside
+        the erased box) is not kept: the erased row already stands for it, blurred and
+        without a template."""
+        listed = np.ones(len(dets), bool) if listed is None else np.asarray(listed, bool)
         erased = np.array(self.db.execute("SELECT x, y, w, h FROM faces WHERE capture_id = ? AND erased = 1",
                                           (capture_id,)).fetchall(), np.float64).reshape(-1, 4)
         rows = []
-        for frame, b, s, lm in zip(frames, dets.boxes, dets.scores, dets.landmarks):
+        for frame, b, s, lm, shown in zip(frames, dets.boxes, dets.scores, dets.landmarks, listed):
             x1, y1, x2, y2 = map(float, b)
             cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
             if len(erased) and np.any((erased[:, 0] <= cx) & (cx <= erased[:, 0] + erased[:, 2])
                                       & (erased[:, 1] <= cy) & (cy <= erased[:, 1] + erased[:, 3])):
                 continue
             rows.append((capture_id, int(frame), x1, y1, x2 - x1, y2 - y1, float(s),
-                         json.dumps([[round(float(x), 2), round(float(y), 2)] for x, y in lm])))
+                         json.dumps([[round(float(x), 2), round(float(y), 2)] for x, y in lm]), int(shown)))
         with self.transaction():
             self.db.execute("DELETE FROM faces WHERE capture_id = ? AND erased = 0", (capture_id,))
-            self.db.executemany("INSERT INTO faces (capture_id, frame, x, y, w, h, score, landmarks)"
-                                " VALUES (?,?,?,?,?,?,?,?)", rows)
+            self.db.executemany("INSERT INTO faces (capture_id, frame, x, y, w, h, score, landmarks, listed)"
+                                " VALUES (?,?,?,?,?,?,?,?,?)", rows)
             self.db.execute("DELETE FROM detections WHERE capture_id = ?", (capture_id,))
             self.db.execute("UPDATE captures SET stage = 'describe' WHERE id = ?", (capture_id,))
 
     # --- description ----------------------------------------------------------------
     def undescribed(self, capture_id: int) -> list[Face]:
-        return self._faces("WHERE f.capture_id = ? AND f.described = 0 ORDER BY f.frame, f.y + f.h",
+        return self._faces("WHERE f.capture_id = ? AND f.described = 0 AND f.listed = 1 ORDER BY f.frame, f.y + f.h",
                            (capture_id,))
 
     def save_descriptions(self, rows: list[tuple[int, dict, np.ndarray | None, bytes | None]]) -> None:
@@ -562,23 +569,29 @@ class Library:
                  for i, q, e, c in rows])
 
     # --- queries --------------------------------------------------------------------
-    def faces(self, capture_id: int | None = None) -> list[Face]:
-        if capture_id is None:
-            return self._faces("ORDER BY f.id", ())
-        return self._faces("WHERE f.capture_id = ? ORDER BY f.id", (capture_id,))
+    def faces(self, capture_id: int | None = None, include_unlisted: bool = False) -> list[Face]:
+        """The listed faces; with `include_unlisted` also the boxes kept only to be blurred
+        (what an anonymiser needs)."""
+        where = [] if include_unlisted else ["f.listed = 1"]
+        args: tuple = ()
+        if capture_id is not None:
+            where.append("f.capture_id = ?")
+            args = (capture_id,)
+        return self._faces(("WHERE " + " AND ".join(where) if where else "") + " ORDER BY f.id", args)
 
     def faces_by_id(self, ids: list[int]) -> list[Face]:
+        """Listed faces by id: an unlisted one is not found."""
         found: list[Face] = []
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            found += self._faces(f"WHERE f.id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+            found += self._faces(f"WHERE f.listed = 1 AND f.id IN ({','.join('?' * len(chunk))})", tuple(chunk))
         return found
 
     def face_page(self, capture_id: int, offset: int = 0, limit: int = 1000, min_size: float | None = None,
                   max_size: float | None = None, min_score: float | None = None,
                   min_sharpness: float | None = None, min_frontalness: float | None = None) -> tuple[int, list[Face]]:
         """(how many faces pass the filters, one page of them in id order)."""
-        where, args = ["f.capture_id = ?"], [capture_id]
+        where, args = ["f.capture_id = ?", "f.listed = 1"], [capture_id]
         for sql, value in (("MAX(f.w, f.h) >= ?", min_size), ("MAX(f.w, f.h) <= ?", max_size),
                            ("f.score >= ?", min_score),
                            ("json_extract(f.quality, '$.sharpness') >= ?", min_sharpness),
@@ -590,17 +603,19 @@ class Library:
         total = self.db.execute(f"SELECT COUNT(*) FROM faces f {clause}", args).fetchone()[0]
         return total, self._faces(f"{clause} ORDER BY f.id LIMIT ? OFFSET ?", (*args, limit, offset))
 
-    def face_count(self, capture_id: int, embedded: bool = False) -> int:
+    def face_count(self, capture_id: int, embedded: bool = False, include_unlisted: bool = False) -> int:
         where = " AND embedding IS NOT NULL" if embedded else ""
+        where += "" if include_unlisted else " AND listed = 1"
         return self.db.execute(f"SELECT COUNT(*) FROM faces WHERE capture_id = ?{where}", (capture_id,)).fetchone()[0]
 
     def _faces(self, where: str, args: tuple) -> list[Face]:
         sources = {c.id: c.frames for c in self.captures()}
         rows = self.db.execute(
             "SELECT f.id, f.capture_id, f.frame, f.x, f.y, f.w, f.h, f.score, f.landmarks, f.quality,"
-            f" f.embedding IS NOT NULL, f.erased FROM faces f {where}", args)
+            f" f.embedding IS NOT NULL, f.erased, f.listed FROM faces f {where}", args)
         return [Face(r[0], r[1], sources[r[1]][r[2]].path, (r[3], r[4], r[5], r[6]), r[7],
-                     json.loads(r[8]), json.loads(r[9]) if r[9] else {}, bool(r[10]), bool(r[11])) for r in rows]
+                     json.loads(r[8]), json.loads(r[9]) if r[9] else {}, bool(r[10]), bool(r[11]), bool(r[12]))
+                for r in rows]
 
     def embeddings(self, capture_ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(face ids, (N, 128) float32) of every described face in the given captures."""

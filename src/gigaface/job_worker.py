@@ -122,7 +122,7 @@ def write_exports(library: Library, capture: CaptureRecord, exports: list[str]) 
     """Each frame with every face blurred but consented matches, written atomically;
     returns faces blurred."""
     shown = consent.revealed(library, capture.id)
-    faces = [f for f in library.faces(capture.id) if f.id not in shown]
+    faces = [f for f in library.faces(capture.id, include_unlisted=True) if f.id not in shown]  # blur point included
     blurred_count = 0
     for frame, out in zip(capture.frames, exports):
         blurred_count += anonymise(frame.path, _boxes_in(frame, [f for f in faces if f.source == frame.path]), out)

@@ -7,7 +7,9 @@ search. The margin is half the largest face the pass keeps, so those faces are s
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
 
 from .errors import GigafaceError
 
@@ -29,6 +31,9 @@ class Pass:
     # Scores of upscaled passes run low for faces that are really there, so across
     # passes they are put on one scale before the merge ranks them (fitted on WIDER FACE).
     weight: float = 1.0
+    # Read the image at native scale and enlarge each tile on its own: the band in memory
+    # stays native-sized. For the pass that looks for tiny faces only to blur them.
+    upscale_tiles: bool = False
 
     @property
     def core(self) -> int:
@@ -48,18 +53,50 @@ class Settings:
     nms_iou: float = 0.4
     min_embed: float = 20.0  # px: smaller faces get a quality record and a crop, no embedding
     tile: int = TILE
+    # The sensitive operating point: everything the detector sees down to here is blurred
+    # in every published image, though only faces at threshold/min_face are listed (counted,
+    # described, searched). A blurred false face costs nothing; a sharp real one leaks.
+    blur_threshold: float = 0.15
+    blur_min_face: float = 4.0
+    # Look for faces under the listed sizes in a 2x pass too (tiles enlarged one by one),
+    # not only at native scale, where the detector misses most faces under 10-16 px.
+    blur_upscale: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def detect_threshold(self) -> float:
+        return min(self.threshold, self.blur_threshold)
 
+    @property
+    def detect_min_face(self) -> float:
+        return min(self.min_face, self.blur_min_face)
+
+    def listed(self, scores: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """Which detections are faces at the precise operating point. The score must pass the
+        threshold strictly, as the detector's own decoding did before there was a blur point."""
+        return (scores > self.threshold) & (sizes >= self.min_face)
+
+    def listing_only(self) -> "Settings":
+        """These settings without the blur point: the listed faces, at the cost of today's passes."""
+        return replace(self, blur_threshold=self.threshold, blur_min_face=self.min_face)
+
+
+# Blur points chosen by bench/privacy.py's sweep (bench/report.md, section 7; 30 WIDER
+# images, 494 faces): with `balanced`, 390 stayed sharp when only listed faces were blurred,
+# 192 at score 0.15 and 10 px at native scale, 24 with the 2x pass down to 4 px (3.3x the
+# detection tiles). Under 0.15 the boxes per image more than double for few faces more.
+# `fast` keeps to the native scale, no extra inference (`python -m bench.privacy --preset
+# fast`: 181 sharp at 0.15 and 6 px, 236 at 0.2 and 10 px); `accurate` lists at a
+# sensitive point already.
 PRESET_DEFAULTS = {
-    "fast": dict(min_face=18.0, threshold=0.5),
-    "balanced": dict(min_face=16.0, threshold=0.45),
+    "fast": dict(min_face=18.0, threshold=0.5, blur_threshold=0.15, blur_min_face=6.0, blur_upscale=False),
+    "balanced": dict(min_face=16.0, threshold=0.45, blur_threshold=0.15, blur_min_face=4.0, blur_upscale=True),
     # A low threshold and a looser NMS: on WIDER FACE each step of the threshold from 0.35
     # down to 0.12 bought more recall on tiny faces than it cost in precision, and faces in
     # a crowd overlap more than NMS at 0.4 lets through.
-    "accurate": dict(min_face=4.0, threshold=0.12, nms_iou=0.5),
+    "accurate": dict(min_face=4.0, threshold=0.12, nms_iou=0.5, blur_threshold=0.12, blur_min_face=4.0),
 }
 # Native-pass margin per preset: larger margins see larger faces at native scale at the
 # cost of more overlap between tiles (more tiles per megapixel).
@@ -74,14 +111,32 @@ def settings_for(preset: str = "balanced", min_face: float | None = None, **over
         if not MIN_FACE_FLOOR <= min_face:
             raise GigafaceError(f"--min-face {min_face:g}: the detector cannot look for faces under {MIN_FACE_FLOOR} px")
         values["min_face"] = float(min_face)
+        values["blur_min_face"] = min(values["blur_min_face"], float(min_face))
     if overrides.get("min_embed") is not None and overrides["min_embed"] < 0:
         raise GigafaceError("--min-embed cannot be negative")
     values.update({k: v for k, v in overrides.items() if v is not None})
+    # Asking to list more never blurs less.
+    values["blur_threshold"] = min(values["blur_threshold"], values["threshold"])
     return Settings(preset=preset, **values)
 
 
 def plan_passes(width: int, height: int, settings: Settings) -> list[Pass]:
-    """Passes from the finest scale to the coarsest, together covering min_face..image size."""
+    """Passes from the finest scale to the coarsest, together covering the detection floor
+    (min_face, or the lower blur_min_face) up to the image's size."""
+    passes = listing_passes(width, height, settings)
+    floor = settings.detect_min_face
+    if floor >= passes[0].min_size:
+        return passes
+    if passes[0].scale > 1.0 or not settings.blur_upscale:
+        return [replace(passes[0], min_size=floor), *passes[1:]]
+    # Faces too small for the native pass are looked for at 2x, and only below the sizes it
+    # lists, so what is listed stays what it was; 16 px of margin at 2x holds them whole.
+    tiny = Pass(2.0, 16, floor, min(passes[0].min_size, DETECTOR_FLOOR), settings.tile, upscale_tiles=True)
+    return [tiny, replace(passes[0], min_size=floor), *passes[1:]]
+
+
+def listing_passes(width: int, height: int, settings: Settings) -> list[Pass]:
+    """The passes that find the listed faces, min_face..image size."""
     tile = settings.tile
     native_margin = NATIVE_MARGIN[settings.preset]
     accurate = settings.preset == "accurate"

@@ -53,7 +53,9 @@ def build_pyramid(image: pyvips.Image, dzi: str, on_progress: Callable[[int], No
             image.set_progress(True)
             image.signal_connect("eval", lambda _image, progress: on_progress(int(progress.percent)))
         try:
-            image.dzsave(os.path.join(work, name), tile_size=TILE, overlap=1, suffix=f".jpg[Q={QUALITY}]")
+            # keep=NONE: tiles and vips-properties.xml carry pixels only, no EXIF, XMP or GPS.
+            image.dzsave(os.path.join(work, name), tile_size=TILE, overlap=1, suffix=f".jpg[Q={QUALITY}]",
+                         keep=pyvips.ForeignKeep.NONE)
         except pyvips.Error as exc:
             raise GigafaceError(f"{dzi}: cannot build the pyramid ({error_text(exc)})") from None
         remove_pyramid(dzi)

@@ -4,6 +4,10 @@ Stages and their unit of resume:
   detect    one band of one pass of one frame, committed with its detections
   merge     all-or-nothing (it is quick): raw detections become faces
   describe  a batch of faces, committed with their quality, crop and embedding
+
+Detection looks down to the settings' blur point (a lower score, smaller faces) and the
+merge keeps everything it found: faces at the listing point are `listed`, the rest are
+boxes stored only so that every published image blurs them too.
 """
 from __future__ import annotations
 
@@ -14,10 +18,11 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from . import describe as describing
-from .detections import Detections, nms, nms_indices
+from .detections import Detections, nms_indices
 from .detector import CenterFace, Detector
 from .errors import GigafaceError
 from .index import CaptureRecord, Face, Frame, Library
@@ -25,7 +30,7 @@ from .manifest import is_manifest, read_manifest
 from .paths import require_regular_file
 from .plan import Pass, Settings, plan_passes, tile_columns
 from .scan_lock import capture_lock
-from .source import DEFAULT_MAX_PIXELS, ImageInfo, RowWindow, bands, load_scaled, probe
+from .source import DEFAULT_MAX_PIXELS, Band, ImageInfo, RowWindow, bands, load_scaled, probe
 
 DESCRIBE_NATIVE_MAX = 320  # px: larger faces are described from a downscaled read
 EMBED_BATCH = 8
@@ -51,13 +56,14 @@ class Reporter:
 @dataclass
 class ScanResult:
     capture: CaptureRecord
-    faces: int
+    faces: int  # listed
     described: int
     seconds: float
     skipped: bool  # True when the capture was already scanned with these settings
     tiles: int = 0
     detect_seconds: float = 0.0
     describe_seconds: float = 0.0
+    stored: int = 0  # listed, and the boxes kept only to be blurred
 
 
 def capture_key(path: str, frames: list[Frame] | None = None) -> str:
@@ -121,56 +127,77 @@ def frames_of(path: str, max_pixels: int, frames_anywhere: bool = False) -> tupl
 
 
 # --- detection ------------------------------------------------------------------------
-def detect_bands(info: ImageInfo, p: Pass, detector: Detector, threshold: float, nms_iou: float,
+def detect_bands(info: ImageInfo, p: Pass, detector: Detector, settings: Settings,
                  skip: set[int] = frozenset()) -> Iterator[tuple[int, int, Detections]]:
-    """(band index, tiles run, detections in native frame pixels) for each band of one pass."""
-    image, scale = load_scaled(info, p.scale)
-    columns = tile_columns(image.width, p)
-    count = (image.height + p.core - 1) // p.core
+    """(band index, tiles run, detections in native frame pixels) for each band of one pass,
+    down to the settings' detection floor (the blur point)."""
+    up = round(p.scale) if p.upscale_tiles else 1  # tiles enlarged one by one from native rows
+    image, scale = load_scaled(info, 1.0 if up > 1 else p.scale)
+    width, height = image.width * up, image.height * up  # the pass's pixel grid
+    columns = tile_columns(width, p)
+    count = (height + p.core - 1) // p.core
     start = next((i for i in range(count) if i not in skip), count)
     T = p.tile
-    for band in bands(image, p.core, p.margin, start=start, path=info.path):
+    for band in bands(image, p.core // up, p.margin // up, start=start, path=info.path):
         if band.index in skip:
             continue
-        oy = band.core_top - p.margin
-        sy0, sy1 = max(0, oy), min(band.top + band.pixels.shape[0], oy + T)
+        core_top, core_bottom = band.core_top * up, band.core_bottom * up
+        oy = core_top - p.margin
 
-        def fill(job: tuple[tuple[int, int], bool], out: np.ndarray, band=band, oy=oy, sy0=sy0, sy1=sy1) -> None:
+        def fill(job: tuple[tuple[int, int], bool], out: np.ndarray, band=band, oy=oy) -> None:
             (x0, _), mirrored = job
             ox = x0 - p.margin
-            sx0, sx1 = max(0, ox), min(image.width, ox + T)
-            if (sx0 - ox, sy0 - oy, sx1 - ox, sy1 - oy) != (0, 0, T, T):
-                out[:] = 0  # black beyond the image's edges
-            out[sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox] = band.pixels[sy0 - band.top : sy1 - band.top, sx0:sx1]
+            if up == 1:
+                cut_tile(band, ox, oy, out)
+            else:
+                small = np.empty((T // up, T // up, 3), np.uint8)
+                cut_tile(band, ox // up, oy // up, small)
+                cv2.resize(small, (T, T), dst=out, interpolation=cv2.INTER_LINEAR)
             if mirrored:
                 out[:] = out[:, ::-1]
 
         jobs = [(column, mirrored) for column in columns for mirrored in ((False, True) if p.flip else (False,))]
         found = []
-        for ((cx0, cx1), mirrored), dets in zip(jobs, detector.detect_jobs(jobs, fill, threshold)):
+        for ((cx0, cx1), mirrored), dets in zip(jobs, detector.detect_jobs(jobs, fill, settings.detect_threshold)):
             if not len(dets):
                 continue
             if mirrored:
                 dets = dets.mirrored(T)
             dets = dets.transformed(1.0, cx0 - p.margin, oy)
             cx, cy = dets.centres[:, 0], dets.centres[:, 1]
-            native_sizes = dets.sizes / scale
-            keep = ((cx >= cx0) & (cx < cx1) & (cy >= band.core_top) & (cy < band.core_bottom)
+            native_sizes = dets.sizes / (scale * up)
+            keep = ((cx >= cx0) & (cx < cx1) & (cy >= core_top) & (cy < core_bottom)
                     & (native_sizes >= p.min_size) & (native_sizes < p.max_size))
             found.append(dets.select(keep).reweighted(p.weight))
-        dets = nms(Detections.concat(found), nms_iou, cell=2 * p.margin)
-        dets = dets.clipped(image.width, image.height).transformed(1.0 / scale)
-        yield band.index, len(jobs), dets
+        dets = Detections.concat(found)
+        native = dets.clipped(width, height).transformed(1.0 / (scale * up))
+        # Faces that will be listed outrank the rest, so a low-scoring box seen only to be
+        # blurred never suppresses one; among them, NMS keeps what it kept before.
+        keep = nms_indices(dets, settings.nms_iou, cell=2 * p.margin, first=settings.listed(native.scores, native.sizes))
+        yield band.index, len(jobs), native.select(keep)
+
+
+def cut_tile(band: Band, ox: int, oy: int, out: np.ndarray) -> None:
+    """The square of `band`'s image at (ox, oy) into `out`, black beyond the image's edges."""
+    T = out.shape[0]
+    width = band.pixels.shape[1]
+    sx0, sx1 = max(0, ox), min(width, ox + T)
+    sy0, sy1 = max(0, oy), min(band.top + band.pixels.shape[0], oy + T)
+    if (sx0 - ox, sy0 - oy, sx1 - ox, sy1 - oy) != (0, 0, T, T):
+        out[:] = 0
+    out[sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox] = band.pixels[sy0 - band.top : sy1 - band.top, sx0:sx1]
 
 
 def detect_image(path: str, settings: Settings, detector: Detector | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Detections:
-    """Every face in one image, held nowhere but in the detections: the scan's detect and
-    merge stages without a library, for photos and for measuring the detector."""
+                 max_pixels: int = DEFAULT_MAX_PIXELS, blur_too: bool = False) -> Detections:
+    """The listed faces in one image (with `blur_too`, also those only blurred), held nowhere
+    but in the detections: the scan's detect and merge stages without a library, for photos
+    and for measuring the detector."""
+    settings = settings if blur_too else settings.listing_only()
     info = probe(path, max_pixels)
     detector = detector or CenterFace(settings.tile)
     found = [dets for p in plan_passes(info.width, info.height, settings)
-             for _, _, dets in detect_bands(info, p, detector, settings.threshold, settings.nms_iou)]
+             for _, _, dets in detect_bands(info, p, detector, settings)]
     dets = Detections.concat(found)
     frame = Frame(path, 0, 0, info.width, info.height)
     return merge([frame], np.zeros(len(dets), np.int64), dets, settings)[1]
@@ -187,13 +214,14 @@ def count_tiles(frames: list[Frame], settings: Settings) -> int:
 
 def merge(frames: list[Frame], frame_of: np.ndarray, dets: Detections, settings: Settings
           ) -> tuple[np.ndarray, Detections]:
-    """All passes and frames into one face set, in panorama pixels."""
+    """All passes and frames into one face set, in panorama pixels: every face down to the
+    blur point (`settings.listed` tells which are listed)."""
     if len(frames) > 1 and len(dets):
         keep = owned_by_frame(frames, frame_of, dets.centres)
         frame_of, dets = frame_of[keep], dets.select(keep)
-    keep_size = dets.sizes >= settings.min_face
+    keep_size = dets.sizes >= settings.detect_min_face
     frame_of, dets = frame_of[keep_size], dets.select(keep_size)
-    index = nms_indices(dets, settings.nms_iou)
+    index = nms_indices(dets, settings.nms_iou, first=settings.listed(dets.scores, dets.sizes))
     return frame_of[index], dets.select(index)
 
 
@@ -352,7 +380,8 @@ def _scan_locked(library: Library, capture: CaptureRecord, path: str, frames: li
     if capture.kind == "image" and capture.frames[0].path != frames[0].path:
         capture = library.relocate(capture.id, frames[0].path)  # the same image, moved
     if capture.stage == "done" and capture.settings == wanted:
-        return ScanResult(capture, library.face_count(capture.id), 0, 0.0, skipped=True)
+        return ScanResult(capture, library.face_count(capture.id), 0, 0.0, skipped=True,
+                          stored=library.face_count(capture.id, include_unlisted=True))
     if not (resume and capture.settings == wanted):
         if resume:
             reporter.note(f"capture {capture.id} was scanned with other settings; starting over")
@@ -389,22 +418,23 @@ def _run_stages(library: Library, capture: CaptureRecord, frames: list[Frame], s
                     image_h = round(frame.height * p.scale)
                     cols = len(tile_columns(round(frame.width * p.scale), p))
                     reporter.advance(len([b for b in skip if b * p.core < image_h]) * cols)
-                for band, tiles, dets in detect_bands(info, p, detector, settings.threshold, settings.nms_iou, skip):
+                for band, tiles, dets in detect_bands(info, p, detector, settings, skip):
                     dets = dets.transformed(1.0, frame.x, frame.y)
                     library.finish_band(capture.id, fi, pi, band, dets)
                     result.tiles += tiles
-                    reporter.advance(tiles, faces=len(dets))
+                    reporter.advance(tiles, faces=int(settings.listed(dets.scores, dets.sizes).sum()))
         library.set_stage(capture.id, "merge")
         capture = library.capture(capture.id)
     result.detect_seconds = time.perf_counter() - t0
     if capture.stage == "merge":
         frame_of, dets = library.detections(capture.id)
         frame_of, faces = merge(frames, frame_of, dets, settings)
-        library.replace_faces(capture.id, frame_of, faces)
+        library.replace_faces(capture.id, frame_of, faces, settings.listed(faces.scores, faces.sizes))
         capture = library.capture(capture.id)
     t1 = time.perf_counter()
     if capture.stage == "describe":
         result.described = describe_faces(library, capture, settings, pool, reporter, max_pixels)
     result.describe_seconds = time.perf_counter() - t1
     result.faces = library.face_count(capture.id)
+    result.stored = library.face_count(capture.id, include_unlisted=True)
     return result

@@ -1,0 +1,172 @@
+"""Faces too small (or too faint) to list are still blurred: the blur point of the presets.
+
+A synthetic crowd holds three big astronaut faces and six of 12-14 px, under the 16 px the
+default preset lists. Every export blurs all nine; what is listed (counted, described,
+searched) is the three big ones, as before there was a blur point.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+
+import cv2
+import numpy as np
+import pytest
+
+from gigaface.artifacts import capture_files
+from gigaface.detections import Detections, nms_indices
+from gigaface.index import Library
+from gigaface.job_worker import run_job
+from gigaface.plan import settings_for
+from gigaface.scan_job import merge
+from tests.helpers import astronaut, crowd, expected_box, iou, read_image, run_cli, write_image
+
+BIG = [(150, 150, 70), (450, 200, 90), (800, 160, 60)]
+TINY = [(140, 520, 12), (330, 640, 13), (520, 520, 14), (710, 640, 12), (900, 520, 13), (1090, 640, 14)]
+
+
+def detail(rgb: np.ndarray, box) -> float:
+    """High-frequency energy inside a face box: what a blur removes."""
+    x, y, w, h = box
+    crop = rgb[int(y) : int(np.ceil(y + h)), int(x) : int(np.ceil(x + w))]
+    return float(cv2.Laplacian(cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2GRAY), cv2.CV_32F).var())
+
+
+@pytest.fixture(scope="module")
+def tiny_crowd(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("blur-point")
+    image = write_image(folder / "crowd.png", crowd(1200, 800, BIG + TINY, seed=5))
+    db = folder / "library.db"
+    done = run_cli("scan", image, "--db", db, "--json")
+    assert done.returncode == 0, done.stderr
+    return folder, image, db, json.loads(done.stdout)[0]
+
+
+def test_scan_lists_the_big_faces_and_stores_the_tiny_ones(tiny_crowd):
+    _, _, db, summary = tiny_crowd
+    assert summary["faces"] == len(BIG)
+    assert summary["stored"] >= len(BIG) + len(TINY)
+    faces = json.loads(run_cli("faces", db, "--json").stdout)
+    assert len(faces) == len(BIG)
+    for cx, cy, s in BIG:
+        assert sum(iou(expected_box(cx, cy, s), f["box"]) > 0.5 for f in faces) == 1
+
+
+def test_unlisted_faces_are_boxes_only(tiny_crowd):
+    _, _, db, summary = tiny_crowd
+    rows = sqlite3.connect(db).execute(
+        "SELECT listed, embedding IS NULL, crop IS NULL, quality IS NULL, described FROM faces").fetchall()
+    unlisted = [r for r in rows if not r[0]]
+    assert len(unlisted) == summary["stored"] - summary["faces"] >= len(TINY)
+    assert all(r[1:] == (1, 1, 1, 0) for r in unlisted)  # no embedding, crop, quality: never described
+    library = Library(str(db))
+    capture = library.captures()[0].id
+    hidden = [f.id for f in library.faces(capture, include_unlisted=True) if not f.listed]
+    assert library.faces_by_id(hidden) == []
+    assert library.face_page(capture)[0] == library.face_count(capture) == len(BIG)
+
+
+def test_find_ranks_only_listed_faces(tiny_crowd, tmp_path):
+    _, _, db, _ = tiny_crowd
+    reference = write_image(tmp_path / "astronaut.png", astronaut())
+    done = run_cli("find", db, "--photo", reference, "--json", "--top", "50", "--sheet", tmp_path / "s.png")
+    assert done.returncode == 0, done.stderr
+    matches = json.loads(done.stdout)
+    assert len(matches) == len(BIG) and all(m["match"] for m in matches)
+
+
+def assert_every_face_blurred(before: np.ndarray, after: np.ndarray) -> None:
+    for cx, cy, s in BIG + TINY:
+        box = expected_box(cx, cy, s)
+        assert detail(after, box) < 0.35 * detail(before, box), (cx, cy, s)
+
+
+def test_blur_blurs_the_tiny_faces_too(tiny_crowd, tmp_path):
+    _, image, db, _ = tiny_crowd
+    out = tmp_path / "public.png"
+    done = run_cli("blur", image, "--db", db, "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert_every_face_blurred(read_image(image), read_image(out))
+
+
+def test_service_export_blurs_the_tiny_faces_too(tiny_crowd, tmp_path):
+    _, image, db, _ = tiny_crowd
+    library = Library(str(db))
+    capture = library.captures()[0]
+    run_job(str(db), capture.id)
+    (export,) = capture_files(str(db), capture.id).exports(capture.frames)
+    assert_every_face_blurred(read_image(image), read_image(export))
+
+
+def test_a_consent_reveals_a_listed_face_never_a_tiny_one(tiny_crowd, tmp_path):
+    """The tiny faces are copies of the consenting person, but they have no embedding:
+    only one big face (the one nearest the consent) is shown, every tiny one stays blurred."""
+    _, image, db, _ = tiny_crowd
+    Library(str(db)).flush_deleted()  # everything in the main file, so a copy of it is whole
+    copy = tmp_path / "consented.db"
+    shutil.copy(db, copy)
+    shutil.copy(str(db) + ".key", str(copy) + ".key")
+    reference = write_image(tmp_path / "astronaut.png", astronaut())
+    done = run_cli("consent", "add", copy, "--photo", reference, "--name", "Eileen")
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "public.png"
+    done = run_cli("blur", image, "--db", copy, "--out", out)
+    assert done.returncode == 0, done.stderr
+    before, after = read_image(image), read_image(out)
+    shown = [(cx, cy, s) for cx, cy, s in BIG
+             if detail(after, expected_box(cx, cy, s)) > 0.8 * detail(before, expected_box(cx, cy, s))]
+    assert len(shown) == 1
+    for cx, cy, s in TINY:
+        box = expected_box(cx, cy, s)
+        assert detail(after, box) < 0.35 * detail(before, box), (cx, cy, s)
+
+
+# --- the merge: the listed faces are what they were ----------------------------------------
+def _dets(boxes, scores) -> Detections:
+    return Detections(np.array(boxes, np.float32), np.array(scores, np.float32), np.zeros((len(boxes), 5, 2), np.float32))
+
+
+def test_a_box_seen_only_to_blur_never_suppresses_a_listed_face():
+    settings = settings_for("balanced")
+    face = [100, 100, 120, 120]  # 20 px, score 0.6: listed
+    brighter_but_small = [101, 101, 115, 115]  # 14 px, score 0.9: under min_face, overlaps it
+    elsewhere = [300, 300, 310, 310]  # 10 px, faint: blurred only
+    frame_of, merged = merge([], np.zeros(3, np.int64), _dets([face, brighter_but_small, elsewhere], [0.6, 0.9, 0.2]),
+                             settings)
+    kept = {tuple(b) for b in merged.boxes.tolist()}
+    assert kept == {tuple(map(float, face)), tuple(map(float, elsewhere))}
+    assert settings.listed(merged.scores, merged.sizes).tolist() == [True, False]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nms_with_listed_first_keeps_what_nms_of_the_listed_alone_keeps(seed):
+    rng = np.random.default_rng(seed)
+    n = 300
+    centres = rng.uniform(0, 2000, (n // 3, 2)).repeat(3, axis=0) + rng.normal(0, 6, (n, 2))
+    size = rng.uniform(6, 60, n)
+    boxes = np.concatenate([centres - size[:, None] / 2, centres + size[:, None] / 2], axis=1)
+    dets = _dets(boxes, np.round(rng.uniform(0.1, 1.0, n), 2))
+    first = rng.random(n) < 0.5
+    kept = nms_indices(dets, 0.4, first=first)
+    alone = np.flatnonzero(first)[nms_indices(dets.select(first), 0.4)]
+    assert sorted(set(kept) & set(np.flatnonzero(first))) == sorted(alone)
+    assert len(kept) > len(alone)  # the others fill the places the listed leave
+
+
+def test_a_library_from_before_the_blur_point_has_every_face_listed(tiny_crowd, tmp_path):
+    _, _, db, _ = tiny_crowd
+    Library(str(db)).flush_deleted()  # everything in the main file, so a copy of it is whole
+    copy = tmp_path / "old.db"
+    shutil.copy(db, copy)
+    shutil.copy(str(db) + ".key", str(copy) + ".key")
+    con = sqlite3.connect(copy, isolation_level=None)
+    # The faces table as it was before the column (SQLite cannot drop a last column here).
+    columns = [r[1] for r in con.execute("PRAGMA table_info(faces)") if r[1] != "listed"]
+    con.executescript(f"CREATE TABLE before AS SELECT {', '.join(columns)} FROM faces; DROP TABLE faces;"
+                      " ALTER TABLE before RENAME TO faces;")
+    total = con.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
+    con.close()
+    library = Library(str(copy))
+    capture = library.captures()[0].id
+    assert library.face_count(capture) == library.face_count(capture, include_unlisted=True) == total
