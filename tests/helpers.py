@@ -99,3 +99,23 @@ def run_cli(*args, cwd: Path | str | None = None, timeout: float = 300) -> subpr
     env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200")
     return subprocess.run([*CLI, *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+def drop_column(con, table: str, column: str) -> None:
+    """Make `table` as an older gigaface made it, without `column` (for migration tests).
+
+    SQLite's own DROP COLUMN trips over the comments in our CREATE TABLE text ("incomplete
+    input"), so the table is made again from its own text minus the column's line."""
+    import re
+
+    sql = con.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+    lines = [line for line in sql.splitlines() if not re.match(rf"\s*{column}\s", line)]
+    sql = re.sub(r",(\s*--[^\n]*)?(\s*)\)\s*$", r"\1\2)", "\n".join(lines))  # no comma before the ")"
+    kept = [r[1] for r in con.execute(f"PRAGMA table_info({table})") if r[1] != column]
+    con.execute("PRAGMA foreign_keys = OFF")
+    con.execute("PRAGMA legacy_alter_table = ON")
+    con.execute(f"ALTER TABLE {table} RENAME TO {table}_before")
+    con.execute(sql)
+    con.execute(f"INSERT INTO {table} ({', '.join(kept)}) SELECT {', '.join(kept)} FROM {table}_before")
+    con.execute(f"DROP TABLE {table}_before")
+    con.execute("PRAGMA legacy_alter_table = OFF")

@@ -20,7 +20,7 @@ from gigaface.index import Library
 from gigaface.job_worker import run_job
 from gigaface.plan import settings_for
 from gigaface.scan_job import merge
-from tests.helpers import astronaut, crowd, expected_box, iou, read_image, run_cli, write_image
+from tests.helpers import astronaut, crowd, drop_column, expected_box, iou, read_image, run_cli, write_image
 
 BIG = [(150, 150, 70), (450, 200, 90), (800, 160, 60)]
 TINY = [(140, 520, 12), (330, 640, 13), (520, 520, 14), (710, 640, 12), (900, 520, 13), (1090, 640, 14)]
@@ -161,10 +161,10 @@ def test_a_library_from_before_the_blur_point_has_every_face_listed(tiny_crowd, 
     shutil.copy(db, copy)
     shutil.copy(str(db) + ".key", str(copy) + ".key")
     con = sqlite3.connect(copy, isolation_level=None)
-    # The faces table as it was before the column (SQLite cannot drop a last column here).
-    columns = [r[1] for r in con.execute("PRAGMA table_info(faces)") if r[1] != "listed"]
-    con.executescript(f"CREATE TABLE before AS SELECT {', '.join(columns)} FROM faces; DROP TABLE faces;"
-                      " ALTER TABLE before RENAME TO faces;")
+    # The library as schema 3 made it: no listed column, no audit chain.
+    drop_column(con, "faces", "listed")
+    con.executescript("ALTER TABLE searches DROP COLUMN chain;"
+                      " DELETE FROM meta WHERE key = 'audit_head'; UPDATE meta SET value = '3' WHERE key = 'schema';")
     total = con.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
     con.close()
     library = Library(str(copy))

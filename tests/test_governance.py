@@ -19,7 +19,7 @@ from gigaface.demo_scene import build_stadium
 from gigaface.errors import GigafaceError
 from gigaface.index import Library
 from tests.conftest import shared_data
-from tests.helpers import iou, read_image, run_cli
+from tests.helpers import drop_column, iou, read_image, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +134,7 @@ def test_an_older_library_is_migrated_and_its_embeddings_sealed(lib):
                     [(key.unseal(blob), i) for i, blob in con.execute("SELECT id, embedding FROM faces"
                                                                       " WHERE embedding IS NOT NULL").fetchall()])
     crops = _unseal_crops(con, key)
+    drop_column(con, "faces", "listed")
     con.close()
     migrated = Library(str(db))
     again_ids, again = migrated.embeddings()
@@ -153,6 +154,7 @@ def _as_schema_3(db) -> tuple[dict[int, bytes], int]:
     con.execute("BEGIN")
     crops = _unseal_crops(con, key)
     con.execute("ALTER TABLE searches DROP COLUMN chain")
+    drop_column(con, "faces", "listed")
     con.execute("DELETE FROM meta WHERE key = 'audit_head'")
     con.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
     con.execute("COMMIT")
