@@ -41,7 +41,7 @@ def best_ms(run, repeat: int) -> float:
 def crowd_faces(n: int) -> tuple[list[np.ndarray], list[tuple]]:
     """Regions and boxes (as `describe` cuts them) of up to n faces of the crowd photo."""
     from bench.data import shared_path
-    from gigaface import describe
+    from gigaface.engine import describe
     from gigaface.search import detect_whole
 
     pixels, dets = detect_whole(str(shared_path(*CROWD)))
@@ -58,7 +58,9 @@ def alignment_speeds(regions: list[np.ndarray], boxes: list[tuple], repeat: int)
     """ms a face for dlib-bin's landmarks + get_face_chip against the numpy path."""
     import dlib
 
-    from gigaface import chips, describe, dlib_shape
+    from gigaface.engine import chips
+    from gigaface.engine import describe
+    from gigaface.engine.dlib import shape as dlib_shape
 
     predictor, model = describe.shape_predictor(), dlib_shape.shape_model()
 
@@ -78,8 +80,8 @@ def alignment_speeds(regions: list[np.ndarray], boxes: list[tuple], repeat: int)
 
 
 def descriptor_speeds(chips: np.ndarray, repeat: int, log=print) -> list[dict]:
-    from gigaface import describe
-    from gigaface.embedder import Descriptor
+    from gigaface.engine import describe
+    from gigaface.engine.embedder import Descriptor
     from gigaface.errors import GigafaceError
 
     rows = [{"runtime": "dlib-bin", "precision": "f32", "batch": 16, "threads": 1,
@@ -107,8 +109,8 @@ class OpenVinoCenterFace:
     def __init__(self, precision: str, threads: int, tile: int = 640):
         import io
 
-        from gigaface.detector import prepared_model
-        from gigaface.embedder import openvino_core
+        from gigaface.engine.detector import prepared_model
+        from gigaface.engine.embedder import openvino_core
 
         ov, core = openvino_core()
         self.tile = tile
@@ -125,7 +127,7 @@ class OpenVinoCenterFace:
         return [result[o][0].copy() for o in self.outputs]
 
     def detect_jobs(self, jobs, fill, threshold: float = 0.35):
-        from gigaface.detector import decode
+        from gigaface.engine.detector import decode
 
         out = []
         for job in jobs:
@@ -138,7 +140,7 @@ class OrtCenterFace:
     """The same prepared graph in one onnxruntime session of `threads` threads."""
 
     def __init__(self, threads: int, tile: int = 640):
-        from gigaface.detector import _Stream, prepared_model
+        from gigaface.engine.detector import _Stream, prepared_model
 
         self.tile = tile
         self.stream = _Stream(prepared_model(1, tile, tile), 1, tile, threads, ["CPUExecutionProvider"])
@@ -150,7 +152,7 @@ class OrtCenterFace:
 
 def real_tiles() -> list[np.ndarray]:
     from bench.data import shared_path
-    from gigaface.source import as_rgb8, open_sequential
+    from gigaface.engine.source import as_rgb8, open_sequential
 
     pixels = as_rgb8(open_sequential(str(shared_path(*CROWD)))).numpy()
     return [np.ascontiguousarray(pixels[y : y + 640, x : x + 640]) for y, x in ((0, 0), (200, 900))]
@@ -158,8 +160,8 @@ def real_tiles() -> list[np.ndarray]:
 
 def detector_speeds(repeat: int, log=print) -> dict:
     from gigaface.errors import GigafaceError
-    from gigaface.plan import settings_for
-    from gigaface.scan_job import detect_image
+    from gigaface.engine.plan import settings_for
+    from gigaface.ingest import detect_image
     from bench.data import shared_path
 
     tiles = real_tiles()
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.data import MissingData
 
     try:
-        from gigaface.chips import aligned_chips
+        from gigaface.engine.chips import aligned_chips
 
         regions, boxes = crowd_faces(FACES)
         chips = aligned_chips(regions, boxes)[0]

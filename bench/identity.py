@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from bench.data import IdentityPhoto, MissingData, identity_photos, shared_path
-from gigaface import describe as describing
+from gigaface.engine import describe as describing
 from gigaface.search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, detect_whole
 
 SIZES: tuple[int | None, ...] = (None, 64, 48, 32, 24)  # None: the face as photographed
@@ -183,7 +183,7 @@ def describe_photos(photos: list[IdentityPhoto], sizes=SIZES, log=print) -> tupl
 
     Returns the photos, the byte-identical copies dropped, and photos with no face.
     """
-    from gigaface.detector import CenterFace
+    from gigaface.engine.detector import CenterFace
 
     base = shared_path()
     kept, dropped = frame_groups(photos, base)

@@ -383,7 +383,7 @@ def wait_for(client: httpx.Client, capture: int, timeout: float, every: float = 
 # --- the benchmark section -----------------------------------------------------------------
 def stadium(work: Path, megapixels: float, occupancy: float):
     """A demo stadium, built once per size into `work` and reused."""
-    from gigaface.demo_scene import DemoScene, build_stadium
+    from gigaface.demo.scene import DemoScene, build_stadium
 
     folder = work / f"stadium-{megapixels:g}mp-{occupancy:g}"
     truth = folder / "stadium_truth.json"

@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from gigaface.memory import peak_rss_mb
+from gigaface.process import peak_rss_mb
 
 
 @dataclass

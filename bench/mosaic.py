@@ -35,11 +35,11 @@ import numpy as np
 import pyvips
 
 from bench.data import WiderImage, identity_photos, shared_path, wider_images
-from gigaface.detector import CenterFace
-from gigaface.plan import settings_for
+from gigaface.engine.detector import CenterFace
+from gigaface.engine.plan import settings_for
 from gigaface.search import detect_whole
-from gigaface.source import as_rgb8, open_sequential
-from gigaface.streamed_image import temporary_name, write_atomic, write_streamed
+from gigaface.engine.source import as_rgb8, open_sequential
+from gigaface.output.streamed_image import temporary_name, write_atomic, write_streamed
 
 __all__ = ["Cell", "Mosaic", "Planted", "build_mosaic", "load_mosaic"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gigaface.plan import settings_for
+from gigaface.engine.plan import settings_for
 from gigaface.search import DEFAULT_THRESHOLD
 
 from .ap import evaluate, iou_matrix, judge, xywh_to_xyxy
@@ -30,7 +30,7 @@ def xyxy(faces) -> np.ndarray:
 
 def tile_latency(repeats: int = 30) -> float:
     """Median seconds for one 640x640 tile: the detector alone, one session on every core."""
-    from gigaface.detector import CenterFace
+    from gigaface.engine.detector import CenterFace
 
     detector = CenterFace(streams=1)
     tile = np.random.default_rng(0).integers(0, 255, (1, 640, 640, 3), dtype=np.uint8)
@@ -46,7 +46,7 @@ def tile_latency(repeats: int = 30) -> float:
 
 def gigaface_detect(image_path: str, preset: str) -> dict:
     """Detection only (the scan's detect and merge stages), for the side-by-side with peers."""
-    from gigaface.scan_job import detect_image
+    from gigaface.ingest import detect_image
 
     dets = detect_image(image_path, settings_for(preset))
     return {"boxes": dets.boxes, "scores": dets.scores}
@@ -95,7 +95,7 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 def full_scan(mosaic: Mosaic, db: Path, preset: str = "balanced") -> dict:
     """`gigaface scan` of the mosaic in its own process; AP from the faces it stored."""
-    from gigaface.index import Library
+    from gigaface.library.store import Library
 
     for suffix in ("", "-wal", "-shm"):
         Path(str(db) + suffix).unlink(missing_ok=True)
@@ -123,8 +123,8 @@ def full_scan(mosaic: Mosaic, db: Path, preset: str = "balanced") -> dict:
 
 
 def floor(mosaic: Mosaic, detect_s: float, latency: float, preset: str = "balanced") -> dict:
-    from gigaface.index import Frame
-    from gigaface.scan_job import count_tiles
+    from gigaface.library.store import Frame
+    from gigaface.ingest import count_tiles
 
     tiles = count_tiles([Frame(str(mosaic.jpeg), 0, 0, mosaic.width, mosaic.height)], settings_for(preset))
     return {"tiles": tiles, "latency_ms": round(latency * 1000, 1), "floor_s": round(tiles * latency, 1),
@@ -135,8 +135,8 @@ def search(mosaic: Mosaic, db: Path, threshold: float = DEFAULT_THRESHOLD) -> li
     """For each planted person and each *other* photo of them: the planted face's rank and
     how many other faces fall under the threshold."""
     from gigaface.api import references
-    from gigaface.detector import CenterFace
-    from gigaface.index import Library
+    from gigaface.engine.detector import CenterFace
+    from gigaface.library.store import Library
     from gigaface.search import rank
 
     library = Library(str(db))

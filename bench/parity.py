@@ -73,8 +73,8 @@ def images() -> list[tuple[str, Path]]:
 
 def collect_faces(per_image: int, sources: list[tuple[str, Path]] | None = None, log=print) -> list[Face]:
     """The largest faces (at least MIN_FACE px) of each image of `sources` (default: `images()`)."""
-    from gigaface import describe
-    from gigaface.detector import CenterFace
+    from gigaface.engine import describe
+    from gigaface.engine.detector import CenterFace
     from gigaface.errors import GigafaceError
     from gigaface.search import detect_whole
 
@@ -103,8 +103,8 @@ def dlib_reference(faces: list[Face]) -> tuple[np.ndarray, np.ndarray]:
     """dlib-bin's (n, 5, 2) landmarks and (n, 150, 150, 3) chips, as `describe.cut_chip`."""
     import dlib
 
-    from gigaface import chips as chipping
-    from gigaface import describe
+    from gigaface.engine import chips as chipping
+    from gigaface.engine import describe
 
     predictor, points, cut = describe.shape_predictor(), [], []
     for f in faces:
@@ -133,9 +133,9 @@ def chip_stats(e: np.ndarray, ref: np.ndarray) -> dict:
 
 
 def embedding_variants(faces: list[Face], points: np.ndarray, dlib_chips: np.ndarray, log=print) -> dict:
-    from gigaface import chips as chipping
-    from gigaface import describe
-    from gigaface.embedder import Descriptor
+    from gigaface.engine import chips as chipping
+    from gigaface.engine import describe
+    from gigaface.engine.embedder import Descriptor
     from gigaface.errors import GigafaceError
 
     onnx = Descriptor("onnxruntime", threads=2, batch=16)

@@ -31,8 +31,8 @@ from sahi.utils.compatibility import fix_full_shape_list, fix_shift_amount_list
 from bench.ap import evaluate, judge, xywh_to_xyxy
 from bench import whole_image
 from bench.measure import timed_call
-from gigaface.detections import nms
-from gigaface.detector import available_providers
+from gigaface.engine.detections import nms
+from gigaface.engine.detector import available_providers
 
 THRESHOLD = 0.45  # gigaface's detection threshold
 NMS_IOU = 0.4  # gigaface's NMS overlap

@@ -32,13 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-from gigaface.anonymise import anonymise, blur_mask
-from gigaface.detections import Detections
-from gigaface.detector import CenterFace
-from gigaface.index import Frame
-from gigaface.plan import Settings, settings_for
-from gigaface.scan_job import count_tiles, detect_image
-from gigaface.source import probe
+from gigaface.privacy.anonymise import anonymise, blur_mask
+from gigaface.engine.detections import Detections
+from gigaface.engine.detector import CenterFace
+from gigaface.library.store import Frame
+from gigaface.engine.plan import Settings, settings_for
+from gigaface.ingest import count_tiles, detect_image
+from gigaface.engine.source import probe
 
 from .ap import iou_matrix, xywh_to_xyxy
 from .data import WiderImage, shared_path, wider_images

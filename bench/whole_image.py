@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gigaface.detections import Detections
-from gigaface.detector import TILES_INPUT, decode, prepared_model
+from gigaface.engine.detections import Detections
+from gigaface.engine.detector import TILES_INPUT, decode, prepared_model
 
 
 def session(height: int, width: int, threads: int | None = None, providers: list[str] | None = None):

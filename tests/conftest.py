@@ -25,6 +25,6 @@ def shared_data(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def detector():
     """One CenterFace session for all in-process scans (loading it takes a moment)."""
-    from gigaface.detector import CenterFace
+    from gigaface.engine.detector import CenterFace
 
     return CenterFace()

@@ -12,8 +12,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from gigaface import audit_chain
-from gigaface.index import Library
+from gigaface.library import audit_chain
+from gigaface.library.store import Library
 from gigaface.search import local_user
 from helpers import run_cli
 

@@ -14,12 +14,12 @@ import cv2
 import numpy as np
 import pytest
 
-from gigaface.artifacts import capture_files
-from gigaface.detections import Detections, nms_indices
-from gigaface.index import Library
-from gigaface.job_worker import run_job
-from gigaface.plan import settings_for
-from gigaface.scan_job import merge
+from gigaface.library.files import capture_files
+from gigaface.engine.detections import Detections, nms_indices
+from gigaface.library.store import Library
+from gigaface.service.worker import run_job
+from gigaface.engine.plan import settings_for
+from gigaface.ingest import merge
 from tests.helpers import astronaut, crowd, drop_column, expected_box, iou, read_image, run_cli, write_image
 
 BIG = [(150, 150, 70), (450, 200, 90), (800, 160, 60)]

@@ -8,9 +8,9 @@ import sqlite3
 import numpy as np
 import pytest
 
-from gigaface.index import Library
-from gigaface.plan import settings_for
-from gigaface.scan_job import scan_path
+from gigaface.library.store import Library
+from gigaface.engine.plan import settings_for
+from gigaface.ingest import scan_path
 from helpers import astronaut, crowd, run_cli, write_image
 
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from gigaface.index import Library
-from gigaface.scan_lock import capture_lock, lock_path, waiting_message
+from gigaface.library.store import Library
+from gigaface.library.locks import capture_lock, lock_path, waiting_message
 from helpers import CLI, crowd, run_cli, write_image
 
 FACES = [(120, 150, 70), (300, 140, 60)]
@@ -115,7 +115,7 @@ def test_the_job_worker_takes_the_same_lock(small_image, tmp_path):
     library.put_job(1)
     library.close()
     with capture_lock(str(db), 1):
-        worker = subprocess.Popen([sys.executable, "-m", "gigaface.job_worker", str(db), "1"],
+        worker = subprocess.Popen([sys.executable, "-m", "gigaface.service.worker", str(db), "1"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             _wait_until_blocked_on(lock_path(str(db), 1), worker.pid)

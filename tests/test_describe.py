@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from gigaface.index import Library
-from gigaface.plan import settings_for
-from gigaface.scan_job import scan_path
+from gigaface.library.store import Library
+from gigaface.engine.plan import settings_for
+from gigaface.ingest import scan_path
 from helpers import crowd, expected_box, iou, write_image
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from gigaface.detector import TILES_INPUT, CenterFace, model_path, prepared_model
+from gigaface.engine.detector import TILES_INPUT, CenterFace, model_path, prepared_model
 
 
 def test_prepared_graph_matches_the_shipped_one():
@@ -35,7 +35,7 @@ def test_lanes_give_the_same_detections_as_one_session(tmp_path):
 def test_mirrored_tile_maps_back_onto_the_same_face(detector):
     from helpers import crowd
 
-    from gigaface.detections import iou_one_to_many
+    from gigaface.engine.detections import iou_one_to_many
 
     image = crowd(640, 640, [(220, 300, 90)], seed=5)
     plain, flipped = detector.detect(np.stack([image, image[:, ::-1].copy()]), 0.3)
@@ -50,7 +50,7 @@ def test_mirrored_tile_maps_back_onto_the_same_face(detector):
 
 
 def test_accurate_plan_mirrors_and_calibrates_only_where_it_helped():
-    from gigaface.plan import plan_passes, settings_for
+    from gigaface.engine.plan import plan_passes, settings_for
 
     passes = plan_passes(4000, 3000, settings_for("accurate"))
     by_scale = {p.scale: p for p in passes}

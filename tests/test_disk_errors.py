@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from gigaface.index import Library
+from gigaface.library.store import Library
 from helpers import CLI, crowd, run_cli, write_image
 
 

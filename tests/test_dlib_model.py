@@ -6,9 +6,11 @@ import dlib
 import numpy as np
 import pytest
 
-from gigaface import chips, describe, dlib_net, dlib_shape
-from gigaface.dlib_format import DlibReader
-from gigaface.embedder import Descriptor
+from gigaface.engine import chips, describe
+from gigaface.engine.dlib import network as dlib_net
+from gigaface.engine.dlib import shape as dlib_shape
+from gigaface.engine.dlib.format import DlibReader
+from gigaface.engine.embedder import Descriptor
 from gigaface.errors import GigafaceError
 from tests.conftest import shared_data
 
@@ -115,7 +117,7 @@ def test_layer_out_of_place_is_refused(net_bytes):
 
 
 def test_layers_that_do_not_fit_together_are_refused(net_bytes):
-    from gigaface.dlib_onnx import build_model
+    from gigaface.engine.dlib.graph import build_model
 
     layers = dlib_net.read_layers(net_bytes)
     layers[1].sizes["padding"] = (3, 3)  # dlib pads a stride-2 convolution with nothing

@@ -24,10 +24,10 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
 
 from gigaface.errors import GigafaceError
-from gigaface.index import Library
-from gigaface.manifest import read_manifest
-from gigaface.plan import settings_for
-from gigaface.scan_job import frames_of, scan_path
+from gigaface.library.store import Library
+from gigaface.engine.manifest import read_manifest
+from gigaface.engine.plan import settings_for
+from gigaface.ingest import frames_of, scan_path
 from tests.helpers import crowd, run_cli, write_image
 from tests.server import Server, make_token
 
@@ -443,7 +443,7 @@ def _chunks(total: int, size: int = 1 << 20):
 
 def test_oversized_bodies_without_content_length(site):
     """Bodies over the limit with no Content-Length (chunked): refused as they stream."""
-    from gigaface.service import MAX_BODY_BYTES
+    from gigaface.service.app import MAX_BODY_BYTES
 
     r = site.client.post("/api/captures", content=_chunks(MAX_BODY_BYTES + (2 << 20)),
                          headers={"Content-Type": "application/json"})

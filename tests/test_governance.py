@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
-from gigaface.demo_scene import build_stadium
+from gigaface.demo.scene import build_stadium
 from gigaface.errors import GigafaceError
-from gigaface.index import Library
+from gigaface.library.store import Library
 from tests.conftest import shared_data
 from tests.helpers import drop_column, iou, read_image, run_cli
 

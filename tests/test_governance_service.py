@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from gigaface.index import Library
+from gigaface.library.store import Library
 from tests.helpers import iou, run_cli
 from tests.server import Server, make_token
 from tests.test_governance import detail, stadium  # noqa: F401  (the scanned stadium fixture)

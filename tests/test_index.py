@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from gigaface.errors import GigafaceError
-from gigaface.index import Library
-from gigaface.plan import settings_for
-from gigaface.scan_job import scan_path
+from gigaface.library.store import Library
+from gigaface.engine.plan import settings_for
+from gigaface.ingest import scan_path
 from helpers import CLI, background, crowd, face_patch, paste_centred, run_cli, write_image
 
 
@@ -321,7 +321,7 @@ def test_two_images_differing_only_in_the_middle_are_two_captures(tmp_path, twin
 
 
 def test_a_capture_with_an_older_key_is_found_and_rekeyed(tmp_path, twin_tiffs, detector):
-    from gigaface.scan_job import capture_key, legacy_capture_key
+    from gigaface.ingest import capture_key, legacy_capture_key
 
     a, b = twin_tiffs
     library = Library(str(tmp_path / "lib.db"), create=True)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from gigaface.errors import GigafaceError
-from gigaface.index import Library
-from gigaface.manifest import read_manifest
-from gigaface.plan import settings_for
-from gigaface.scan_job import scan_path
+from gigaface.library.store import Library
+from gigaface.engine.manifest import read_manifest
+from gigaface.engine.plan import settings_for
+from gigaface.ingest import scan_path
 from helpers import crowd, iou, run_cli, write_image
 
 

@@ -19,11 +19,11 @@ import pytest
 import pyvips
 
 from conftest import shared_data
-from gigaface.artifacts import capture_files
-from gigaface.index import Library
-from gigaface.job_worker import run_job
-from gigaface.plan import settings_for
-from gigaface.scan_job import scan_path
+from gigaface.library.files import capture_files
+from gigaface.library.store import Library
+from gigaface.service.worker import run_job
+from gigaface.engine.plan import settings_for
+from gigaface.ingest import scan_path
 from tests.helpers import astronaut, crowd, read_image, run_cli, write_image
 from tests.published import assert_publishable, exif_photo, icc_profile
 

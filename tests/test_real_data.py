@@ -5,9 +5,9 @@ import xml.etree.ElementTree as ET
 
 
 from conftest import shared_data
-from gigaface.index import Library
-from gigaface.plan import settings_for
-from gigaface.scan_job import scan_path
+from gigaface.library.store import Library
+from gigaface.engine.plan import settings_for
+from gigaface.ingest import scan_path
 from gigaface.search import DEFAULT_THRESHOLD, rank, reference
 from helpers import iou
 

@@ -350,7 +350,7 @@ def test_an_interrupted_scan_resumes_after_a_restart(tmp_path):
         assert job["stage"] == "detect", job
     # the server stopped its job: nothing of it runs, and the library holds finished bands
     running = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
-    assert not [p for p in running if "gigaface.job_worker" in p and str(db) in p]
+    assert not [p for p in running if "gigaface.service.worker" in p and str(db) in p]
     with sqlite3.connect(db) as con:
         kept = dict(con.execute("SELECT frame || '/' || pass || '/' || band, rowid FROM bands_done").fetchall())
         stage = con.execute("SELECT stage FROM captures WHERE id = ?", (cid,)).fetchone()[0]

@@ -19,9 +19,9 @@ import cv2
 import httpx
 import pytest
 
-from gigaface.index import Library
-from gigaface.job_worker import stale
-from gigaface.tokens import create_token
+from gigaface.library.store import Library
+from gigaface.service.worker import stale
+from gigaface.library.tokens import create_token
 from tests.helpers import crowd, face_patch, run_cli, write_image
 from tests.server import KEY_HEADER, Server, free_port, make_token
 
@@ -298,7 +298,7 @@ def job_worker_of(server: Server, timeout: float = 60) -> int:
     while time.monotonic() < deadline:
         for child in children(server.process.pid):
             try:
-                if b"gigaface.job_worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                if b"gigaface.service.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
                     return child
             except OSError:
                 pass
@@ -320,7 +320,7 @@ def open_stream(stack: ExitStack, server: Server, token: str, capture_id: int) -
 
 
 def test_event_streams_are_capped_and_the_rest_still_answers(tmp_path):
-    from gigaface.service import MAX_STREAMS, MAX_STREAMS_PER_CALLER
+    from gigaface.service.app import MAX_STREAMS, MAX_STREAMS_PER_CALLER
 
     db = tmp_path / "streams.db"
     admin = make_token(db, "admin")

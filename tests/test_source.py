@@ -7,7 +7,7 @@ import pytest
 
 from conftest import shared_data
 from gigaface.errors import GigafaceError
-from gigaface.source import RowWindow, bands, load_scaled, probe
+from gigaface.engine.source import RowWindow, bands, load_scaled, probe
 from helpers import astronaut, crowd, read_image, write_image
 
 H, W = 480, 600
@@ -295,7 +295,7 @@ def test_grey_with_alpha(tmp_path, picture):
                                                  ("adam7.png", {"interlace": True}, "interlaced PNG")])
 def test_large_unstreamable_images_are_refused(tmp_path, monkeypatch, name, options, kind):
     """Progressive JPEG / interlaced PNG decoders hold the whole image: refuse big ones."""
-    import gigaface.source as source
+    import gigaface.engine.source as source
 
     path = write_image(tmp_path / name, crowd(300, 200, []), **options)
     baseline = write_image(tmp_path / ("plain" + path.suffix), crowd(300, 200, []))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gigaface.demo_scene import build_stadium
+from gigaface.demo.scene import build_stadium
 from tests.helpers import CLI, iou, run_cli
 from tests.server import KEY_HEADER, free_port
 
@@ -29,7 +29,7 @@ ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-NODE_MODULES = REPO / "src" / "gigaface" / "web" / "node_modules" / "openseadragon"
+NODE_MODULES = REPO / "src" / "gigaface" / "service" / "web" / "node_modules" / "openseadragon"
 
 pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}"),
@@ -421,7 +421,7 @@ def test_public_page_shows_only_the_anonymised_image(page, token_server):
 def test_a_capture_being_scanned_shows_progress_then_opens(page, tmp_path):
     """Its own library and server: a capture added through the API is scanned by the
     server's job while the page watches."""
-    from gigaface.index import Library
+    from gigaface.library.store import Library
 
     built = build_stadium(tmp_path, megapixels=3, occupancy=0.5, seed=3)
     db = tmp_path / "scanning.db"

@@ -1,8 +1,8 @@
 """gigaface: find every face in a gigapixel crowd image and find one person among them."""
-from .api import Capture, open_capture, scan
-from .errors import GigafaceError
-from .index import Face
-from .search import Match
+from gigaface.api import Capture, open_capture, scan
+from gigaface.errors import GigafaceError
+from gigaface.library.store import Face
+from gigaface.search import Match
 
 __version__ = "0.1.0"
 __all__ = ["scan", "open_capture", "Capture", "Face", "Match", "GigafaceError", "__version__"]

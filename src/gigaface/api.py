@@ -10,16 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import consent
-from . import describe as describing
-from .anonymise import anonymise as _anonymise
-from .detector import CenterFace
-from .errors import GigafaceError
-from .index import CaptureRecord, Face, Library
-from .plan import settings_for
-from .scan_job import Reporter, ScanResult, scan_path
-from .search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, Match, Reference, audited_rank, local_user, reference
-from .source import DEFAULT_MAX_PIXELS
+from gigaface.privacy import consent
+from gigaface.engine import describe as describing
+from gigaface.privacy.anonymise import anonymise as _anonymise
+from gigaface.engine.detector import CenterFace
+from gigaface.errors import GigafaceError
+from gigaface.library.store import CaptureRecord, Face, Library
+from gigaface.engine.plan import settings_for
+from gigaface.ingest import Reporter, ScanResult, scan_path
+from gigaface.search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, Match, Reference, audited_rank, local_user, reference
+from gigaface.engine.source import DEFAULT_MAX_PIXELS
 
 PhotoArg = str | Sequence[str]
 

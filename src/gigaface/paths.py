@@ -14,7 +14,7 @@ import stat
 import tempfile
 from collections.abc import Callable
 
-from .errors import GigafaceError
+from gigaface.errors import GigafaceError
 
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: over a file size limit (ulimit -f)
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)

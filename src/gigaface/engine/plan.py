@@ -1,0 +1,173 @@
+"""Which scales to look at and how to cut each into tiles.
+
+Each pass looks at the image at one scale and owns a range of face sizes. Tiles of one
+pass share a grid of square cores; a tile is its core plus a margin on every side, and
+keeps only faces whose centre lies in its core, so merging tiles is a filter, not a
+search. The margin is half the largest face the pass keeps, so those faces are seen whole.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from gigaface.errors import GigafaceError
+
+PRESETS = ("fast", "balanced", "accurate")
+TILE = 640
+DETECTOR_FLOOR = 16  # px: below this the detector at native scale misses about half the faces
+COARSE_MIN = 20  # px at pass scale: smallest face a downscaled pass is trusted with
+MIN_FACE_FLOOR = 4  # px: even upscaled 4x, smaller faces are below the detector's reach
+
+
+@dataclass(frozen=True)
+class Pass:
+    scale: float
+    margin: int  # pixels at pass scale
+    min_size: float  # native pixels, inclusive
+    max_size: float  # native pixels, exclusive
+    tile: int = TILE
+    flip: bool = False  # also look at each tile mirrored (test-time augmentation)
+    # Scores of upscaled passes run low for faces that are really there, so across
+    # passes they are put on one scale before the merge ranks them (fitted on WIDER FACE).
+    weight: float = 1.0
+    # Read the image at native scale and enlarge each tile on its own: the band in memory
+    # stays native-sized. For the pass that looks for tiny faces only to blur them.
+    upscale_tiles: bool = False
+
+    @property
+    def core(self) -> int:
+        return self.tile - 2 * self.margin
+
+    @property
+    def looks(self) -> int:
+        """Inferences per tile."""
+        return 2 if self.flip else 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    preset: str = "balanced"
+    min_face: float = 16.0
+    threshold: float = 0.45
+    nms_iou: float = 0.4
+    min_embed: float = 20.0  # px: smaller faces get a quality record and a crop, no embedding
+    tile: int = TILE
+    # The sensitive operating point: everything the detector sees down to here is blurred
+    # in every published image, though only faces at threshold/min_face are listed (counted,
+    # described, searched). A blurred false face costs nothing; a sharp real one leaks.
+    blur_threshold: float = 0.15
+    blur_min_face: float = 4.0
+    # Look for faces under the listed sizes in a 2x pass too (tiles enlarged one by one),
+    # not only at native scale, where the detector misses most faces under 10-16 px.
+    blur_upscale: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def detect_threshold(self) -> float:
+        return min(self.threshold, self.blur_threshold)
+
+    @property
+    def detect_min_face(self) -> float:
+        return min(self.min_face, self.blur_min_face)
+
+    def listed(self, scores: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """Which detections are faces at the precise operating point. The score must pass the
+        threshold strictly, as the detector's own decoding did before there was a blur point."""
+        return (scores > self.threshold) & (sizes >= self.min_face)
+
+    def listing_only(self) -> "Settings":
+        """These settings without the blur point: the listed faces, at the cost of today's passes."""
+        return replace(self, blur_threshold=self.threshold, blur_min_face=self.min_face)
+
+
+# Blur points chosen by bench/privacy.py's sweep (bench/report.md, section 7; 30 WIDER
+# images, 494 faces): with `balanced`, 390 stayed sharp when only listed faces were blurred,
+# 192 at score 0.15 and 10 px at native scale, 24 with the 2x pass down to 4 px (3.3x the
+# detection tiles). Under 0.15 the boxes per image more than double for few faces more.
+# `fast` keeps to the native scale, no extra inference (`python -m bench.privacy --preset
+# fast`: 181 sharp at 0.15 and 6 px, 236 at 0.2 and 10 px); `accurate` lists at a
+# sensitive point already.
+PRESET_DEFAULTS = {
+    "fast": dict(min_face=18.0, threshold=0.5, blur_threshold=0.15, blur_min_face=6.0, blur_upscale=False),
+    "balanced": dict(min_face=16.0, threshold=0.45, blur_threshold=0.15, blur_min_face=4.0, blur_upscale=True),
+    # A low threshold and a looser NMS: on WIDER FACE each step of the threshold from 0.35
+    # down to 0.12 bought more recall on tiny faces than it cost in precision, and faces in
+    # a crowd overlap more than NMS at 0.4 lets through.
+    "accurate": dict(min_face=4.0, threshold=0.12, nms_iou=0.5, blur_threshold=0.12, blur_min_face=4.0),
+}
+# Native-pass margin per preset: larger margins see larger faces at native scale at the
+# cost of more overlap between tiles (more tiles per megapixel).
+NATIVE_MARGIN = {"fast": 48, "balanced": 64, "accurate": 96}
+
+
+def settings_for(preset: str = "balanced", min_face: float | None = None, **overrides) -> Settings:
+    if preset not in PRESETS:
+        raise GigafaceError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    values = dict(PRESET_DEFAULTS[preset])
+    if min_face is not None:
+        if not MIN_FACE_FLOOR <= min_face:
+            raise GigafaceError(f"--min-face {min_face:g}: the detector cannot look for faces under {MIN_FACE_FLOOR} px")
+        values["min_face"] = float(min_face)
+        values["blur_min_face"] = min(values["blur_min_face"], float(min_face))
+    if overrides.get("min_embed") is not None and overrides["min_embed"] < 0:
+        raise GigafaceError("--min-embed cannot be negative")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    # Asking to list more never blurs less.
+    values["blur_threshold"] = min(values["blur_threshold"], values["threshold"])
+    return Settings(preset=preset, **values)
+
+
+def plan_passes(width: int, height: int, settings: Settings) -> list[Pass]:
+    """Passes from the finest scale to the coarsest, together covering the detection floor
+    (min_face, or the lower blur_min_face) up to the image's size."""
+    passes = listing_passes(width, height, settings)
+    floor = settings.detect_min_face
+    if floor >= passes[0].min_size:
+        return passes
+    if passes[0].scale > 1.0 or not settings.blur_upscale:
+        return [replace(passes[0], min_size=floor), *passes[1:]]
+    # Faces too small for the native pass are looked for at 2x, and only below the sizes it
+    # lists, so what is listed stays what it was; 16 px of margin at 2x holds them whole.
+    tiny = Pass(2.0, 16, floor, min(passes[0].min_size, DETECTOR_FLOOR), settings.tile, upscale_tiles=True)
+    return [tiny, replace(passes[0], min_size=floor), *passes[1:]]
+
+
+def listing_passes(width: int, height: int, settings: Settings) -> list[Pass]:
+    """The passes that find the listed faces, min_face..image size."""
+    tile = settings.tile
+    native_margin = NATIVE_MARGIN[settings.preset]
+    accurate = settings.preset == "accurate"
+    passes: list[Pass] = []
+    native_min = settings.min_face
+    if settings.min_face < DETECTOR_FLOOR:
+        # Upscale so the smallest asked-for face reaches the detector's comfortable size;
+        # `accurate` looks at tiny faces at both 3x and 2x, whose misses differ.
+        if accurate and settings.min_face * 2 < DETECTOR_FLOOR:
+            passes.append(Pass(3.0, 64, settings.min_face, 40.0, tile, flip=False, weight=1.3))  # mirrored, it added more false faces than found ones
+            passes.append(Pass(2.0, 96, max(settings.min_face, 6.0), 80.0, tile, flip=True, weight=1.15))
+        else:
+            up_margin = 48
+            passes.append(Pass(2.0, up_margin, settings.min_face, (2 * up_margin) / 2.0, tile, flip=accurate))
+        native_min = DETECTOR_FLOOR * (1.0 if accurate else 0.75)  # ranges overlap; the merge removes duplicates
+    passes.append(Pass(1.0, native_margin, native_min, 2.0 * native_margin, tile, flip=accurate))
+    covered = 2.0 * native_margin
+    largest_possible = min(width, height)
+    scale = 1.0
+    if accurate and covered < largest_possible:
+        passes.append(Pass(0.5, 96, covered * 0.25, 2 * 96 / 0.5, tile, flip=True))
+        covered, scale = 2 * 96 / 0.5, 0.5
+    while covered < largest_possible:
+        scale /= 4
+        margin = min(160, (tile - 64) // 2)
+        top = 2 * margin / scale
+        passes.append(Pass(scale, margin, min(COARSE_MIN / scale, covered * 0.6), top, tile, flip=accurate))
+        covered = top
+    return passes
+
+
+def tile_columns(width: int, p: Pass) -> list[tuple[int, int]]:
+    """(core_x0, core_x1) of each tile column at pass scale."""
+    return [(x, min(width, x + p.core)) for x in range(0, width, p.core)]

@@ -1,0 +1,81 @@
+"""Erasure on request: find a person's faces in every capture and forget them.
+
+Their embeddings and crops are deleted for good (secure_delete zeroes the freed pages),
+the faces stay as bare boxes marked `erased`, so every export and pyramid blurs them from
+then on, and any consent that matches them is withdrawn. The caller rebuilds the files
+of the captures named in the report (`job_worker.stale` + a job).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gigaface.errors import GigafaceError
+from gigaface.library.store import Library
+from gigaface.search import DEFAULT_THRESHOLD, Reference, audited_rank
+
+# Erasure acts on every face under the threshold, for good: never looser than the search's
+# own measured operating point (bench section 4: no impostor pair at 0.6, strangers start
+# to match at 0.65). A stricter value is allowed; --dry-run shows what a value would erase.
+MAX_FORGET_THRESHOLD = DEFAULT_THRESHOLD
+
+
+@dataclass
+class CaptureErasure:
+    capture: int
+    faces: list[int] = field(default_factory=list)
+    boxes: list[list[float]] = field(default_factory=list)
+    consents: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ErasureReport:
+    threshold: float
+    captures: list[CaptureErasure]
+
+    @property
+    def faces(self) -> int:
+        return sum(len(c.faces) for c in self.captures)
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold, "faces_erased": self.faces,
+                "consents_removed": sum(len(c.consents) for c in self.captures),
+                "captures": [c.__dict__ for c in self.captures]}
+
+
+def check_forget_threshold(threshold: float) -> float:
+    if not 0 < threshold <= MAX_FORGET_THRESHOLD:
+        raise GigafaceError(f"the erasure threshold is more than 0 and at most {MAX_FORGET_THRESHOLD}"
+                            f" (got {threshold:g}): a looser one would erase strangers too")
+    return threshold
+
+
+def forget(library: Library, refs: list[Reference], who: str, threshold: float = DEFAULT_THRESHOLD,
+           dry_run: bool = False) -> ErasureReport:
+    """Erase every face within `threshold` of the person in `refs`, in every capture.
+
+    The threshold is the search's, not the stricter reveal one: here a missed face is the
+    costly mistake, and a stranger erased by error only becomes unsearchable and blurred.
+    With `dry_run`, the report says what would be erased and withdrawn; nothing changes.
+    """
+    check_forget_threshold(threshold)
+    # A dry run identifies the person as much as an erasure does: logged, but as what it was.
+    purpose = "erasure-dry-run" if dry_run else "erasure"
+    matches = [m for m in audited_rank(library, refs, None, who, threshold=threshold, purpose=purpose) if m.match]
+    by_capture: dict[int, CaptureErasure] = {}
+    for m in matches:
+        entry = by_capture.setdefault(m.face.capture, CaptureErasure(m.face.capture))
+        entry.faces.append(m.face.id)
+        entry.boxes.append([round(v, 1) for v in m.face.box])
+    target = np.mean([r.embedding for r in refs], axis=0)
+    for capture in library.captures():
+        consents, templates = library.consent_embeddings(capture.id)
+        for consent, template in zip(consents, templates):
+            if np.linalg.norm(template - target) <= threshold:
+                if not dry_run:
+                    library.remove_consent(consent.id, who=who)
+                by_capture.setdefault(capture.id, CaptureErasure(capture.id)).consents.append(consent.id)
+    if not dry_run:
+        library.erase_faces([m.face.id for m in matches])
+    return ErasureReport(threshold, [by_capture[c] for c in sorted(by_capture)])
