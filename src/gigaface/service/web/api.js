@@ -1,9 +1,35 @@
-// Same-origin client for the gigaface service.
+// Same-origin client for the gigaface service, and the one place that knows its addresses:
+// the other modules call the functions below, never fetch a path of their own.
 //
 // Every request carries `Authorization: Bearer <token>` when a token is stored, or, for
 // `gigaface view`, `X-Gigaface-Key: <this run's key>`; every error response is turned into
 // an ApiError whose message a person can read: the service answers {"detail": "one-line
 // message"} (or FastAPI's list of validation errors).
+
+// Every address the page asks for; `{name}` is filled in per call. The pyramids' addresses
+// come from the server (a capture's pyramid_url, a public capture's url: they name the
+// current build) and are listed so that this table is the whole story.
+export const ROUTES = Object.freeze({
+  me: "/api/me",
+  captures: "/api/captures",
+  capture: "/api/captures/{id}",
+  events: "/api/captures/{id}/events",
+  faces: "/api/captures/{id}/faces?offset={offset}&limit={limit}",
+  search: "/api/captures/{id}/search?top={top}",
+  crop: "/api/faces/{id}/crop.jpg",
+  pyramid: "/api/captures/{id}/pyramid/{build}.dzi",
+  pyramidTile: "/api/captures/{id}/pyramid/{build}_files/{level}/{tile}",
+  publicCaptures: "/public/captures",
+  publicPyramid: "/public/captures/{id}/{build}.dzi",
+  publicTile: "/public/captures/{id}/{build}_files/{level}/{tile}",
+  viewerImages: "/static/vendor/openseadragon/images/",
+});
+
+function route(name, params = {}) {
+  return ROUTES[name].replace(/\{(\w+)\}/g, (_, key) => encodeURIComponent(params[key]));
+}
+
+export const VIEWER_IMAGES = ROUTES.viewerImages;
 
 const TOKEN_KEY = "gigaface.token";
 const RUN_KEY = "gigaface.key";
@@ -63,8 +89,8 @@ export async function request(path, options = {}) {
   return response;
 }
 
-export async function getJSON(path) {
-  return (await request(path)).json();
+export async function getJSON(path, options = {}) {
+  return (await request(path, options)).json();
 }
 
 async function errorMessage(response) {
@@ -88,7 +114,7 @@ const crops = new Map();
 
 export function cropURL(faceId) {
   if (!crops.has(faceId)) {
-    const url = request(`/api/faces/${faceId}/crop.jpg`)
+    const url = request(route("crop", { id: faceId }))
       .then((r) => r.blob())
       .then((blob) => URL.createObjectURL(blob));
     // A failed fetch must not stay cached: the next call tries again.
@@ -96,4 +122,70 @@ export function cropURL(faceId) {
     crops.set(faceId, url);
   }
   return crops.get(faceId);
+}
+
+// --- the service's endpoints ---------------------------------------------------------------
+
+export const whoAmI = () => getJSON(route("me"));
+export const listCaptures = () => getJSON(route("captures"));
+export const getCapture = (id, signal) => getJSON(route("capture", { id }), { signal });
+export const facePage = (id, offset, limit) => getJSON(route("faces", { id, offset, limit }));
+
+// `photos`: File objects, sent as multipart form fields named "photos".
+export async function searchPhotos(id, photos, top) {
+  const body = new FormData();
+  for (const file of photos) body.append("photos", file, file.name);
+  return (await request(route("search", { id, top }), { method: "POST", body })).json();
+}
+
+// Anonymous on purpose: plain fetch, never the stored token or key.
+export async function publicCaptures() {
+  const response = await fetch(route("publicCaptures"));
+  if (!response.ok) throw new Error(`Could not list the images (${response.status})`);
+  return response.json();
+}
+
+// The capture after each change, as the service's event stream sends it, until the stream
+// ends (the server closes it when the job is done or failed, or the capture was deleted).
+// Read with fetch, not EventSource: EventSource cannot send the token or key header.
+// Aborting `signal` closes the stream; leaving the loop early closes it too.
+export async function* captureEvents(id, signal) {
+  const response = await request(route("events", { id }), {
+    signal,
+    headers: { Accept: "text/event-stream" },
+  });
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      // Events end with a blank line; the last piece may be half an event: keep it for later.
+      buffer += value.replace(/\r\n?/g, "\n");
+      const events = buffer.split("\n\n");
+      buffer = events.pop();
+      for (const event of events) {
+        const parsed = parseEvent(event);
+        if (parsed.type === "deleted") return;
+        if (parsed.type === "message" && parsed.data) yield JSON.parse(parsed.data);
+      }
+    }
+  } finally {
+    reader.cancel().catch(() => {});   // the server sees the client go and frees its slot
+  }
+}
+
+// One event's lines: "event: NAME", "data: ..." (several join with newlines), ": comment".
+function parseEvent(text) {
+  let type = "message";
+  const data = [];
+  for (const line of text.split("\n")) {
+    if (!line || line.startsWith(":")) continue;   // ": still here" keeps idle streams open
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "event") type = value;
+    else if (field === "data") data.push(value);
+  }
+  return { type, data: data.join("\n") };
 }

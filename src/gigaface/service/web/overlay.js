@@ -7,20 +7,7 @@
 
 /* global OpenSeadragon */
 
-export const COLOURS = {
-  high: "#38bdf8",     // score >= 0.75
-  mid: "#a78bfa",      // 0.6 <= score < 0.75
-  low: "#fbbf24",      // score < 0.6
-  match: "#22c55e",    // search result at or under the threshold
-  weak: "#9ca3af",     // search result over the threshold
-  selected: "#ffffff",
-};
-
-function scoreClass(score) {
-  if (score >= 0.75) return "high";
-  if (score >= 0.6) return "mid";
-  return "low";
-}
+import { MARKS, SCORE_BANDS, scoreBand } from "./palette.js";
 
 const MIN_BOX_PX = 3;       // below this on screen a box is drawn as a dot
 const HOVER_SLOP_PX = 4;    // how near the pointer must be to a tiny face to hover it
@@ -179,36 +166,36 @@ export class FaceOverlay {
     const view = { ox, oy, k, x0, y0, x1, y1 };
 
     // One path per colour, stroked once: thousands of rects cost one stroke call each colour.
-    const boxes = { high: new Path2D(), mid: new Path2D(), low: new Path2D() };
-    const dots = { high: [], mid: [], low: [] };
+    const boxes = new Map(SCORE_BANDS.map((band) => [band, new Path2D()]));
+    const dots = new Map(SCORE_BANDS.map((band) => [band, []]));
     let drawn = 0;
     this.index.query(x0, y0, x1, y1, (f) => {
       if (this.matches.has(f.id) || f.id === this.selected) return;  // drawn on top, below
       const [x, y, w, h] = f.box;
-      const cls = scoreClass(f.score);
+      const band = scoreBand(f.score);
       const sx = ox + x * k, sy = oy + y * k, sw = w * k, sh = h * k;
-      if (Math.max(sw, sh) >= MIN_BOX_PX) boxes[cls].rect(sx, sy, sw, sh);
-      else dots[cls].push(sx + sw / 2, sy + sh / 2);
+      if (Math.max(sw, sh) >= MIN_BOX_PX) boxes.get(band).rect(sx, sy, sw, sh);
+      else dots.get(band).push(sx + sw / 2, sy + sh / 2);
       drawn++;
     });
     ctx.lineWidth = k > 0.5 ? 1.5 : 1;
-    for (const cls of Object.keys(boxes)) {
-      ctx.strokeStyle = COLOURS[cls];
-      ctx.stroke(boxes[cls]);
-      ctx.fillStyle = COLOURS[cls];
-      const d = dots[cls];
+    for (const band of SCORE_BANDS) {
+      ctx.strokeStyle = band.colour;
+      ctx.stroke(boxes.get(band));
+      ctx.fillStyle = band.colour;
+      const d = dots.get(band);
       for (let i = 0; i < d.length; i += 2) ctx.fillRect(d[i] - 1, d[i + 1] - 1, 2, 2);
     }
 
     // Search results and the selection stay findable at any zoom: never smaller than a ring.
     for (const m of this.matches.values()) {
-      drawn += this.mark(m.box, view, m.match ? COLOURS.match : COLOURS.weak,
+      drawn += this.mark(m.box, view, m.match ? MARKS.match : MARKS.weak,
         m.match ? 2.5 : 1.5, m.rank, !m.match);
     }
     const sel = this.selected != null && this.faceById(this.selected);
-    if (sel) drawn += this.mark(sel.box, view, COLOURS.selected, 2.5);
+    if (sel) drawn += this.mark(sel.box, view, MARKS.selected, 2.5);
     if (this.hovered && this.hovered.id !== this.selected) {
-      this.mark(this.hovered.box, view, "rgba(255,255,255,0.85)", 1.5);
+      this.mark(this.hovered.box, view, MARKS.hovered, 1.5);
     }
 
     canvas.dataset.drawnCount = String(drawn);

@@ -1,13 +1,7 @@
 // The right sidebar: the selected face's details, and "Find me" (search by photos).
 
-import { cropURL, request } from "./api.js";
-
-const $ = (id) => document.getElementById(id);
-
-const fmt = {
-  int: (v) => Math.round(v).toLocaleString("en"),
-  fixed: (v, n) => (v == null ? "–" : Number(v).toFixed(n)),
-};
+import { cropURL, searchPhotos } from "./api.js";
+import { $, formatFixed, formatInt, plural, showMessage } from "./ui.js";
 
 // Shows one face: its crop enlarged, id, score, quality and position.
 export class FacePanel {
@@ -24,11 +18,11 @@ export class FacePanel {
     const q = face.quality || {};
     const [x, y, w, h] = face.box;
     $("face-id").textContent = `#${face.id}`;
-    $("face-score").textContent = face.score == null ? "–" : fmt.fixed(face.score, 2);
-    $("face-size").textContent = q.size == null ? `${fmt.int(Math.max(w, h))} px` : `${fmt.int(q.size)} px`;
-    $("face-sharpness").textContent = fmt.fixed(q.sharpness, 0);
-    $("face-frontalness").textContent = fmt.fixed(q.frontalness, 2);
-    $("face-position").textContent = `${fmt.int(x + w / 2)}, ${fmt.int(y + h / 2)}`;
+    $("face-score").textContent = formatFixed(face.score, 2);
+    $("face-size").textContent = `${formatInt(q.size == null ? Math.max(w, h) : q.size)} px`;
+    $("face-sharpness").textContent = formatFixed(q.sharpness, 0);
+    $("face-frontalness").textContent = formatFixed(q.frontalness, 2);
+    $("face-position").textContent = `${formatInt(x + w / 2)}, ${formatInt(y + h / 2)}`;
     const img = $("face-crop");
     img.removeAttribute("src");   // no stale face while the new crop loads
     img.alt = `Face #${face.id}`;
@@ -45,7 +39,7 @@ export class FacePanel {
   }
 }
 
-// "Find me": reference photos -> POST /api/captures/{id}/search -> a ranked strip of crops.
+// "Find me": reference photos -> the service's search -> a ranked strip of crops.
 export class FindPanel {
   constructor({ captureId, onResults, onPick }) {
     this.captureId = captureId;   // a function: the capture currently shown
@@ -96,10 +90,7 @@ export class FindPanel {
   }
 
   status(text, kind = "info") {
-    const el = $("find-status");
-    el.hidden = !text;
-    el.textContent = text || "";
-    el.dataset.kind = kind;
+    showMessage($("find-status"), text, kind);
   }
 
   reset() {
@@ -112,15 +103,12 @@ export class FindPanel {
     const files = [...this.input.files];
     const id = this.captureId();
     if (!files.length || id == null) return;
-    const body = new FormData();
-    for (const file of files) body.append("photos", file, file.name);
     this.button.disabled = true;
     this.button.textContent = "Searching…";
     $("find-results").replaceChildren();
     this.status(files.length > 1 ? `Comparing ${files.length} photos with every face…` : "Comparing with every face…");
     try {
-      const response = await request(`/api/captures/${id}/search?top=20`, { method: "POST", body });
-      this.render(await response.json());
+      this.render(await searchPhotos(id, files, 20));
     } catch (err) {
       this.status(err.message, "error");
       this.onResults([]);
@@ -137,8 +125,8 @@ export class FindPanel {
     const threshold = result.threshold == null ? "" : ` · threshold ${Number(result.threshold).toFixed(2)}`;
     if (!matches.length) this.status("No faces to compare in this capture.", "info");
     else {
-      const what = strong ? `${strong} match${strong > 1 ? "es" : ""}` : "No match";
-      this.status(`${what} from ${refs} photo${refs > 1 ? "s" : ""}${threshold}`, strong ? "ok" : "info");
+      const what = strong ? `${strong} ${plural(strong, "match", "matches")}` : "No match";
+      this.status(`${what} from ${refs} ${plural(refs, "photo", "photos")}${threshold}`, strong ? "ok" : "info");
     }
     $("find-results").replaceChildren(...matches.map((m) => this.item(m)));
     this.onResults(matches);

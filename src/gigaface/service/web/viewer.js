@@ -4,13 +4,20 @@
 
 /* global OpenSeadragon */
 
-import { ApiError, authHeaders, getJSON, getToken, setToken, takeKeyFromURL } from "./api.js";
+import {
+  ApiError, VIEWER_IMAGES, authHeaders, captureEvents, facePage, getCapture, getToken, listCaptures,
+  publicCaptures, setToken, takeKeyFromURL, whoAmI,
+} from "./api.js";
 import { FaceOverlay } from "./overlay.js";
+import { applyPalette, fillLegend } from "./palette.js";
 import { FacePanel, FindPanel } from "./sidebar.js";
+import { $, formatFixed, formatInt, plural, showMessage, sleep } from "./ui.js";
 
-const $ = (id) => document.getElementById(id);
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const FACE_PAGE = 10000;   // the service's largest page of faces
+// After the event stream ends or breaks with the capture not yet viewable, the page looks
+// again after RETRY_MS, twice as long each time nothing changed, up to RETRY_MAX_MS.
+const RETRY_MS = 1000;
+const RETRY_MAX_MS = 10000;
 
 // Live state, also the hook for tests and the console. Its fields are replaced as the page
 // moves on, so always read them through window.gigaface.
@@ -28,10 +35,7 @@ const state = {
 window.gigaface = state;
 
 function stageMessage(text, kind = "info") {
-  const el = $("stage-message");
-  el.hidden = !text;
-  el.textContent = text || "";
-  el.dataset.kind = kind;
+  showMessage($("stage-message"), text, kind);
 }
 
 // `headers`: what every tile request must carry (the token, or view's key); none for the public page.
@@ -39,7 +43,7 @@ function createViewer(headers) {
   const auth = Object.keys(headers).length > 0;
   return OpenSeadragon({
     element: $("viewer"),
-    prefixUrl: "/static/vendor/openseadragon/images/",
+    prefixUrl: VIEWER_IMAGES,
     // The 2D canvas drawer works everywhere, headless and GPU-less browsers included.
     drawer: "canvas",
     // Tiles need the token (or key) too, and an <img> cannot send headers.
@@ -117,14 +121,14 @@ function rememberCapture(id) {
 
 // --- the library page ------------------------------------------------------------------
 
-// Ask /api/me who we are; on 401 show the sign-in card and try again with its token.
+// Ask the service who we are; on 401 show the sign-in card and try again with its token.
 // `gigaface view` takes no token: without its key (opened from another address) there is
 // nothing to ask for, only where to find the right address.
 async function signIn() {
   let problem = "";
   for (;;) {
     try {
-      return await getJSON("/api/me");
+      return await whoAmI();
     } catch (err) {
       if (!(err instanceof ApiError) || err.status !== 401) throw err;
       if (err.scheme === "GigafaceKey") {
@@ -171,7 +175,7 @@ function describeScan(cap) {
   const p = cap.progress || {};
   if (cap.state === "queued") return "Queued";
   const steps = p.total ? ` ${p.done}/${p.total}` : "";
-  const faces = p.faces ? ` · ${p.faces.toLocaleString("en")} faces` : "";
+  const faces = p.faces ? ` · ${formatInt(p.faces)} faces` : "";
   return `Scanning · ${cap.stage}${steps}${faces}`;
 }
 
@@ -200,14 +204,14 @@ function showTooltip(face, event) {
   if (!face || !event) { tip.hidden = true; return; }
   const q = face.quality || {};
   const parts = [];
-  if (q.size != null) parts.push(`${Math.round(q.size)} px`);
-  if (q.sharpness != null) parts.push(`sharpness ${Math.round(q.sharpness)}`);
-  if (q.frontalness != null) parts.push(`frontal ${q.frontalness.toFixed(2)}`);
+  if (q.size != null) parts.push(`${formatInt(q.size)} px`);
+  if (q.sharpness != null) parts.push(`sharpness ${formatFixed(q.sharpness, 0)}`);
+  if (q.frontalness != null) parts.push(`frontal ${formatFixed(q.frontalness, 2)}`);
   tip.innerHTML = "";
   const head = document.createElement("div");
   head.className = "tooltip-head";
   head.innerHTML = `<span>Face #${face.id}</span><b class="tooltip-score"></b>`;
-  head.querySelector("b").textContent = `score ${face.score.toFixed(2)}`;
+  head.querySelector("b").textContent = `score ${formatFixed(face.score, 2)}`;
   const body = document.createElement("div");
   body.className = "tooltip-body";
   body.textContent = parts.join(" · ");
@@ -225,11 +229,11 @@ function showTooltip(face, event) {
 async function loadFaces(captureId, isCurrent) {
   const faces = [];
   for (;;) {
-    const page = await getJSON(`/api/captures/${captureId}/faces?offset=${faces.length}&limit=${FACE_PAGE}`);
+    const page = await facePage(captureId, faces.length, FACE_PAGE);
     if (!isCurrent()) return null;
     for (const f of page.items) faces.push(f);
     if (!page.items.length || faces.length >= page.total) return faces;
-    showCount(`Loading faces ${faces.length.toLocaleString("en")} / ${page.total.toLocaleString("en")}`);
+    showCount(`Loading faces ${formatInt(faces.length)} / ${formatInt(page.total)}`);
   }
 }
 
@@ -242,13 +246,45 @@ function captureLabel(c) {
   return viewable(c) ? c.name : `${c.name} (${c.state === "done" ? "preparing" : c.state})`;
 }
 
+// The capture once it can be shown or has failed; show(capture) for each state on the way.
+// The progress comes from the service's event stream. The capture itself is asked for at
+// the start and again only when a stream ends or breaks with the capture not viewable yet:
+// the job is over but the pyramid is still missing, the server closed a long stream, the
+// connection dropped, or the server has too many streams open (429).
+async function untilViewable(id, signal, show) {
+  const settled = (c) => viewable(c) || c.state === "failed";
+  let delay = RETRY_MS;
+  for (;;) {
+    const asked = await getCapture(id, signal);
+    if (settled(asked)) return asked;
+    show(asked);
+    let last = asked;
+    try {
+      for await (const cap of captureEvents(id, signal)) {
+        if (settled(cap)) return cap;   // leaving the loop closes the stream
+        show(cap);
+        last = cap;
+      }
+    } catch (err) {
+      // A revoked token or a superseded capture: stop. Anything else: look again below.
+      if (signal.aborted || (err instanceof ApiError && err.status === 401)) throw err;
+    }
+    const moved = JSON.stringify(last) !== JSON.stringify(asked);
+    delay = moved ? RETRY_MS : Math.min(2 * delay, RETRY_MAX_MS);
+    await sleep(delay, signal);
+  }
+}
+
 async function libraryPage() {
   const me = await signIn();
   showWhoAmI(me);
   const viewer = (state.viewer = createViewer(authHeaders()));
+  fillLegend($("legend"));
   $("legend").hidden = false;
 
-  let current = 0;   // bumps on every capture switch: stale async work checks it and stops
+  // Aborted on every capture switch: the old capture's stream closes, its other async work
+  // checks it and stops.
+  let current = new AbortController();
 
   const flyTo = (box) => {
     const [x, y, w, h] = box;
@@ -280,8 +316,9 @@ async function libraryPage() {
   });
 
   const open = async (id) => {
-    const mine = ++current;
-    const isCurrent = () => mine === current;
+    current.abort();
+    const { signal } = (current = new AbortController());
+    const isCurrent = () => !signal.aborted;
     state.ready = false;
     state.capture = null;
     state.faces = [];
@@ -296,23 +333,19 @@ async function libraryPage() {
 
     // A capture still being scanned (or whose pyramid is being built) opens when ready.
     const option = $("capture-select").querySelector(`option[value="${id}"]`);
-    let cap = await getJSON(`/api/captures/${id}`);
-    while (!viewable(cap)) {
-      if (!isCurrent()) return;
-      if (cap.state === "failed") {
-        showScan(null);
-        stageMessage(`This scan failed: ${cap.error || "unknown error"}`, "error");
-        return;
-      }
-      showScan(cap);
-      if (option) option.textContent = captureLabel(cap);
-      stageMessage(cap.state === "done"
+    const cap = await untilViewable(id, signal, (progress) => {
+      showScan(progress);
+      if (option) option.textContent = captureLabel(progress);
+      stageMessage(progress.state === "done"
         ? "Building the zoomable image…"
         : "This capture is being scanned. It opens here when the scan is done.");
-      await sleep(1000);
-      cap = await getJSON(`/api/captures/${id}`);
-    }
+    });
     if (!isCurrent()) return;
+    if (cap.state === "failed") {
+      showScan(null);
+      stageMessage(`This scan failed: ${cap.error || "unknown error"}`, "error");
+      return;
+    }
     showScan(null);
     state.capture = cap;
     if (option) option.textContent = captureLabel(cap);   // it may have said "(running)"
@@ -328,7 +361,7 @@ async function libraryPage() {
     showEmpty(false);
     findPanel.enable(true);
     state.faces = faces;
-    showCount(`${faces.length.toLocaleString("en")} face${faces.length === 1 ? "" : "s"}`);
+    showCount(`${formatInt(faces.length)} ${plural(faces.length, "face", "faces")}`);
     // Ready once the overlay has drawn this capture's faces at least once.
     overlay.onDrawn = () => {
       if (!isCurrent()) return;
@@ -338,7 +371,7 @@ async function libraryPage() {
     overlay.setFaces(faces);
   };
 
-  const captures = await getJSON("/api/captures");
+  const captures = await listCaptures();
   if (!captures.length) {
     stageMessage("No captures yet. Scan an image with gigaface scan, then reload.");
     return;
@@ -355,10 +388,7 @@ async function libraryPage() {
 // --- the public page -------------------------------------------------------------------
 
 async function publicPage() {
-  // Anonymous on purpose: plain fetch, never the stored token.
-  const response = await fetch("/public/captures");
-  if (!response.ok) throw new Error(`Could not list the images (${response.status})`);
-  const captures = await response.json();
+  const captures = await publicCaptures();
   if (!captures.length) {
     stageMessage("No public images yet.");
     return;
@@ -386,6 +416,7 @@ async function publicPage() {
 // Any failure ends up as a message on the stage instead of a silent blank page.
 function run(promise) {
   promise.catch((err) => {
+    if (err.name === "AbortError") return;   // the work of a capture the page has left
     if (err instanceof ApiError && err.status === 401 && state.mode !== "public") {
       // The token was revoked while the page was open: back to the sign-in card.
       setToken(null);
@@ -397,5 +428,6 @@ function run(promise) {
   });
 }
 
+applyPalette();
 if (state.mode !== "public") takeKeyFromURL();
 run(state.mode === "public" ? publicPage() : libraryPage());
