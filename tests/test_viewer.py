@@ -205,6 +205,36 @@ def centre(box) -> tuple[float, float]:
     return box[0] + box[2] / 2, box[1] + box[3] / 2
 
 
+WEB = REPO / "src" / "gigaface" / "service" / "web"
+
+
+def api_routes(page) -> list[re.Pattern]:
+    """The addresses api.js says the page may ask for, as patterns of a URL's path and query."""
+    routes = page.evaluate("import('/static/api.js').then((api) => Object.values(api.ROUTES))")
+    assert routes, "api.js lists no routes"
+    patterns = []
+    for template in routes:
+        pattern = re.sub(r"\\\{\w+\\\}", "[^/?&]+", re.escape(template))
+        patterns.append(re.compile(pattern + (".*" if template.endswith("/") else "")))
+    return patterns
+
+
+def assert_only_api_js_addresses(page, server_url: str, urls: list[str]) -> None:
+    """Every request the page made went to its own origin, to a static file of the page
+    (its code, style and OpenSeadragon) or to an address from api.js's table."""
+    routes = api_routes(page)
+    for url in urls:
+        if url.startswith(("data:", "blob:")):
+            continue   # the favicon, and face crops already fetched through api.js
+        assert url.startswith(server_url + "/"), f"a request left the server: {url}"
+        path = url[len(server_url):]
+        if path in ("/", "/public") or path.split("?")[0] in ("/", "/public"):
+            continue
+        if path.startswith("/static/") and not path.startswith("/static/vendor/openseadragon/images/"):
+            continue
+        assert any(r.fullmatch(path) for r in routes), f"{path} is not an address from api.js"
+
+
 # --- tests --------------------------------------------------------------------------------------
 
 def test_viewer_loads_every_face_and_draws_them(page, view_server):
@@ -340,6 +370,49 @@ def test_find_me_reports_a_photo_without_a_face(page, view_server, scene, tmp_pa
     assert page.is_enabled("#find-search")
 
 
+def test_only_api_js_knows_the_services_addresses(page, view_server, scene):
+    """The other modules call api.js's functions; the page asks for nothing else."""
+    for module in sorted(WEB.glob("*.js")):
+        if module.name == "api.js":
+            continue
+        source = module.read_text()
+        assert not re.search(r"[\"'`]/(api|public)\b", source), f"{module.name} builds a service address"
+        assert "fetch(" not in source, f"{module.name} fetches on its own"
+
+    built, _ = scene
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
+    open_viewer(page, view_server)
+    face = page.evaluate("window.gigaface.faces[0]")
+    page.evaluate("id => window.gigaface.overlay.onClick(window.gigaface.overlay.faceById(id))", face["id"])
+    page.wait_for_function("() => { const i = document.getElementById('face-crop');"
+                           " return i.complete && i.naturalWidth > 0; }")
+    page.set_input_files("#find-photos", str(built.reference))
+    page.click("#find-search")
+    page.wait_for_selector("#find-results .match", timeout=120_000)
+    paths = [u[len(view_server.url):] for u in urls]
+    for needed in ("/api/me", "/api/captures", "/search?top=20", "/crop.jpg", "/faces?offset=0"):
+        assert any(needed in p for p in paths), f"the page never asked for {needed}"
+    assert_only_api_js_addresses(page, view_server.url, urls)
+
+
+def test_the_legend_and_the_boxes_follow_one_table_of_score_bands(page, view_server):
+    open_viewer(page, view_server)
+    legend = page.locator("#legend span").all_text_contents()
+    assert legend == ["score \u2265 0.75", "0.6\u20130.75", "< 0.6", "match"]
+    colours = page.evaluate("""() => import('/static/palette.js').then((p) => {
+        const css = getComputedStyle(document.documentElement);
+        const swatch = (cls) => getComputedStyle(document.querySelector(`#legend .${cls}`)).borderTopColor;
+        return p.SCORE_BANDS.map((b) => [b.colour, css.getPropertyValue(`--score-${b.name}`).trim(),
+                                        swatch(`score-${b.name}`), p.scoreBand(b.from).name === b.name])
+            .concat([[p.MARKS.match, css.getPropertyValue('--match').trim(), swatch('is-match'), true]]);
+    })""")
+    for table, variable, swatch, own_band in colours:
+        assert variable == table and own_band
+        r, g, b = (int(table[i:i + 2], 16) for i in (1, 3, 5))
+        assert swatch == f"rgb({r}, {g}, {b})"
+
+
 def test_overlay_stays_fast_with_20000_faces(page, view_server):
     """Synthetic faces on the real image: one full redraw, culling, and hit tests."""
     open_viewer(page, view_server)
@@ -436,6 +509,18 @@ def test_a_capture_being_scanned_shows_progress_then_opens(page, tmp_path):
             capture = json.load(r)
         assert capture["state"] in ("queued", "running")
 
+        # Every request, and every text the progress label shows; the first event stream
+        # is cut off, as a dropped connection would be: the page must come back to it.
+        urls: list[str] = []
+        streams: list[dict] = []
+        page.on("request", lambda r: urls.append(r.url))
+        page.on("request", lambda r: r.url.endswith("/events") and streams.append(r.headers))
+        page.route(re.compile(r".*/events$"), lambda route: route.abort("connectionreset"), times=1)
+        page.add_init_script("""new MutationObserver(() => {
+            const label = document.getElementById('scan-label');
+            const seen = (window.scanLabels = window.scanLabels || []);
+            if (label && label.textContent && seen[seen.length - 1] !== label.textContent) seen.push(label.textContent);
+        }).observe(document, {subtree: true, childList: true, characterData: true});""")
         page.goto(f"{server.url}/?capture={capture['id']}#key={server.key}")
         progress = page.locator("#scan-progress")
         progress.wait_for(state="visible")
@@ -450,5 +535,15 @@ def test_a_capture_being_scanned_shows_progress_then_opens(page, tmp_path):
         total = server.get(f"/api/captures/{capture['id']}/faces?limit=1")["total"]
         assert total > 100 and page.evaluate("window.gigaface.faces.length") == total
         assert page.locator("#capture-select option:checked").text_content() == built.panorama.name
+
+        # The progress came through the event stream: the capture itself was asked for when
+        # the page opened and when the cut stream was retried, not every second of the scan.
+        asked = [u for u in urls if u == f"{server.url}/api/captures/{capture['id']}"]
+        labels = page.evaluate("window.scanLabels")
+        scanning = [t for t in labels if t.startswith("Scanning · ")]
+        assert 2 <= len(streams) <= 4 and len(asked) <= len(streams), (asked, streams)
+        assert all(h.get(KEY_HEADER.lower()) == server.key for h in streams)
+        assert len(scanning) > len(asked) + 1, labels   # more updates than the page asked for
+        assert_only_api_js_addresses(page, server.url, urls)
     finally:
         server.stop()
