@@ -37,7 +37,7 @@ EMBED_BATCH = 8
 
 
 class Reporter:
-    """Receives progress; the CLI draws bars from it. Every method is optional to override.
+    """Receives progress; gigaface.progress draws bars from it. Every method is optional to override.
 
     A reporter is also a context manager, so a caller can hold any reporter open around a
     scan (bars need starting and stopping; this one does nothing).

@@ -19,6 +19,7 @@ from gigaface.demo.scene import build_stadium
 from gigaface.engine.detector import CenterFace
 from gigaface.library.store import Library
 from gigaface.process import peak_rss_mb
+from gigaface.progress import BarReporter
 from gigaface.engine.plan import settings_for
 from gigaface.ingest import Reporter, scan_path
 from gigaface.search import KEEP_THRESHOLD, audited_rank, contact_sheet, local_user
@@ -34,8 +35,6 @@ DEMO_OCCUPANCY = 0.1  # a tenth of the seats: ~4,000 faces at 150 MP, about 3 mi
 
 
 def run_demo(out_dir: str, size: float, preset: str, bars: Console | None, out: Console) -> None:
-    from gigaface.cli import BarReporter
-
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -50,7 +49,7 @@ def run_demo(out_dir: str, size: float, preset: str, bars: Console | None, out: 
     settings = settings_for(preset)
     detector = CenterFace(settings.tile)
     with describing.EmbeddingPool() as pool:
-        with BarReporter(scene.panorama.name) if bars is not None else Reporter() as reporter:
+        with BarReporter(scene.panorama.name, bars) if bars is not None else Reporter() as reporter:
             result = scan_path(library, str(scene.panorama), settings, detector=detector, pool=pool, reporter=reporter)
         t1 = time.perf_counter()
         refs = references([str(scene.reference)], detector)

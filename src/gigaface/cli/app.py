@@ -1,0 +1,78 @@
+"""The `gigaface` command: the typer app, the options every command shares, and the one
+place where errors become a line on stderr and an exit code."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import warnings
+from typing import Optional
+
+import typer
+
+from gigaface import process
+from gigaface.cli import blur, demo, find, governance, listing, scan, serve, tokens
+from gigaface.errors import GigafaceError
+from gigaface.paths import FULL, NOT_WRITABLE, folder_of, os_reason, sqlite_write_problem
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Find every face in a gigapixel crowd image, and find one person among them.")
+
+# Registration order is the order `gigaface --help` lists them in (groups come after).
+for command in (scan.scan, listing.captures, listing.faces, find.find, blur.blur, demo.demo):
+    app.command()(command)
+app.add_typer(tokens.token_app, name="token")
+app.add_typer(governance.consent_app, name="consent")
+for command in (governance.forget, governance.audit, governance.purge, governance.retention,
+                serve.serve, serve.view):
+    app.command()(command)
+
+
+@app.callback()
+def options(key_file: Optional[str] = typer.Option(
+        None, "--key-file", help="The key that encrypts the library's embeddings (default: $GIGAFACE_KEY,"
+        " $GIGAFACE_KEY_FILE, or LIBRARY.key beside the library, made when the library is created).")) -> None:
+    """Find every face in a gigapixel crowd image, and find one person among them."""
+    _configure_process()
+    if key_file is not None:
+        from gigaface.library.sealing import ENV_KEY, ENV_KEY_FILE, read_key_file
+
+        read_key_file(key_file)  # a bad key file is one clear error now, not a failure mid-scan
+        os.environ[ENV_KEY_FILE] = os.path.abspath(key_file)  # job workers inherit it
+        os.environ.pop(ENV_KEY, None)
+
+
+def _configure_process() -> None:
+    """The one place a command sets up its process, before any work: the shared
+    gigaface.process.configure_process, where this build has it."""
+    configure = getattr(process, "configure_process", None)
+    if configure is not None:
+        configure()
+
+
+def _warn_in_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"gigaface: warning: {message}", file=sys.stderr)
+
+
+def main() -> None:
+    warnings.showwarning = _warn_in_one_line  # e.g. a key file others can read
+    try:
+        app()  # typer reports usage errors itself, with exit code 2
+    except GigafaceError as exc:
+        _fail(str(exc))
+    except sqlite3.DatabaseError as exc:  # found mid-command
+        problem = sqlite_write_problem(exc)
+        if problem:  # the disk, not the file: what was committed is intact
+            _fail(f"could not write to the library: {problem}; every finished step is kept:"
+                  " make room and run the command again (a scan with --resume)")
+        _fail(f"the library file is damaged ({exc}); restore it or scan into a new one")
+    except OSError as exc:
+        if exc.errno not in FULL + NOT_WRITABLE:
+            raise
+        where = exc.filename or "a file"
+        _fail(f"cannot write {where}: {os_reason(exc, folder_of(str(where)))}")
+
+
+def _fail(message: str) -> None:
+    print(f"gigaface: error: {message}", file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,109 @@
+"""`gigaface scan`: find every face in images and store them in a library."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from gigaface.cli.console import err, out
+from gigaface.cli.options import at_least
+from gigaface.engine import describe as describing
+from gigaface.engine.detector import CenterFace
+from gigaface.engine.plan import PRESETS, settings_for
+from gigaface.engine.source import DEFAULT_MAX_PIXELS
+from gigaface.errors import GigafaceError
+from gigaface.ingest import frames_of, scan_path
+from gigaface.library.files import files_root
+from gigaface.library.store import Library
+from gigaface.process import peak_rss_mb
+from gigaface.progress import BarReporter, QuietReporter
+
+
+def scan(
+    images: list[str] = typer.Argument(..., metavar="IMAGE...", help="Images (any format libvips reads) or camera-array manifests (.json)."),
+    db: str = typer.Option(..., "--db", help="Library file (SQLite); created if missing."),
+    preset: str = typer.Option("balanced", help=f"Speed/recall trade-off: {', '.join(PRESETS)}."),
+    min_face: Optional[float] = typer.Option(None, "--min-face", help="Smallest face in pixels to look for (below 16 adds an upscaled pass)."),
+    min_embed: Optional[float] = typer.Option(None, "--min-embed", help="Faces smaller than this (px) are measured and cropped but not embedded (default 20)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted scan from its last finished band."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse larger images (decompression bombs)."),
+    workers: Optional[int] = typer.Option(None, help="Processes computing embeddings (default: one per core)."),
+    frames_anywhere: bool = typer.Option(False, "--frames-anywhere", help="Let a manifest name frames outside its own folder."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+) -> None:
+    """Find every face in IMAGE... and store them in the library."""
+    settings = settings_for(preset, min_face, min_embed=min_embed)
+    at_least(1, max_pixels=max_pixels, workers=workers)
+    for path in images:  # every input is checked before the library is touched
+        frames_of(path, max_pixels, frames_anywhere)
+    files_folder_was_there = os.path.exists(files_root(db))
+    library = Library(db, create=True)
+    try:
+        library.key()  # a wrong --key-file is said now, not after loading models and detecting
+        for path in images:
+            if library.is_own_file(path):
+                raise GigafaceError(f"{path}: is the library itself, not an image")
+        detector = CenterFace(settings.tile)
+        with describing.EmbeddingPool(workers) as pool:
+            summaries = _scan_all(library, images, settings, detector, pool, resume, max_pixels, frames_anywhere,
+                                  quiet, as_json)
+    except GigafaceError:
+        # A damaged image found mid-decode: a library this command created and left
+        # empty (and the key and files folder made for it) would be half-written files.
+        if db in library.made and not library.captures():
+            library.close()
+            folder = [] if files_folder_was_there else [files_root(db)]
+            _remove_made([db + "-wal", db + "-shm", *library.made, *folder])
+        raise
+    for s in summaries:
+        s["peak_rss_mb"] = {"main": round(peak_rss_mb()), "worker": round(pool.peak_rss_mb())}
+    _print_summaries(summaries, as_json)
+
+
+def _print_summaries(summaries: list[dict], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summaries, indent=2))
+        return
+    for s in summaries:
+        if s["skipped"]:
+            out.print(f"capture {s['capture']}: {s['source']} already scanned with these settings: {s['faces']:,} faces")
+        else:
+            out.print(f"capture {s['capture']}: {s['faces']:,} faces in {s['width']}x{s['height']} "
+                      f"({s['width'] * s['height'] / 1e6:,.0f} MP) in {s['seconds']:.1f} s; peak memory {peak_rss_mb():,.0f} MB")
+
+
+def _remove_made(paths: list[str]) -> None:
+    for path in paths:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def _bars_wanted(quiet: bool, as_json: bool) -> bool:
+    return not quiet and not as_json and err.is_terminal
+
+
+def _scan_all(library, images, settings, detector, pool, resume, max_pixels, frames_anywhere, quiet,
+              as_json) -> list[dict]:
+    summaries = []
+    for path in images:
+        with BarReporter(Path(path).name, err) if _bars_wanted(quiet, as_json) else QuietReporter() as reporter:
+            result = scan_path(library, path, settings, detector=detector, pool=pool, resume=resume,
+                               reporter=reporter, max_pixels=max_pixels, frames_anywhere=frames_anywhere)
+        cap = result.capture
+        megapixels = cap.width * cap.height / 1e6
+        summaries.append({
+            "capture": cap.id, "source": cap.source, "width": cap.width, "height": cap.height,
+            "faces": result.faces, "stored": result.stored, "described": result.described,
+            "embedded": library.face_count(cap.id, embedded=True), "skipped": result.skipped,
+            "seconds": round(result.seconds, 2), "detect_seconds": round(result.detect_seconds, 2),
+            "describe_seconds": round(result.describe_seconds, 2), "tiles": result.tiles,
+            "megapixels_per_second": round(megapixels / result.detect_seconds, 2) if result.detect_seconds else None,
+        })
+    return summaries
