@@ -7,6 +7,7 @@
     python -m bench --sections load          # searches and face listings on a server while it scans (6 min)
     python -m bench --sections load --size 40 --load-clients 4 --load-seconds 30
     python -m bench --sections privacy       # labelled faces left sharp by the anonymiser (15 min)
+    python -m bench --sections search --search-sizes 10000,100000   # one person among N faces
     python -m bench --report-only            # rewrite the report from saved results
 
 Each section saves its results as JSON under bench/results/ as soon as it finishes, so
@@ -25,7 +26,7 @@ from pathlib import Path
 from .data import MissingData
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("wider", "identity", "mosaic", "scaling", "load", "privacy")
+SECTIONS = ("wider", "identity", "mosaic", "scaling", "load", "privacy", "search")
 
 
 def save_json(path: Path, value) -> None:
@@ -55,6 +56,10 @@ def run_section(name: str, args, results: Path, plots: Path) -> None:
             from . import privacy
 
             value = privacy.run(args.work, images=args.privacy_images)
+        elif name == "search":
+            from . import search
+
+            value = search.run(args.work, [int(s) for s in args.search_sizes.split(",")])
         elif name == "load":
             from . import load
 
@@ -117,6 +122,8 @@ def main() -> None:
     parser.add_argument("--load-seconds", type=float, default=90, help="how long the load section's load lasts")
     parser.add_argument("--privacy-images", type=int, default=30,
                         help="WIDER images the privacy section anonymises (default 30)")
+    parser.add_argument("--search-sizes", default="10000,100000,1000000",
+                        help="faces in the search section's synthetic libraries (default 10000,100000,1000000)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"any of {', '.join(SECTIONS)}")
     parser.add_argument("--work", type=Path, default=HERE / "out", help="where mosaics and libraries go")
     parser.add_argument("--report", type=Path, default=HERE / "report.md")
