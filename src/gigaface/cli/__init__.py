@@ -385,17 +385,15 @@ def _one_capture(library: Library, capture: Optional[int]) -> int:
 
 def _refresh_files(db: str, capture_ids: list[int], originals_too: bool) -> list[int]:
     """Rebuild the exports and pyramids (made by `gigaface serve`) that show the wrong people
-    now; the stale ones are removed first so that none is served meanwhile."""
-    from gigaface.service.worker import has_files, run_job, stale
+    now; the outdated ones are removed first so that none is served meanwhile."""
+    from gigaface.privacy.refresh import refresh_outputs
+    from gigaface.service.worker import run_job
 
-    rebuilt = []
-    for capture_id in capture_ids:
-        if has_files(db, capture_id):
-            stale(db, capture_id, originals_too)
-            err.print(f"rebuilding the exports and pyramids of capture {capture_id} ...")
-            run_job(db, capture_id)
-            rebuilt.append(capture_id)
-    return rebuilt
+    def remake(capture_id: int) -> None:
+        err.print(f"rebuilding the exports and pyramids of capture {capture_id} ...")
+        run_job(db, capture_id)
+
+    return refresh_outputs(db, capture_ids, originals_too, remake, made_only=True)
 
 
 @consent_app.command("add")
@@ -567,7 +565,7 @@ def serve(db: str = typer.Argument(..., help="Library file (created if missing).
           allow_host: Optional[list[str]] = typer.Option(None, "--allow-host", help="A DNS name the server is reached "
                                                          "by (repeatable); loopback and the --host address always work.")) -> None:
     """Run the REST service and the web viewer; every request needs a token (gigaface token create)."""
-    from gigaface.service.app import Config, serve as run_server
+    from gigaface.service.serve import Config, serve as run_server
 
     _check_port_number(port)
     if not 1 <= max_upload_mb <= MAX_UPLOAD_MB:
@@ -602,7 +600,7 @@ def view(db: str = typer.Argument(..., help="Library file."),
     import secrets
     import webbrowser
 
-    from gigaface.service.app import Config, serve as run_server
+    from gigaface.service.serve import Config, serve as run_server
 
     _check_port_number(port)
     data = _data_dir(data_dir) if data_dir is not None else None
