@@ -443,7 +443,7 @@ def _chunks(total: int, size: int = 1 << 20):
 
 def test_oversized_bodies_without_content_length(site):
     """Bodies over the limit with no Content-Length (chunked): refused as they stream."""
-    from gigaface.service.app import MAX_BODY_BYTES
+    from gigaface.service.uploads import MAX_BODY_BYTES
 
     r = site.client.post("/api/captures", content=_chunks(MAX_BODY_BYTES + (2 << 20)),
                          headers={"Content-Type": "application/json"})

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from gigaface.library.store import Library
-from gigaface.service.worker import stale
+from gigaface.privacy.refresh import remove_outdated_files
 from gigaface.library.tokens import create_token
 from tests.helpers import crowd, face_patch, run_cli, write_image
 from tests.server import KEY_HEADER, Server, free_port, make_token
@@ -320,7 +320,7 @@ def open_stream(stack: ExitStack, server: Server, token: str, capture_id: int) -
 
 
 def test_event_streams_are_capped_and_the_rest_still_answers(tmp_path):
-    from gigaface.service.app import MAX_STREAMS, MAX_STREAMS_PER_CALLER
+    from gigaface.service.streams import MAX_STREAMS, MAX_STREAMS_PER_CALLER
 
     db = tmp_path / "streams.db"
     admin = make_token(db, "admin")
@@ -438,7 +438,7 @@ def test_a_rebuilt_pyramid_has_new_urls_and_the_old_answer_404(site):
     assert api.get(f"/api/captures/{cid}/pyramid.dzi").status_code == 404       # no unversioned URLs
     assert api.get(f"/api/captures/{cid}/pyramid_files/10/0_0.jpg").status_code == 404
     # who is shown changed (as after an erasure): the files are removed and made again
-    stale(str(site.db), cid, originals_too=True)
+    remove_outdated_files(str(site.db), cid, originals_too=True)
     Library(str(site.db)).put_job(cid, stage="pyramid")
     deadline = time.monotonic() + 240
     new = api.get(f"/api/captures/{cid}").json()

@@ -338,7 +338,7 @@ def scan_path(library: Library, path: str, settings: Settings, *, detector: Dete
     library.key()  # a missing or wrong key is said now, not after the detection it would waste
     key = capture_key(path, frames)
     while True:
-        capture = _capture_for(library, path, key, kind, frames, settings)
+        capture, _ = find_or_add_capture(library, path, key, kind, frames, settings)
         with capture_lock(library.path, capture.id, on_wait=reporter.note):
             try:
                 capture = library.capture(capture.id)  # as the scan we waited for left it
@@ -359,16 +359,27 @@ def existing_capture(library: Library, path: str, key: str) -> CaptureRecord | N
     return capture
 
 
-def _capture_for(library: Library, path: str, key: str, kind: str, frames: list[Frame],
-                 settings: Settings) -> CaptureRecord:
-    """The capture of this content (existing_capture), or one made now."""
+def find_or_add_capture(library: Library, path: str, key: str, kind: str, frames: list[Frame],
+                        settings: Settings) -> tuple[CaptureRecord, bool]:
+    """The capture of this content (existing_capture), or one made now; True when made now.
+    The one way a capture comes to be: a scan (`scan_path`) and the service (`add_capture`)."""
     capture = existing_capture(library, path, key)
-    if capture is None:
-        width = max(f.x + f.width for f in frames)
-        height = max(f.y + f.height for f in frames)
-        capture, _ = library.find_or_create_capture(key, os.path.abspath(path), kind, width, height, frames,
-                                                    settings.to_dict())
-    return capture
+    if capture is not None:
+        return capture, False
+    width = max(f.x + f.width for f in frames)
+    height = max(f.y + f.height for f in frames)
+    return library.find_or_create_capture(key, os.path.abspath(path), kind, width, height, frames,
+                                          settings.to_dict())
+
+
+def add_capture(library: Library, path: str, settings: Settings,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[CaptureRecord, bool]:
+    """Register an image or manifest without scanning it (the service's job scans it later);
+    True when the capture is new, False when this content is in the library already."""
+    if library.is_own_file(path):
+        raise GigafaceError(f"{path}: is the library itself, not an image")
+    kind, frames = frames_of(path, max_pixels)
+    return find_or_add_capture(library, path, capture_key(path, frames), kind, frames, settings)
 
 
 def _scan_locked(library: Library, capture: CaptureRecord, path: str, frames: list[Frame], settings: Settings,

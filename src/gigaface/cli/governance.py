@@ -32,17 +32,15 @@ def _one_capture(library: Library, capture: Optional[int]) -> int:
 
 def _refresh_files(db: str, capture_ids: list[int], originals_too: bool) -> list[int]:
     """Rebuild the exports and pyramids (made by `gigaface serve`) that show the wrong people
-    now; the stale ones are removed first so that none is served meanwhile."""
-    from gigaface.service.worker import has_files, run_job, stale
+    now; the outdated ones are removed first so that none is served meanwhile."""
+    from gigaface.privacy.refresh import refresh_outputs
+    from gigaface.service.worker import run_job
 
-    rebuilt = []
-    for capture_id in capture_ids:
-        if has_files(db, capture_id):
-            stale(db, capture_id, originals_too)
-            err.print(f"rebuilding the exports and pyramids of capture {capture_id} ...")
-            run_job(db, capture_id)
-            rebuilt.append(capture_id)
-    return rebuilt
+    def remake(capture_id: int) -> None:
+        err.print(f"rebuilding the exports and pyramids of capture {capture_id} ...")
+        run_job(db, capture_id)
+
+    return refresh_outputs(db, capture_ids, originals_too, remake, made_only=True)
 
 
 @consent_app.command("add")

@@ -26,7 +26,7 @@ def serve(db: str = typer.Argument(..., help="Library file (created if missing).
           allow_host: Optional[list[str]] = typer.Option(None, "--allow-host", help="A DNS name the server is reached "
                                                          "by (repeatable); loopback and the --host address always work.")) -> None:
     """Run the REST service and the web viewer; every request needs a token (gigaface token create)."""
-    from gigaface.service.app import Config, serve as run_server
+    from gigaface.service.serve import Config, serve as run_server
 
     check_port_number(port)
     if not 1 <= max_upload_mb <= MAX_UPLOAD_MB:
@@ -60,7 +60,7 @@ def view(db: str = typer.Argument(..., help="Library file."),
     import secrets
     import webbrowser
 
-    from gigaface.service.app import Config, serve as run_server
+    from gigaface.service.serve import Config, serve as run_server
 
     check_port_number(port)
     data = data_folder(data_dir) if data_dir is not None else None

@@ -1,5 +1,6 @@
 """One capture's background job, run by the service in a process of its own:
-scan (resuming whatever an earlier run finished), then the pyramid, then the exports.
+scan (resuming whatever an earlier run finished), then the pyramid, then the exports
+(`privacy.refresh.build_outputs`).
 
     python -m gigaface.service.worker LIBRARY CAPTURE_ID
 
@@ -13,17 +14,14 @@ import os
 import sys
 import time
 
-from gigaface.privacy import consent
 from gigaface.engine import describe as describing
-from gigaface.privacy.anonymise import anonymise, blurred
-from gigaface.library.files import capture_files, owner_only, private_folder
-from gigaface.errors import GigafaceError
-from gigaface.library.store import CaptureRecord, Library
 from gigaface.engine.plan import Settings
-from gigaface.output.pyramid import build_pyramid, composed, remove_pyramid
+from gigaface.errors import GigafaceError
 from gigaface.ingest import Reporter, is_capture_of, scan_path
+from gigaface.library.files import capture_files, owner_only, private_folder
 from gigaface.library.locks import capture_lock
-from gigaface.engine.source import open_sequential
+from gigaface.library.store import CaptureRecord, Library
+from gigaface.privacy.refresh import build_outputs
 
 PROGRESS_EVERY = 0.5  # s between progress writes: readers poll the row
 
@@ -75,7 +73,7 @@ def run_job(db: str, capture_id: int) -> None:
         reporter = JobReporter(library, capture_id)
         try:
             capture = _scan(library, capture, reporter)
-            _pyramids(library, capture, files, reporter)
+            build_outputs(library, capture, files, reporter)
         except GigafaceError as exc:
             library.update_job(capture_id, state="failed", error=str(exc))
             raise
@@ -95,67 +93,6 @@ def _scan(library: Library, capture: CaptureRecord, reporter: JobReporter) -> Ca
         result = scan_path(library, capture.source, Settings(**capture.settings), pool=pool, resume=True,
                            reporter=reporter, discard_on_error=False)
     return result.capture
-
-
-def _pyramids(library: Library, capture: CaptureRecord, files, reporter: JobReporter) -> None:
-    if not os.path.exists(files.pyramid):
-        reporter.stage("pyramid", 100)
-        build_pyramid(composed(capture.frames, originals(library, capture)), files.pyramid, reporter.percent)
-    exports = files.exports(capture.frames)
-    if not os.path.exists(files.public_pyramid) or not all(map(os.path.exists, exports)):
-        reporter.stage("export", 100)
-        write_exports(library, capture, exports)
-        build_pyramid(composed(capture.frames, [open_sequential(p) for p in exports]), files.public_pyramid,
-                      reporter.percent)
-
-
-def originals(library: Library, capture: CaptureRecord) -> list:
-    """Each frame as the viewer's own pyramid shows it: untouched, but for the faces of
-    people who asked to be forgotten, which are blurred there too."""
-    erased = [f for f in library.faces(capture.id) if f.erased]
-    return [blurred(frame.path, _boxes_in(frame, [f for f in erased if f.source == frame.path]))
-            if any(f.source == frame.path for f in erased) else open_sequential(frame.path)
-            for frame in capture.frames]
-
-
-def write_exports(library: Library, capture: CaptureRecord, exports: list[str]) -> int:
-    """Each frame with every face blurred but consented matches, written atomically;
-    returns faces blurred."""
-    shown = consent.revealed(library, capture.id)
-    faces = [f for f in library.faces(capture.id, include_unlisted=True) if f.id not in shown]  # blur point included
-    blurred_count = 0
-    for frame, out in zip(capture.frames, exports):
-        blurred_count += anonymise(frame.path, _boxes_in(frame, [f for f in faces if f.source == frame.path]), out)
-    return blurred_count
-
-
-def _boxes_in(frame, faces) -> list[tuple[float, float, float, float]]:
-    return [(f.box[0] - frame.x, f.box[1] - frame.y, f.box[2], f.box[3]) for f in faces]
-
-
-def stale(db: str, capture_id: int, originals_too: bool) -> None:
-    """Remove a capture's exports and public pyramid (and with `originals_too` its own
-    pyramid) after consent or erasure changed who is shown: nothing outdated stays served
-    while the next job makes them again."""
-    files = capture_files(db, capture_id)
-    library = Library(db)
-    try:
-        capture = library.capture(capture_id)
-    except GigafaceError:
-        return
-    finally:
-        library.close()
-    remove_pyramid(files.public_pyramid)
-    if originals_too:
-        remove_pyramid(files.pyramid)
-    for path in files.exports(capture.frames):
-        if os.path.exists(path):
-            os.remove(path)
-
-
-def has_files(db: str, capture_id: int) -> bool:
-    files = capture_files(db, capture_id)
-    return os.path.exists(files.pyramid) or os.path.exists(files.public_pyramid)
 
 
 def main(argv: list[str] | None = None) -> int:
