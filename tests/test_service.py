@@ -337,6 +337,9 @@ def test_upload_size_limit(tmp_path):
 
 
 # --- jobs survive restarts ------------------------------------------------------------------
+# Slow (an "accurate" scan stopped and resumed, two servers): the fast run keeps resumption
+# through test_crash_safety.py's killed service jobs and killed scans.
+@pytest.mark.slow
 def test_an_interrupted_scan_resumes_after_a_restart(tmp_path):
     db = tmp_path / "restart.db"
     admin = make_token(db, "admin")
@@ -392,6 +395,9 @@ def _files(folder: Path) -> set[str]:
 
 
 # --- the OpenAPI document ---------------------------------------------------------------------
+# Slow (a minute of generated requests): the fast run checks each route's answers above and
+# its paths under test_fuzz.py.
+@pytest.mark.slow
 def test_openapi_holds_under_schemathesis(tmp_path):
     """Every operation, with generated valid and invalid requests (bounded, seeded): no
     server errors, and every status code, content type and body is the one documented.
