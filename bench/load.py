@@ -25,9 +25,6 @@ import json
 import math
 import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,8 +36,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-LOOPBACK = "127.0.0.1"
-CLI = [sys.executable, "-c", "from gigaface.cli import main; main()"]
+from bench.harness import LOOPBACK, JobNotDone, Server, make_token, wait_for
+
 STAGES = ("queued", "detect", "merge", "describe", "pyramid", "export", "done")
 # The big stadium is sparsely seated: a full one has ~220 faces per MP, which would take the
 # describe stage tens of minutes on 2 cores; this keeps the whole job a few minutes long at
@@ -311,73 +308,12 @@ def _stats(group: list[Sample], elapsed: float) -> dict:
             "per_s": round(len(group) / elapsed, 2) if elapsed > 0 else math.nan}
 
 
-# --- a real server -------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-def make_token(db: Path, role: str) -> str:
-    done = subprocess.run([*CLI, "token", "create", str(db), "--name", role, "--role", role],
-                          capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        raise RuntimeError(f"token create: {done.stderr}")
-    return done.stdout.strip()
-
-
-class Server:
-    """`gigaface serve DB --host 127.0.0.1 --port P --data-dir DIR` in a subprocess, stopped by SIGTERM."""
-
-    def __init__(self, db: Path, data_dir: Path):
-        self.port = free_port()
-        self.url = f"http://{LOOPBACK}:{self.port}"
-        self.log = tempfile.TemporaryFile("w+")
-        self.process = subprocess.Popen([*CLI, "serve", str(db), "--host", LOOPBACK, "--port", str(self.port),
-                                         "--data-dir", str(data_dir)],
-                                        stdout=self.log, stderr=subprocess.STDOUT, text=True,
-                                        env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.output()}")
-            try:
-                if httpx.get(self.url + "/api/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("server did not start in 60 s")
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        return self.output()
-
-    def __enter__(self) -> "Server":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-def wait_for(client: httpx.Client, capture: int, timeout: float, every: float = 0.5) -> dict:
-    """Poll a capture until its job is done or failed; the last answer if the time runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        body = client.get(f"/api/captures/{capture}").json()
-        if body["state"] in ("done", "failed") or time.monotonic() > deadline:
-            return body
-        time.sleep(every)
+def outcome(api: httpx.Client, capture: int, timeout: float, every: float = 0.5) -> dict:
+    """The capture once its job is done or failed; its last answer if the time runs out."""
+    try:
+        return wait_for(api, capture, timeout, every)
+    except JobNotDone as late:
+        return late.capture
 
 
 # --- the benchmark section -----------------------------------------------------------------
@@ -407,11 +343,11 @@ def run(work: Path, size: float = 100, clients: int = 8, seconds: float = 90, ma
     with tempfile.TemporaryDirectory(dir=work, prefix="load-library-") as folder:
         db = Path(folder) / "library.db"
         admin, viewer = make_token(db, "admin"), make_token(db, "viewer")
-        with Server(db, work) as server, httpx.Client(base_url=server.url, headers=_auth(admin), timeout=120) as api:
+        with Server(db, "--host", LOOPBACK, "--data-dir", work) as server, httpx.Client(base_url=server.url, headers=_auth(admin), timeout=120) as api:
             t = time.perf_counter()
             listed = api.post("/api/captures", json={"path": str(small.panorama)})
             listed.raise_for_status()
-            listed = wait_for(api, listed.json()["id"], finish_timeout)
+            listed = outcome(api, listed.json()["id"], finish_timeout)
             if listed["state"] != "done":
                 raise RuntimeError(f"the small scan did not finish: {listed}")
             log(f"small capture: {listed['faces']} faces in {time.perf_counter() - t:.0f} s")
@@ -437,18 +373,21 @@ def run(work: Path, size: float = 100, clients: int = 8, seconds: float = 90, ma
             load_average["load_end"] = os.getloadavg()
             log(f"load: {summary_line(loaded)}")
             log(f"scan before the load {before}, after {after}")
-            finished = wait_for(api, target.scan, finish_timeout, every=2)
+            done = outcome(api, target.scan, finish_timeout, every=2)
             scan_s = time.perf_counter() - scan_started
-            log(f"scan {finished['state']}: {finished['faces']} faces, {scan_s:.0f} s from adding it")
+            log(f"scan {done['state']}: {done['faces']} faces, {scan_s:.0f} s from adding it")
         server_log = server.output()
     problems = [l for l in server_log.splitlines() if "error" in l.lower() or "traceback" in l.lower()]
     config = {"size_mp": size, "clients": clients, "seconds": seconds, "max_requests": max_requests,
               "think_s": think, "roles": [dict(r) for r in ROLES], "health_every_s": 0.5}
-    images = {"listed": {"size": f"{small.width}x{small.height}", "megapixels": round(small.width * small.height / 1e6, 1),
-                         "faces": listed["faces"]},
-              "scanned": {"size": f"{big.width}x{big.height}", "megapixels": round(big.width * big.height / 1e6, 1),
-                          "planted": big.faces, "occupancy": round(big_occupancy(size), 3)}}
-    return section(config, images, quiet, loaded, before, after, finished, scan_s, load_average, problems)
+    images = {"listed": image_row(small.width, small.height, faces=listed["faces"]),
+              "scanned": image_row(big.width, big.height, planted=big.faces, occupancy=round(big_occupancy(size), 3))}
+    return section(config, images, quiet, loaded, before, after, done, scan_s, load_average, problems)
+
+
+def image_row(width: int, height: int, **counts) -> dict:
+    """How the results name an image: its size, megapixels and what is in it."""
+    return {"size": f"{width}x{height}", "megapixels": round(width * height / 1e6, 1), **counts}
 
 
 def section(config: dict, images: dict, baseline: dict | None, loaded: dict, before: dict, after: dict,

@@ -1,9 +1,6 @@
 """Synthetic test images built from real faces (skimage's astronaut) and shared helpers."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -89,16 +86,6 @@ def iou(a, b) -> float:
     ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
     inter = iw * ih
     return inter / (aw * ah + bw * bh - inter)
-
-
-CLI = [sys.executable, "-c", "from gigaface.cli import main; main()"]
-
-
-def run_cli(*args, cwd: Path | str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The real `gigaface` command in a subprocess (no terminal, so no progress bars)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200")
-    return subprocess.run([*CLI, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
 
 
 def drop_column(con, table: str, column: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 from gigaface.library import audit_chain
 from gigaface.library.store import Library
 from gigaface.search import local_user
-from helpers import run_cli
+from bench.harness import run_cli
 
 BROKEN = 3  # gigaface audit's exit code for a broken chain
 

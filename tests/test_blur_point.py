@@ -20,7 +20,9 @@ from gigaface.library.store import Library
 from gigaface.service.worker import run_job
 from gigaface.engine.plan import settings_for
 from gigaface.ingest import merge
-from tests.helpers import astronaut, crowd, drop_column, expected_box, iou, read_image, run_cli, write_image
+from bench.harness import run_cli
+from tests.helpers import astronaut, crowd, drop_column, expected_box, iou, read_image, write_image
+
 
 BIG = [(150, 150, 70), (450, 200, 90), (800, 160, 60)]
 TINY = [(140, 520, 12), (330, 640, 13), (520, 520, 14), (710, 640, 12), (900, 520, 13), (1090, 640, 14)]

@@ -11,7 +11,8 @@ import pytest
 from gigaface.library.store import Library
 from gigaface.engine.plan import settings_for
 from gigaface.ingest import scan_path
-from helpers import astronaut, crowd, run_cli, write_image
+from bench.harness import run_cli
+from tests.helpers import astronaut, crowd, write_image
 
 
 def assert_user_error(proc, *needles: str) -> str:

@@ -13,7 +13,8 @@ import pytest
 
 from gigaface.library.store import Library
 from gigaface.library.locks import capture_lock, lock_path, waiting_message
-from helpers import CLI, crowd, run_cli, write_image
+from bench.harness import CLI, run_cli
+from tests.helpers import crowd, write_image
 
 FACES = [(120, 150, 70), (300, 140, 60)]
 

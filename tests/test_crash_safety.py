@@ -30,7 +30,9 @@ import pytest
 from gigaface.library.store import Library
 from gigaface.engine.plan import settings_for
 from gigaface.ingest import capture_key, frames_of
-from tests.helpers import CLI, crowd, run_cli, write_image
+from bench.harness import CLI, run_cli
+from tests.helpers import crowd, write_image
+
 
 SEED = 20250601
 KILLS = 3

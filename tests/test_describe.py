@@ -8,7 +8,7 @@ import pytest
 from gigaface.library.store import Library
 from gigaface.engine.plan import settings_for
 from gigaface.ingest import scan_path
-from helpers import crowd, expected_box, iou, write_image
+from tests.helpers import crowd, expected_box, iou, write_image
 
 
 @pytest.mark.parametrize("suffix", ["png", "jpg"])

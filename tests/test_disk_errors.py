@@ -12,7 +12,8 @@ import subprocess
 import pytest
 
 from gigaface.library.store import Library
-from helpers import CLI, crowd, run_cli, write_image
+from bench.harness import CLI, run_cli
+from tests.helpers import crowd, write_image
 
 
 def _run_with_file_limit(limit: int, *args, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -12,7 +12,8 @@ import skimage.data
 
 import gigaface
 from conftest import shared_data
-from helpers import astronaut, background, expected_box, face_patch, iou, paste_centred, read_image, run_cli, write_image
+from bench.harness import run_cli
+from tests.helpers import astronaut, background, expected_box, face_patch, iou, paste_centred, read_image, write_image
 
 WIDTH, HEIGHT = 1800, 1000
 # Astronaut faces (cx, cy, face height): small, medium, one for the coarse pass (> 128 px) and

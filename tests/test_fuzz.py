@@ -28,8 +28,9 @@ from gigaface.library.store import Library
 from gigaface.engine.manifest import read_manifest
 from gigaface.engine.plan import settings_for
 from gigaface.ingest import frames_of, scan_path
-from tests.helpers import crowd, run_cli, write_image
-from tests.server import Server, make_token
+from bench.harness import make_token, run_cli, Server
+from tests.helpers import crowd, write_image
+
 
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SMALL_LIMIT = 50_000_000  # --max-pixels for the in-process cases: refuse what the CLI's default would scan for long

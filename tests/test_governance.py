@@ -18,8 +18,9 @@ import pytest
 from gigaface.demo.scene import build_stadium
 from gigaface.errors import GigafaceError
 from gigaface.library.store import Library
+from bench.harness import run_cli
 from tests.conftest import shared_data
-from tests.helpers import drop_column, iou, read_image, run_cli
+from tests.helpers import drop_column, iou, read_image
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""Consent, erasure, audit and retention through the REST service, against a real server:
-the exports and pyramids it serves change with who consented or asked to be forgotten."""
+"""Consent, erasure, audit and retention through the REST service (in this process, its jobs
+in real job processes): the exports and pyramids it serves change with who consented or
+asked to be forgotten."""
 from __future__ import annotations
 
 import math
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 
 from gigaface.library.store import Library
-from tests.helpers import iou, run_cli
-from tests.server import Server, make_token
+from bench.harness import make_token, run_cli
+from tests.helpers import iou
+from tests.inprocess import App
 from tests.test_governance import detail, stadium  # noqa: F401  (the scanned stadium fixture)
 
 TILE = 254
@@ -23,7 +25,7 @@ def site(stadium):  # noqa: F811
     db = db.parent / "served.db"
     assert run_cli("scan", built.panorama, "--db", db, "--quiet").returncode == 0
     admin, viewer = make_token(db, "admin"), make_token(db, "viewer")
-    with Server(db, "--public", token=admin) as server:
+    with App(db, public=True, token=admin) as server:
         capture = server.wait_for(1)  # the CLI's scan gets its pyramids and exports from the service
         assert capture["state"] == "done" and capture["export"], capture
         faces = server.client.get("/api/captures/1/faces", params={"limit": 10_000}).json()["items"]
@@ -33,17 +35,14 @@ def site(stadium):  # noqa: F811
 
 
 def as_viewer(site):
-    import httpx
-
-    return httpx.Client(base_url=site["server"].url, headers={"Authorization": f"Bearer {site['viewer']}"},
-                        timeout=120)
+    return site["server"].bare(Authorization=f"Bearer {site['viewer']}")
 
 
 def reference(site) -> dict:
     return {"photo": ("me.jpg", site["built"].reference.read_bytes(), "image/jpeg")}
 
 
-def wait_rebuilt(server: Server, capture_id: int = 1) -> dict:
+def wait_rebuilt(server: App, capture_id: int = 1) -> dict:
     """The capture's job, queued again by a change of who is shown, is done."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:

@@ -15,7 +15,8 @@ from gigaface.errors import GigafaceError
 from gigaface.library.store import Library
 from gigaface.engine.plan import settings_for
 from gigaface.ingest import scan_path
-from helpers import CLI, background, crowd, face_patch, paste_centred, run_cli, write_image
+from bench.harness import CLI, run_cli
+from tests.helpers import background, crowd, face_patch, paste_centred, write_image
 
 
 # --- opening ------------------------------------------------------------------------------

@@ -6,10 +6,10 @@ from __future__ import annotations
 import cv2
 
 from bench.__main__ import save_json
-from bench.load import drive, prepare, section, summary_line
+from bench.load import _progress, drive, image_row, prepare, section, summary_line
 from bench.report import write_report
+from bench.harness import make_token, Server
 from tests.helpers import crowd, face_patch, write_image
-from tests.server import Server, make_token
 
 LISTED = [(220, 200, 60), (700, 420, 44), (1250, 600, 90), (420, 760, 52)]  # cx, cy, face height
 # The capture scanned during the load: mostly background, so that its detect stage holds
@@ -19,8 +19,9 @@ SCANNED = [(500, 400, 60), (1800, 900, 80), (3100, 500, 50), (900, 2200, 70), (2
 
 
 def test_the_service_answers_every_request_while_a_scan_runs(tmp_path):
-    listed = write_image(tmp_path / "listed.jpg", crowd(1600, 1000, LISTED), Q=95)
-    scanned = write_image(tmp_path / "scanned.jpg", crowd(4000, 3000, SCANNED, seed=5), Q=95)
+    listed_rgb, scanned_rgb = crowd(1600, 1000, LISTED), crowd(4000, 3000, SCANNED, seed=5)
+    listed = write_image(tmp_path / "listed.jpg", listed_rgb, Q=95)
+    scanned = write_image(tmp_path / "scanned.jpg", scanned_rgb, Q=95)
     ok, photo = cv2.imencode(".jpg", cv2.cvtColor(face_patch(150), cv2.COLOR_RGB2BGR))
     assert ok
     db = tmp_path / "library.db"
@@ -33,7 +34,7 @@ def test_the_service_answers_every_request_while_a_scan_runs(tmp_path):
         assert target.totals['{}'] == len(LISTED) and target.top_face is not None
 
         target.scan = api.post("/api/captures", json={"path": str(scanned)}).json()["id"]
-        before = {"state": "queued", "stage": "detect", "done": 0, "total": 0, "faces": 0}
+        before = _progress(api.get(f"/api/captures/{target.scan}").json())  # as the benchmark takes it
         result = drive(target, clients=4, seconds=15, max_requests=2000, timeout=60)
         after = result["scan_progress"]["last"]
         scan = server.wait_for(target.scan, timeout=300)
@@ -56,9 +57,15 @@ def test_the_service_answers_every_request_while_a_scan_runs(tmp_path):
     assert scan["faces"] == len(SCANNED)
 
     # The benchmark's report renders these results (its section 6).
-    images = {"listed": {"size": "1600x1000", "megapixels": 1.6, "faces": len(LISTED)},
-              "scanned": {"size": "4000x3000", "megapixels": 12.0, "planted": len(SCANNED), "occupancy": 1}}
+    (lh, lw), (sh, sw) = listed_rgb.shape[:2], scanned_rgb.shape[:2]
+    images = {"listed": image_row(lw, lh, faces=target.totals['{}']),
+              "scanned": image_row(sw, sh, planted=len(SCANNED), occupancy=1)}
     saved = section({}, images, None, result, before, after, scan, 30.0)
     save_json(tmp_path / "results" / "load.json", {**saved, "seconds": 40, "command": "pytest"})
     text = write_report(tmp_path / "results", tmp_path / "report.md", tmp_path / "plots").read_text()
-    assert "## 6. Load" in text and "Errors: **0**" in text and "search (`POST" in text
+    assert "## 6. Load" in text and "search (`POST" in text
+    assert f"A {lw}x{lh} demo stadium ({len(LISTED)} faces)" in text
+    assert f"a {sw}x{sh} ({round(sw * sh / 1e6, 1)} MP) stadium with {len(SCANNED)} people" in text
+    assert f"Errors: **0** of {result['requests']:,} requests" in text
+    assert f"`{before['stage']}` {before['done']}/{before['total']} when it began" in text
+    assert f"the job ended `done` with {len(SCANNED)} faces" in text

@@ -12,7 +12,8 @@ from gigaface.library.store import Library
 from gigaface.engine.manifest import read_manifest
 from gigaface.engine.plan import settings_for
 from gigaface.ingest import scan_path
-from helpers import crowd, iou, run_cli, write_image
+from bench.harness import run_cli
+from tests.helpers import crowd, iou, write_image
 
 
 @pytest.fixture

@@ -24,7 +24,9 @@ from gigaface.library.store import Library
 from gigaface.service.worker import run_job
 from gigaface.engine.plan import settings_for
 from gigaface.ingest import scan_path
-from tests.helpers import astronaut, crowd, read_image, run_cli, write_image
+from bench.harness import run_cli
+from tests.helpers import astronaut, crowd, read_image, write_image
+
 from tests.published import assert_publishable, exif_photo, icc_profile
 
 # A crowd stored sideways, as a phone held upright stores it (EXIF orientation 6).

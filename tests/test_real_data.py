@@ -9,7 +9,7 @@ from gigaface.library.store import Library
 from gigaface.engine.plan import settings_for
 from gigaface.ingest import scan_path
 from gigaface.search import DEFAULT_THRESHOLD, rank, reference
-from helpers import iou
+from tests.helpers import iou
 
 
 def dlib_boxes(xml_path) -> dict[str, list[tuple[int, int, int, int]]]:

@@ -1,4 +1,6 @@
-"""The REST service against a real uvicorn server on 127.0.0.1, with real scans."""
+"""The REST service, in this process (create_app behind TestClient) with real scans in real job
+processes; what needs a real uvicorn server on 127.0.0.1 (a smoke test, a chunked upload, a
+restart, `gigaface view`, schemathesis over HTTP) runs one."""
 from __future__ import annotations
 
 import glob
@@ -16,8 +18,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import crowd, face_patch, read_image, run_cli, write_image
-from tests.server import Server, make_token
+from bench.harness import Server, make_token, run_cli
+from tests.helpers import crowd, face_patch, read_image, write_image
+from tests.inprocess import App
 
 FACES = [(220, 200, 60), (700, 420, 44), (1250, 600, 90), (420, 760, 52)]  # cx, cy, face height
 
@@ -29,7 +32,7 @@ def site(tmp_path_factory):
     image = write_image(folder / "crowd.jpg", crowd(1600, 1000, FACES), Q=95)
     db = folder / "library.db"
     admin, viewer = make_token(db, "admin"), make_token(db, "viewer")
-    with Server(db, "--public", "--data-dir", folder, token=admin) as server:
+    with App(db, public=True, data_dir=folder, token=admin) as server:
         created = server.client.post("/api/captures", json={"path": str(image)})
         assert created.status_code == 201, created.text
         capture = server.wait_for(created.json()["id"])
@@ -40,7 +43,7 @@ def site(tmp_path_factory):
 
 def client(site, token: str | None) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=site["server"].url, headers=headers, timeout=60)
+    return site["server"].bare(**headers)
 
 
 def photo_bytes(face_height: float = 150) -> bytes:
@@ -82,7 +85,7 @@ def test_tokens_are_stored_hashed_and_can_be_revoked(site, tmp_path):
     listed = json.loads(run_cli("token", "list", db, "--json").stdout)
     assert [(t["name"], t["role"], t["revoked"]) for t in listed] == [("laptop", "viewer", False)]
     assert all(secret not in json.dumps(t) for t in listed)
-    with Server(db, token=secret) as server:
+    with App(db, token=secret) as server:
         assert server.client.get("/api/captures").status_code == 200
         assert run_cli("token", "revoke", db, str(listed[0]["id"])).returncode == 0
         assert server.client.get("/api/captures").status_code == 401
@@ -170,7 +173,7 @@ def test_face_crop_is_a_jpeg_of_the_face(site):
 def test_search_ranks_the_person_and_keeps_no_photo(site):
     api = site["server"].client
     cid = site["capture"]["id"]
-    ram = f"/dev/shm/gigaface-ref-{site['server'].process.pid}-*"  # this server's photos in RAM
+    ram = f"/dev/shm/gigaface-ref-{os.getpid()}-*"  # this server's photos in RAM (it runs in this process)
     before = set(glob.glob(ram)) | _files(site["folder"])
     r = api.post(f"/api/captures/{cid}/search", params={"top": 3},
                  files=[("photos", ("me.jpg", photo_bytes(150), "image/jpeg")),
@@ -334,6 +337,9 @@ def test_upload_size_limit(tmp_path):
 
 
 # --- jobs survive restarts ------------------------------------------------------------------
+# Slow (an "accurate" scan stopped and resumed, two servers): the fast run keeps resumption
+# through test_crash_safety.py's killed service jobs and killed scans.
+@pytest.mark.slow
 def test_an_interrupted_scan_resumes_after_a_restart(tmp_path):
     db = tmp_path / "restart.db"
     admin = make_token(db, "admin")
@@ -370,11 +376,12 @@ def test_an_interrupted_scan_resumes_after_a_restart(tmp_path):
 
 # --- gigaface view ------------------------------------------------------------------------
 def test_view_serves_one_library_locally_without_tokens(site, tmp_path):
-    with Server(site["db"], command="view") as server:
+    # The printed URL and its key, from a real `gigaface view`: test_service_security.py.
+    with App(site["db"], local=True) as server:
         local = server.client  # with the key of this run, as the page opened from the printed URL
         assert local.get("/api/me").json() == {"role": "admin", "name": "local user", "mode": "local"}
         assert local.get("/api/captures").json()[0]["id"] == site["capture"]["id"]
-        anonymous = httpx.Client(base_url=server.url)
+        anonymous = server.bare()
         assert anonymous.get("/").status_code == 200 and "<html" in anonymous.get("/").text.lower()
         assert anonymous.get("/static/vendor/openseadragon/openseadragon.min.js").status_code == 200
         assert anonymous.get("/public/captures").status_code == 404  # no public view unless asked
@@ -388,6 +395,9 @@ def _files(folder: Path) -> set[str]:
 
 
 # --- the OpenAPI document ---------------------------------------------------------------------
+# Slow (a minute of generated requests): the fast run checks each route's answers above and
+# its paths under test_fuzz.py.
+@pytest.mark.slow
 def test_openapi_holds_under_schemathesis(tmp_path):
     """Every operation, with generated valid and invalid requests (bounded, seeded): no
     server errors, and every status code, content type and body is the one documented.

@@ -1,6 +1,8 @@
-"""The service under attack, against real servers on 127.0.0.1: pages of other sites, DNS
-rebinding, big bodies from strangers, a killed reference worker, piles of event streams,
-server paths, cached tiles of a rebuilt pyramid, file permissions and bad options."""
+"""The service under attack: pages of other sites, DNS rebinding, big bodies from strangers,
+a killed reference worker, piles of event streams, server paths, cached tiles of a rebuilt
+pyramid, file permissions and bad options. In this process (create_app behind TestClient)
+where a request is all it takes; against real servers on 127.0.0.1 where the socket or the
+process is the point (bodies not read, streams held open, workers killed, printed URLs)."""
 from __future__ import annotations
 
 import glob
@@ -22,8 +24,9 @@ import pytest
 from gigaface.library.store import Library
 from gigaface.privacy.refresh import remove_outdated_files
 from gigaface.library.tokens import create_token
-from tests.helpers import crowd, face_patch, run_cli, write_image
-from tests.server import KEY_HEADER, Server, free_port, make_token
+from bench.harness import KEY_HEADER, Server, free_port, make_token, run_cli
+from tests.helpers import crowd, face_patch, write_image
+from tests.inprocess import App
 
 FACES = [(300, 260, 110), (900, 500, 70)]  # cx, cy, face height: the first is the person searched for
 
@@ -31,21 +34,30 @@ FACES = [(300, 260, 110), (900, 500, 70)]  # cx, cy, face height: the first is t
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """`serve --public --data-dir DATA` with one capture scanned through the API, and
-    `view` on the same library."""
+    `view` on the same library, both in this process."""
     folder = tmp_path_factory.mktemp("security")
     data = folder / "data"
     data.mkdir()
     image = write_image(data / "crowd.jpg", crowd(1200, 800, FACES), Q=95)
     db = folder / "library.db"
     admin, viewer = make_token(db, "admin"), make_token(db, "viewer")
-    with Server(db, "--public", "--data-dir", data, token=admin) as server:
+    with App(db, public=True, data_dir=data, token=admin) as server:
         created = server.client.post("/api/captures", json={"path": str(image), "preset": "fast"})
         assert created.status_code == 201, created.text
         capture = server.wait_for(created.json()["id"])
         assert capture["state"] == "done" and capture["export"], capture
-        with Server(db, command="view") as local:
+        with App(db, local=True, port=8766) as local:
             yield SimpleNamespace(server=server, local=local, db=db, data=data, folder=folder, image=image,
                                   capture=capture, admin=admin, viewer=viewer)
+
+
+@pytest.fixture(scope="module")
+def real(site):
+    """Real `gigaface serve` and `gigaface view` processes on the site's library, for what
+    only a socket or a process shows."""
+    with Server(site.db, "--public", "--data-dir", site.data, token=site.admin) as server, \
+            Server(site.db, command="view") as local:
+        yield SimpleNamespace(server=server, local=local)
 
 
 def photo(face_height: float = 150) -> bytes:
@@ -58,8 +70,10 @@ def photos() -> list:
     return [("photos", ("me.jpg", photo(), "image/jpeg"))]
 
 
-def bare(server: Server, **headers) -> httpx.Client:
+def bare(server: Server | App, **headers) -> httpx.Client:
     """A client of `server` that sends only the headers given (no token, no key)."""
+    if isinstance(server, App):
+        return server.bare(**headers)
     return httpx.Client(base_url=server.url, headers=headers, timeout=60)
 
 
@@ -68,8 +82,8 @@ def faces_of(site) -> list[dict]:
 
 
 # --- 1. gigaface view: the run's key, hosts, other sites ----------------------------------------
-def test_view_prints_a_url_whose_fragment_holds_the_key(site):
-    local = site.local
+def test_view_prints_a_url_whose_fragment_holds_the_key(real):
+    local = real.local
     assert local.url_printed == f"{local.url}/#key={local.key}" and len(local.key) >= 32
 
 
@@ -98,7 +112,7 @@ def test_foreign_host_names_are_refused(site):
 
 
 def test_allow_host_adds_a_name(site):
-    with Server(site.db, "--allow-host", "Faces.Example.org", token=site.viewer) as server:
+    with App(site.db, allow_hosts=("Faces.Example.org",), token=site.viewer) as server:
         assert server.client.get("/api/me", headers={"Host": f"faces.example.org:{server.port}"}).status_code == 200
         assert server.client.get("/api/me", headers={"Host": "faces.example.org"}).status_code == 200
         assert server.client.get("/api/me", headers={"Host": "other.example.org"}).status_code == 421
@@ -190,8 +204,8 @@ def head(server: Server, path: str, length: int, kind: str, auth: str = "") -> s
     return "\r\n".join(lines + ([f"Authorization: Bearer {auth}"] if auth else []))
 
 
-def test_bodies_are_refused_before_they_are_read(site):
-    server, cid = site.server, site.capture["id"]
+def test_bodies_are_refused_before_they_are_read(site, real):
+    server, cid = real.server, site.capture["id"]
     announced = 100 << 20   # under the largest body the service takes
     start = b"-" * (64 << 10)
     multipart = "multipart/form-data; boundary=xyz"
@@ -201,16 +215,16 @@ def test_bodies_are_refused_before_they_are_read(site):
     # a capture registration is a few hundred bytes: a megabyte is refused at once
     assert first_answer(server.port, head(server, "/api/captures", 1 << 20, "application/json", site.admin),
                         start) == 413
-    assert first_answer(site.local.port, head(site.local, "/api/forget", announced, multipart), start) == 401
+    assert first_answer(real.local.port, head(real.local, "/api/forget", announced, multipart), start) == 401
     assert server.client.get("/api/health").status_code == 200
 
 
-def test_chunked_bodies_over_a_route_limit_are_refused(site):
+def test_chunked_bodies_over_a_route_limit_are_refused(real):
     def chunks():
         for _ in range(4):
             yield b" " * (32 << 10)
 
-    r = site.server.client.post("/api/captures", content=chunks(), headers={"Content-Type": "application/json"})
+    r = real.server.client.post("/api/captures", content=chunks(), headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "64 KB" in r.json()["detail"]
 
 
@@ -246,11 +260,11 @@ def ram_files(*pids: int) -> set[str]:
     return {path for pid in pids for path in glob.glob(f"/dev/shm/gigaface-ref-{pid}-*")}
 
 
-def test_a_killed_reference_worker_is_replaced(site):
-    api, cid = site.server.client, site.capture["id"]
-    before = ram_files(site.server.process.pid)
+def test_a_killed_reference_worker_is_replaced(site, real):
+    api, cid, server = real.server.client, site.capture["id"], real.server
+    before = ram_files(server.process.pid)
     assert api.post(f"/api/captures/{cid}/search", files=photos()).status_code == 200
-    workers = reference_workers(site.server.process.pid)
+    workers = reference_workers(server.process.pid)
     assert workers
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
@@ -258,9 +272,9 @@ def test_a_killed_reference_worker_is_replaced(site):
     assert r.status_code == 200, r.text
     assert r.json()["matches"][0]["match"] is True
     assert api.post("/api/forget", params={"dry_run": "true"}, files=photos()).status_code == 200
-    replaced = reference_workers(site.server.process.pid)
+    replaced = reference_workers(server.process.pid)
     assert replaced and not set(replaced) & set(workers)
-    assert ram_files(site.server.process.pid, *workers, *replaced) == before
+    assert ram_files(server.process.pid, *workers, *replaced) == before
 
 
 def test_a_worker_killed_mid_photo_leaves_no_ram_file():
@@ -378,7 +392,7 @@ def test_a_big_reference_photo_is_shrunk_before_detection(tmp_path, detector):
 
 # --- 5. server paths ----------------------------------------------------------------------------
 def test_without_a_data_dir_captures_come_by_upload_only(site):
-    with Server(site.db, token=site.admin) as server:
+    with App(site.db, token=site.admin) as server:
         r = server.client.post("/api/captures", json={"path": str(site.image)})
         assert r.status_code == 403 and "--data-dir" in r.json()["detail"]
 
@@ -398,10 +412,10 @@ def test_paths_stay_in_the_data_dir_and_name_regular_files(site, tmp_path):
     assert api.post("/api/captures", json={"path": str(link)}).status_code == 403
     fifo = data / "camera.jpg"
     os.mkfifo(fifo)
-    r = api.post("/api/captures", json={"path": str(fifo)}, timeout=30)
+    r = api.post("/api/captures", json={"path": str(fifo)})
     assert r.status_code == 400 and "not a regular file" in r.json()["detail"]
     (data / "fifo.json").write_text('{"frames": [{"file": "camera.jpg"}]}')
-    r = api.post("/api/captures", json={"path": "fifo.json"}, timeout=30)
+    r = api.post("/api/captures", json={"path": "fifo.json"})
     assert r.status_code == 400 and "frame 0: not a regular file" in r.json()["detail"]
     (data / "out.json").write_text('{"frames": [{"file": "../%s"}]}' % os.path.relpath(outside_real, data.parent))
     assert api.post("/api/captures", json={"path": str(data / "out.json")}).status_code == 403

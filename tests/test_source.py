@@ -8,7 +8,7 @@ import pytest
 from conftest import shared_data
 from gigaface.errors import GigafaceError
 from gigaface.engine.source import RowWindow, bands, load_scaled, probe
-from helpers import astronaut, crowd, read_image, write_image
+from tests.helpers import astronaut, crowd, read_image, write_image
 
 H, W = 480, 600
 

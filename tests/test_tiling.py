@@ -11,7 +11,7 @@ from gigaface.engine.detections import Detections, nms_indices
 from gigaface.library.store import Library
 from gigaface.engine.plan import PRESETS, listing_passes, plan_passes, settings_for, tile_columns
 from gigaface.ingest import count_tiles, frames_of, scan_path
-from helpers import crowd, expected_box, iou, write_image
+from tests.helpers import crowd, expected_box, iou, write_image
 
 SIZES = [(640, 480), (1400, 700), (6000, 4000), (300, 20000), (120_000, 40_000)]
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from gigaface.demo.scene import build_stadium
-from tests.helpers import CLI, iou, run_cli
-from tests.server import KEY_HEADER, free_port
+from bench.harness import KEY_HEADER, Server, run_cli
+from tests.helpers import iou
+
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -61,43 +62,9 @@ def wait_until(what: str, check, timeout: float = 120.0, server: subprocess.Pope
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-class Server:
-    """A gigaface server command in a subprocess, its output in a log file.
-
-    For `view`, `page_url` is the address it printed (the run's key in its fragment) and
-    `headers` carry that key, as the page sends it."""
-
-    def __init__(self, args: list[str], log: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.page_url, self.key, self.headers = self.url + "/", None, {}
-        with open(log, "wb") as out:
-            self.process = subprocess.Popen([*CLI, *args, "--port", str(self.port)], stdout=out,
-                                            stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        if args[0] == "view":
-            try:
-                self.page_url = wait_until("the viewer's address", self.printed_url, timeout=60, server=self.process)
-            except BaseException:
-                self.stop()  # no fixture owns it yet
-                raise
-            self.key = re.search(r"#key=([A-Za-z0-9_-]+)", self.page_url).group(1)
-            self.headers = {KEY_HEADER: self.key}
-
-    def printed_url(self) -> str | None:
-        found = re.search(r"at (http://127\.0\.0\.1:\d+/\S*)", self.log.read_text())
-        return found.group(1) if found else None
-
-    def get(self, path: str):
-        return get_json(self.url + path, self.headers)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+def get(server: Server, path: str):
+    """What a request of the page's kind (with the view's key, if any) answers."""
+    return get_json(server.url + path, server.headers)
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +83,11 @@ def scene(tmp_path_factory):
 def view_server(scene):
     """`gigaface view` on the scanned library, once its pyramid and exports are built."""
     _, db = scene
-    server = Server(["view", str(db), "--no-browser"], db.parent / "view.log")
+    server = Server(db, command="view")
     try:
         # Exports too: the public server started later must find nothing left to build.
         wait_until("the pyramid and exports", lambda: all(
-            c["pyramid"] and c["export"] for c in server.get("/api/captures")) or None,
+            c["pyramid"] and c["export"] for c in get(server, "/api/captures")) or None,
             server=server.process)
         yield server
     finally:
@@ -135,7 +102,7 @@ def token_server(scene, view_server):
     created = run_cli("token", "create", db, "--name", "playwright", "--role", "viewer")
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
-    server = Server(["serve", str(db), "--public"], db.parent / "serve.log")
+    server = Server(db, "--public")
     try:
         wait_until("the public captures", lambda: get_json(f"{server.url}/public/captures"),
                    server=server.process)
@@ -167,7 +134,7 @@ def page(browser):
 # --- page helpers -----------------------------------------------------------------------------
 
 def open_viewer(page, server: Server) -> None:
-    page.goto(server.page_url)
+    page.goto(server.url_printed)
     page.wait_for_function("window.gigaface && window.gigaface.ready === true", timeout=60_000)
     wait_for_tiles(page)
 
@@ -240,7 +207,7 @@ def assert_only_api_js_addresses(page, server_url: str, urls: list[str]) -> None
 def test_viewer_loads_every_face_and_draws_them(page, view_server):
     open_viewer(page, view_server)
     capture = page.evaluate("window.gigaface.capture")
-    total = view_server.get(f"/api/captures/{capture['id']}/faces?limit=1")["total"]
+    total = get(view_server, f"/api/captures/{capture['id']}/faces?limit=1")["total"]
     assert total > 100
     assert page.evaluate("window.gigaface.faces.length") == total
     # The home view shows the whole image, so every face is drawn (as a box or a dot).
@@ -499,9 +466,9 @@ def test_a_capture_being_scanned_shows_progress_then_opens(page, tmp_path):
     built = build_stadium(tmp_path, megapixels=3, occupancy=0.5, seed=3)
     db = tmp_path / "scanning.db"
     Library(str(db), create=True).close()
-    server = Server(["view", str(db), "--no-browser", "--data-dir", str(tmp_path)], tmp_path / "view.log")
+    server = Server(db, "--data-dir", tmp_path, command="view")
     try:
-        wait_until("the server", lambda: server.get("/api/me"), server=server.process)
+        wait_until("the server", lambda: get(server, "/api/me"), server=server.process)
         body = json.dumps({"path": str(built.panorama)}).encode()
         request = urllib.request.Request(f"{server.url}/api/captures", data=body, method="POST",
                                          headers={"Content-Type": "application/json", **server.headers})
@@ -532,7 +499,7 @@ def test_a_capture_being_scanned_shows_progress_then_opens(page, tmp_path):
 
         page.wait_for_function("window.gigaface.ready === true", timeout=180_000)
         assert progress.is_hidden() and page.is_hidden("#stage-message")
-        total = server.get(f"/api/captures/{capture['id']}/faces?limit=1")["total"]
+        total = get(server, f"/api/captures/{capture['id']}/faces?limit=1")["total"]
         assert total > 100 and page.evaluate("window.gigaface.faces.length") == total
         assert page.locator("#capture-select option:checked").text_content() == built.panorama.name
 
