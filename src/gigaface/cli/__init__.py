@@ -134,7 +134,7 @@ def scan(
     except GigafaceError:
         # A damaged image found mid-decode: a library this command created and left
         # empty (and the key and files folder made for it) would be half-written files.
-        if db in library.made and not library.captures():
+        if db in library.made and not library.captures.all():
             library.close()
             folder = [] if files_folder_was_there else [files_root(db)]
             _remove_made([db + "-wal", db + "-shm", *library.made, *folder])
@@ -185,7 +185,7 @@ def _scan_all(library, images, settings, detector, pool, resume, max_pixels, fra
         summaries.append({
             "capture": cap.id, "source": cap.source, "width": cap.width, "height": cap.height,
             "faces": result.faces, "stored": result.stored, "described": result.described,
-            "embedded": library.face_count(cap.id, embedded=True), "skipped": result.skipped,
+            "embedded": library.faces.count(cap.id, embedded=True), "skipped": result.skipped,
             "seconds": round(result.seconds, 2), "detect_seconds": round(result.detect_seconds, 2),
             "describe_seconds": round(result.describe_seconds, 2), "tiles": result.tiles,
             "megapixels_per_second": round(megapixels / result.detect_seconds, 2) if result.detect_seconds else None,
@@ -201,8 +201,8 @@ def captures(db: str = typer.Argument(..., help="Library file."),
     from gigaface.privacy.retention import describe_expiry
 
     rows = [{"id": c.id, "source": c.source, "kind": c.kind, "width": c.width, "height": c.height,
-             "stage": c.stage, "faces": library.face_count(c.id), "settings": c.settings,
-             "expires_at": c.expires_at, "expires": describe_expiry(c)} for c in library.captures()]
+             "stage": c.stage, "faces": library.faces.count(c.id), "settings": c.settings,
+             "expires_at": c.expires_at, "expires": describe_expiry(c)} for c in library.captures.all()]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -222,8 +222,8 @@ def faces(db: str = typer.Argument(..., help="Library file."),
     """List faces: box in panorama pixels, score, landmarks, quality."""
     library = Library(db)
     if capture is not None:
-        library.capture(capture)
-    found = library.faces(capture)
+        library.captures.get(capture)
+    found = library.faces.all(capture)
     if as_json:
         print(json.dumps([f.to_dict() for f in found]))
         return
@@ -251,7 +251,7 @@ def find(db: str = typer.Argument(..., help="Library file."),
                               "contact sheet (.png)")
     library = Library(db)
     for c in capture or []:
-        library.capture(c)
+        library.captures.get(c)
     library.key()  # without its key a library can be listed, not searched: say so before any work
     refs = references(photo)
     for r in refs:
@@ -291,7 +291,7 @@ def blur(image: str = typer.Argument(..., help="A scanned image (or one frame of
     check_threshold(threshold)
     library = Library(db)
     real = os.path.realpath(image)
-    for cap in library.captures():
+    for cap in library.captures.all():
         for frame in cap.frames:
             if os.path.realpath(frame.path) == real:
                 n = blur_image(library, cap, out_path, keep or [], style, threshold, frame_path=frame.path)
@@ -345,7 +345,7 @@ def token_create(db: str = typer.Argument(..., help="Library file."),
 def token_list(db: str = typer.Argument(..., help="Library file."),
                as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List tokens (never their secrets)."""
-    tokens = Library(db).tokens()
+    tokens = Library(db).tokens.all()
     if as_json:
         print(json.dumps([t.__dict__ for t in tokens], indent=2))
         return
@@ -359,7 +359,7 @@ def token_list(db: str = typer.Argument(..., help="Library file."),
 def token_revoke(db: str = typer.Argument(..., help="Library file."),
                  token_id: int = typer.Argument(..., help="The token's id (gigaface token list).")) -> None:
     """Revoke a token: requests with it are refused from now on."""
-    Library(db).revoke_token(token_id)
+    Library(db).tokens.revoke(token_id)
     out.print(f"token {token_id} revoked")
 
 
@@ -376,8 +376,8 @@ app.add_typer(consent_app, name="consent")
 
 def _one_capture(library: Library, capture: Optional[int]) -> int:
     if capture is not None:
-        return library.capture(capture).id
-    ids = [c.id for c in library.captures()]
+        return library.captures.get(capture).id
+    ids = [c.id for c in library.captures.all()]
     if len(ids) != 1:
         raise GigafaceError(f"{library.path} holds {len(ids)} captures; choose one with --capture")
     return ids[0]
@@ -430,8 +430,8 @@ def consent_list(db: str = typer.Argument(..., help="Library file."),
 
     library = Library(db)
     if capture is not None:
-        library.capture(capture)
-    consents = library.consents(capture)
+        library.captures.get(capture)
+    consents = library.consents.all(capture)
     shown: dict[int, list[int]] = {}
     if library.has_key():
         for capture_id in {c.capture for c in consents}:
@@ -504,7 +504,7 @@ def audit(db: str = typer.Argument(..., help="Library file."),
     _positive(days=days)
     library = Library(db)
     library.key()  # the chain is keyed: without the key the log cannot be checked
-    entries = library.audit(since=time.time() - days * 86400 if days is not None else None)
+    entries = library.audit.log(since=time.time() - days * 86400 if days is not None else None)
     if as_json:
         print(json.dumps([e.__dict__ for e in entries], indent=2))
     else:
@@ -549,8 +549,8 @@ def retention(db: str = typer.Argument(..., help="Library file."),
     if days is not None and forever:
         raise GigafaceError("give --days or --forever, not both")
     if days is not None or forever:
-        library.set_retention(None if forever else days, existing)
-    current = library.retention_days()
+        library.captures.set_retention(None if forever else days, existing)
+    current = library.captures.retention_days()
     out.print(f"{db}: captures are kept " + ("until removed by hand" if current is None else f"{current:g} days")
               + (" (captures already here re-dated)" if existing else ""))
 
@@ -582,7 +582,7 @@ def serve(db: str = typer.Argument(..., help="Library file (created if missing).
     except BaseException:
         sock.close()
         raise
-    if not any(not t.revoked for t in library.tokens()):
+    if not any(not t.revoked for t in library.tokens.all()):
         err.print(f"[yellow]no tokens yet: create one with `gigaface token create {db} --name you --role admin`")
     library.close()
     port = sock.getsockname()[1]

@@ -46,7 +46,8 @@ from gigaface.library.files import capture_files, private_folder, pyramid_build,
 from gigaface.errors import GigafaceError
 from gigaface.privacy import consent
 from gigaface.service.gate import SMALL_BODY, Gate, HostCheck, Policy, route_of
-from gigaface.library.store import AuditEntry, CaptureRecord, Consent, Face, Library
+from gigaface.library.records import AuditEntry, CaptureRecord, Consent, Face
+from gigaface.library.store import Library
 from gigaface.service.runner import JobRunner
 from gigaface.engine.manifest import is_manifest
 from gigaface.engine.plan import settings_for
@@ -400,7 +401,7 @@ def create_app(config: Config) -> FastAPI:
         if token is None:
             raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
         if token.last_used is None or time.time() - token.last_used > 60:
-            library().touch_token(token.id)  # at most once a minute: a write costs the scan a lock
+            library().tokens.touch(token.id)  # at most once a minute: a write costs the scan a lock
         return Access(token.role, token.name, "token", token.id)
 
     def access(request: Request, _documented: Annotated[object, Depends(bearer)]) -> Access:
@@ -417,13 +418,13 @@ def create_app(config: Config) -> FastAPI:
 
     def capture_or_404(capture_id: int) -> CaptureRecord:
         try:
-            return library().capture(capture_id)
+            return library().captures.get(capture_id)
         except GigafaceError:
             raise HTTPException(404, f"no capture {capture_id}") from None
 
     def capture_out(c: CaptureRecord, who: Access) -> CaptureOut:
         lib = library()
-        job = lib.job(c.id)
+        job = lib.jobs.get(c.id)
         files = capture_files(config.db, c.id)
         exports_ready = os.path.exists(files.public_pyramid) and all(map(os.path.exists, files.exports(c.frames)))
         if job is not None:
@@ -438,7 +439,7 @@ def create_app(config: Config) -> FastAPI:
         return CaptureOut(
             id=c.id, name=os.path.basename(c.source), source=c.source if who.role == "admin" else os.path.basename(c.source),
             kind=c.kind, width=c.width, height=c.height, state=state, stage=stage, progress=progress,
-            faces=lib.face_count(c.id), pyramid=os.path.exists(files.pyramid), export=exports_ready, error=error,
+            faces=lib.faces.count(c.id), pyramid=os.path.exists(files.pyramid), export=exports_ready, error=error,
             pyramid_url=_pyramid_url(f"/api/captures/{c.id}/pyramid", files.pyramid),
             public_url=_pyramid_url(f"/api/captures/{c.id}/public", files.public_pyramid),
             created_at=c.created_at, finished_at=c.finished_at, expires_at=c.expires_at)
@@ -455,7 +456,7 @@ def create_app(config: Config) -> FastAPI:
     # --- captures ------------------------------------------------------------------
     @app.get("/api/captures", response_model=list[CaptureOut], responses=ERRORS, tags=["captures"])
     def list_captures(who: Viewer) -> list[CaptureOut]:
-        return [capture_out(c, who) for c in library().captures()]
+        return [capture_out(c, who) for c in library().captures.all()]
 
     def add(path: str, preset: str, min_face: float | None, owned: str | None) -> tuple[CaptureRecord, bool]:
         lib = library()
@@ -469,11 +470,11 @@ def create_app(config: Config) -> FastAPI:
             return existing, False
         width = max(f.x + f.width for f in frames)
         height = max(f.y + f.height for f in frames)
-        capture, made = lib.find_or_create_capture(key, os.path.abspath(path), kind, width, height, frames,
+        capture, made = lib.captures.find_or_create(key, os.path.abspath(path), kind, width, height, frames,
                                                    settings.to_dict())
         if not made:  # a CLI scan of the same file made it meanwhile
             return capture, False
-        lib.put_job(capture.id, owned_file=owned)
+        lib.jobs.put(capture.id, owned_file=owned)
         if runner is not None:
             runner.submit(capture.id)
         return capture, True
@@ -539,7 +540,7 @@ def create_app(config: Config) -> FastAPI:
 
     def capture_json(capture_id: int, who: Access) -> str | None:
         try:
-            return capture_out(library().capture(capture_id), who).model_dump_json()
+            return capture_out(library().captures.get(capture_id), who).model_dump_json()
         except GigafaceError:
             return None  # deleted
 
@@ -577,7 +578,7 @@ def create_app(config: Config) -> FastAPI:
         capture_or_404(capture_id)
         if runner is not None:
             runner.cancel(capture_id)
-        remove(library(), config.db, library().capture(capture_id))
+        remove(library(), config.db, library().captures.get(capture_id))
         return Response(status_code=204)
 
     # --- faces ---------------------------------------------------------------------
@@ -591,12 +592,12 @@ def create_app(config: Config) -> FastAPI:
                    min_sharpness: Annotated[float | None, Query(ge=0, le=1e9)] = None,
                    min_frontalness: Annotated[float | None, Query(ge=0, le=1)] = None) -> FacePage:
         capture_or_404(capture_id)
-        total, faces = library().face_page(capture_id, offset, limit, min_size, max_size, min_score,
+        total, faces = library().faces.page(capture_id, offset, limit, min_size, max_size, min_score,
                                            min_sharpness, min_frontalness)
         return FacePage(total=total, offset=offset, limit=limit, items=[_face_out(f) for f in faces])
 
     def face_or_404(face_id: int) -> Face:
-        found = library().faces_by_id([face_id])
+        found = library().faces.by_id([face_id])
         if not found:
             raise HTTPException(404, f"no face {face_id}")
         return found[0]
@@ -609,7 +610,7 @@ def create_app(config: Config) -> FastAPI:
              response_class=Response, tags=["faces"])
     def face_crop(face_id: Annotated[int, PathParam(ge=0, le=2**62)], who: Viewer) -> Response:
         face_or_404(face_id)
-        data = library().crop(face_id)
+        data = library().faces.crop(face_id)
         if not data:
             raise HTTPException(404, f"face {face_id} has no crop yet")
         # Not kept by the browser: a face erased later must not stay in its cache (the page
@@ -658,8 +659,8 @@ def create_app(config: Config) -> FastAPI:
             runner.cancel(capture_id)
         stale(config.db, capture_id, originals_too)
         lib = library()
-        capture = lib.capture(capture_id)
-        lib.put_job(capture_id, stage="pyramid" if capture.stage == "done" else capture.stage)
+        capture = lib.captures.get(capture_id)
+        lib.jobs.put(capture_id, stage="pyramid" if capture.stage == "done" else capture.stage)
         if runner is not None:
             runner.submit(capture_id)
 
@@ -673,7 +674,7 @@ def create_app(config: Config) -> FastAPI:
     def list_consents(capture_id: CaptureId, who: Admin) -> list[ConsentOut]:
         capture_or_404(capture_id)
         shown = revealed(library(), capture_id)
-        return [consent_out(c, shown) for c in library().consents(capture_id)]
+        return [consent_out(c, shown) for c in library().consents.all(capture_id)]
 
     @app.post("/api/captures/{capture_id:int}/consents", response_model=ConsentOut, status_code=201,
               responses={**ERRORS, 413: {"model": Problem}}, tags=["consent"],
@@ -693,7 +694,7 @@ def create_app(config: Config) -> FastAPI:
     @app.delete("/api/consents/{consent_id:int}", status_code=204, responses=ERRORS, tags=["consent"],
                 summary="Withdraw a consent: the person is blurred again")
     def remove_consent(consent_id: Annotated[int, PathParam(ge=0, le=2**62)], who: Admin) -> Response:
-        if not any(c.id == consent_id for c in library().consents()):
+        if not any(c.id == consent_id for c in library().consents.all()):
             raise HTTPException(404, f"no consent {consent_id}")
         removed = consent.remove(library(), consent_id, who=who.who)  # audited under the token
         redo_files(removed.capture, originals_too=False)
@@ -717,7 +718,7 @@ def create_app(config: Config) -> FastAPI:
              summary="The audit log: every search, by whom, over which captures, and whether its chain holds")
     def audit_log(who: Admin, since: Annotated[float | None, Query(ge=0, le=1e11)] = None,
                   limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> AuditOut:
-        log = library().audit(since=since, limit=limit)
+        log = library().audit.log(since=since, limit=limit)
         return AuditOut(chain=AuditChainOut(**log.verdict.to_dict()), entries=list(log))
 
     @app.post("/api/purge", response_model=list[Purged], responses=ERRORS, tags=["consent"],
@@ -804,7 +805,7 @@ def create_app(config: Config) -> FastAPI:
              tags=["public"])
     def public_captures(_: Public) -> list[PublicCapture]:
         listed = []
-        for c in library().captures():
+        for c in library().captures.all():
             url = _pyramid_url(f"/public/captures/{c.id}", capture_files(config.db, c.id).public_pyramid)
             if url is not None:  # file names may say where or who: a neutral name
                 listed.append(PublicCapture(id=c.id, name=f"capture {c.id}", width=c.width, height=c.height, url=url))

@@ -18,7 +18,8 @@ from gigaface.engine import describe as describing
 from gigaface.privacy.anonymise import anonymise, blurred
 from gigaface.library.files import capture_files, owner_only, private_folder
 from gigaface.errors import GigafaceError
-from gigaface.library.store import CaptureRecord, Library
+from gigaface.library.records import CaptureRecord
+from gigaface.library.store import Library
 from gigaface.engine.plan import Settings
 from gigaface.output.pyramid import build_pyramid, composed, remove_pyramid
 from gigaface.ingest import Reporter, is_capture_of, scan_path
@@ -56,31 +57,31 @@ class JobReporter(Reporter):
         now = time.monotonic()
         if force or now - self.written >= PROGRESS_EVERY:
             self.written = now
-            self.library.update_job(self.capture_id, stage=self.stage_name, done=self.done,
+            self.library.jobs.update(self.capture_id, stage=self.stage_name, done=self.done,
                                     total=self.total, faces=self.faces)
 
 
 @owner_only()  # tiles, exports and the lock: owner-only, in owner-only folders (faces are biometric data)
 def run_job(db: str, capture_id: int) -> None:
     library = Library(db)
-    capture = library.capture(capture_id)
+    capture = library.captures.get(capture_id)
     files = capture_files(db, capture_id)
     private_folder(db, files.folder)
     # A job left running by a server that was killed, or a CLI scan, holds this: wait for it.
     with capture_lock(db, capture_id):
-        capture = library.capture(capture_id)  # as the process we waited for left it
-        if library.job(capture_id) is None:
-            library.put_job(capture_id, state="running")
-        library.update_job(capture_id, state="running", error=None)
+        capture = library.captures.get(capture_id)  # as the process we waited for left it
+        if library.jobs.get(capture_id) is None:
+            library.jobs.put(capture_id, state="running")
+        library.jobs.update(capture_id, state="running", error=None)
         reporter = JobReporter(library, capture_id)
         try:
             capture = _scan(library, capture, reporter)
             _pyramids(library, capture, files, reporter)
         except GigafaceError as exc:
-            library.update_job(capture_id, state="failed", error=str(exc))
+            library.jobs.update(capture_id, state="failed", error=str(exc))
             raise
-        library.update_job(capture_id, state="done", stage="done", done=reporter.total,
-                           faces=library.face_count(capture_id))
+        library.jobs.update(capture_id, state="done", stage="done", done=reporter.total,
+                           faces=library.faces.count(capture_id))
 
 
 def _scan(library: Library, capture: CaptureRecord, reporter: JobReporter) -> CaptureRecord:
@@ -112,20 +113,20 @@ def _pyramids(library: Library, capture: CaptureRecord, files, reporter: JobRepo
 def originals(library: Library, capture: CaptureRecord) -> list:
     """Each frame as the viewer's own pyramid shows it: untouched, but for the faces of
     people who asked to be forgotten, which are blurred there too."""
-    erased = [f for f in library.faces(capture.id) if f.erased]
-    return [blurred(frame.path, _boxes_in(frame, [f for f in erased if f.source == frame.path]))
-            if any(f.source == frame.path for f in erased) else open_sequential(frame.path)
-            for frame in capture.frames]
+    erased = [f for f in library.faces.all(capture.id) if f.erased]
+    return [blurred(frame.path, _boxes_in(frame, [f for f in erased if f.frame == i]))
+            if any(f.frame == i for f in erased) else open_sequential(frame.path)
+            for i, frame in enumerate(capture.frames)]
 
 
 def write_exports(library: Library, capture: CaptureRecord, exports: list[str]) -> int:
     """Each frame with every face blurred but consented matches, written atomically;
     returns faces blurred."""
     shown = consent.revealed(library, capture.id)
-    faces = [f for f in library.faces(capture.id, include_unlisted=True) if f.id not in shown]  # blur point included
+    faces = [f for f in library.faces.all(capture.id, include_unlisted=True) if f.id not in shown]  # blur point included
     blurred_count = 0
-    for frame, out in zip(capture.frames, exports):
-        blurred_count += anonymise(frame.path, _boxes_in(frame, [f for f in faces if f.source == frame.path]), out)
+    for i, (frame, out) in enumerate(zip(capture.frames, exports)):
+        blurred_count += anonymise(frame.path, _boxes_in(frame, [f for f in faces if f.frame == i]), out)
     return blurred_count
 
 
@@ -140,7 +141,7 @@ def stale(db: str, capture_id: int, originals_too: bool) -> None:
     files = capture_files(db, capture_id)
     library = Library(db)
     try:
-        capture = library.capture(capture_id)
+        capture = library.captures.get(capture_id)
     except GigafaceError:
         return
     finally:
