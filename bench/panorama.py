@@ -106,7 +106,7 @@ def full_scan(mosaic: Mosaic, db: Path, preset: str = "balanced") -> dict:
     wall = time.perf_counter() - start
     (summary,) = json.loads(done.stdout)
     library = Library(str(db))
-    faces = library.faces(library.captures()[-1].id)
+    faces = library.faces.all(library.captures.all()[-1].id)
     boxes = xyxy(faces)
     scores = np.array([f.score for f in faces])
     ev = evaluate([judge(boxes, scores, mosaic.boxes, mosaic.invalid)])
@@ -123,7 +123,7 @@ def full_scan(mosaic: Mosaic, db: Path, preset: str = "balanced") -> dict:
 
 
 def floor(mosaic: Mosaic, detect_s: float, latency: float, preset: str = "balanced") -> dict:
-    from gigaface.library.store import Frame
+    from gigaface.library.records import Frame
     from gigaface.ingest import count_tiles
 
     tiles = count_tiles([Frame(str(mosaic.jpeg), 0, 0, mosaic.width, mosaic.height)], settings_for(preset))
@@ -140,8 +140,8 @@ def search(mosaic: Mosaic, db: Path, threshold: float = DEFAULT_THRESHOLD) -> li
     from gigaface.search import rank
 
     library = Library(str(db))
-    capture = library.captures()[-1].id
-    faces = library.faces(capture)
+    capture = library.captures.all()[-1].id
+    faces = library.faces.all(capture)
     boxes = xyxy(faces)
     detector = CenterFace()
     rows = []

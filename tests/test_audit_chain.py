@@ -26,7 +26,7 @@ def logged(tmp_path):
     db = tmp_path / "lib.db"
     library = Library(str(db), create=True)
     for k in range(3):
-        library.record_search(f"local user{k}", "search", [1], np.full(128, k, np.float32), 5, k)
+        library.audit.record_search(f"local user{k}", "search", [1], np.full(128, k, np.float32), 5, k)
     library.close()
     return db
 
@@ -55,7 +55,7 @@ def test_an_untouched_log_verifies(logged):
     proc = run_cli("audit", logged)
     assert proc.returncode == 0, proc.stderr
     assert "3 search(es)" in proc.stdout and "chain verified" in proc.stderr
-    log = Library(str(logged)).audit()
+    log = Library(str(logged)).audit.log()
     assert [e.who for e in log] == ["local user0", "local user1", "local user2"]
     assert log.verdict.ok and log.verdict.rows == 3
 
@@ -63,13 +63,13 @@ def test_an_untouched_log_verifies(logged):
 def test_a_wiped_log_is_detected(logged):
     tamper(logged, "DELETE FROM searches")
     audit_fails(logged, "held 3 row(s) and now holds 0")
-    assert not Library(str(logged)).audit().verdict.ok  # what GET /api/audit reads
+    assert not Library(str(logged)).audit.log().verdict.ok  # what GET /api/audit reads
 
 
 def test_an_edited_row_is_named(logged):
     tamper(logged, "UPDATE searches SET who = 'local nobody' WHERE id = 2")
     audit_fails(logged, "row 2")
-    assert Library(str(logged)).audit().verdict.row == 2
+    assert Library(str(logged)).audit.log().verdict.row == 2
 
 
 def test_a_row_removed_from_the_middle_is_found_at_the_next(logged):
@@ -102,9 +102,9 @@ def test_a_removed_head_is_detected(logged):
 def test_searching_on_after_a_break_does_not_heal_it(logged):
     tamper(logged, "DELETE FROM searches WHERE id = 3")
     library = Library(str(logged))
-    library.record_search("local later", "search", [1], np.zeros(128, np.float32), 1, 0)
-    library.record_search("local later", "search", [1], np.zeros(128, np.float32), 1, 0)
-    assert not library.audit().verdict.ok
+    library.audit.record_search("local later", "search", [1], np.zeros(128, np.float32), 1, 0)
+    library.audit.record_search("local later", "search", [1], np.zeros(128, np.float32), 1, 0)
+    assert not library.audit.log().verdict.ok
     audit_fails(logged)
 
 
@@ -112,7 +112,7 @@ def test_without_the_key_the_log_cannot_be_checked(logged):
     os.rename(str(logged) + ".key", str(logged) + ".elsewhere")
     proc = run_cli("audit", logged)
     assert proc.returncode == 2 and "no key was given" in proc.stderr
-    assert not Library(str(logged)).audit().verdict.ok
+    assert not Library(str(logged)).audit.log().verdict.ok
 
 
 def test_the_log_names_the_account_not_the_environment(monkeypatch):

@@ -63,10 +63,10 @@ def test_unlisted_faces_are_boxes_only(tiny_crowd):
     assert len(unlisted) == summary["stored"] - summary["faces"] >= len(TINY)
     assert all(r[1:] == (1, 1, 1, 0) for r in unlisted)  # no embedding, crop, quality: never described
     library = Library(str(db))
-    capture = library.captures()[0].id
-    hidden = [f.id for f in library.faces(capture, include_unlisted=True) if not f.listed]
-    assert library.faces_by_id(hidden) == []
-    assert library.face_page(capture)[0] == library.face_count(capture) == len(BIG)
+    capture = library.captures.all()[0].id
+    hidden = [f.id for f in library.faces.all(capture, include_unlisted=True) if not f.listed]
+    assert library.faces.by_id(hidden) == []
+    assert library.faces.page(capture)[0] == library.faces.count(capture) == len(BIG)
 
 
 def test_find_ranks_only_listed_faces(tiny_crowd, tmp_path):
@@ -95,7 +95,7 @@ def test_blur_blurs_the_tiny_faces_too(tiny_crowd, tmp_path):
 def test_service_export_blurs_the_tiny_faces_too(tiny_crowd, tmp_path):
     _, image, db, _ = tiny_crowd
     library = Library(str(db))
-    capture = library.captures()[0]
+    capture = library.captures.all()[0]
     run_job(str(db), capture.id)
     (export,) = capture_files(str(db), capture.id).exports(capture.frames)
     assert_every_face_blurred(read_image(image), read_image(export))
@@ -170,5 +170,5 @@ def test_a_library_from_before_the_blur_point_has_every_face_listed(tiny_crowd, 
     total = con.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
     con.close()
     library = Library(str(copy))
-    capture = library.captures()[0].id
-    assert library.face_count(capture) == library.face_count(capture, include_unlisted=True) == total
+    capture = library.captures.all()[0].id
+    assert library.faces.count(capture) == library.faces.count(capture, include_unlisted=True) == total

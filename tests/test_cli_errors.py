@@ -104,7 +104,7 @@ def test_scan_truncated_jpeg(truncated_scan):
     # Found only while decoding, after the library was opened: no capture is left behind.
     if db.exists():
         library = Library(str(db))
-        assert library.captures() == []
+        assert library.captures.all() == []
         assert library.db.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == 0
 
 
@@ -122,8 +122,8 @@ def test_scan_truncated_jpeg_into_existing_library_keeps_it(tmp_path):
     proc = run_cli("scan", _truncated_jpeg(tmp_path), "--db", db, "--quiet")
     assert_user_error(proc, "half.jpg")
     library = Library(str(db))
-    (cap,) = library.captures()
-    assert cap.stage == "done" and library.face_count(cap.id) == 1
+    (cap,) = library.captures.all()
+    assert cap.stage == "done" and library.faces.count(cap.id) == 1
 
 
 def test_scan_into_sqlite_of_another_program(tmp_path):
@@ -296,10 +296,10 @@ def test_a_fifo_as_key_file_is_refused_not_hung(scanned, fifo):
 def test_find_refuses_bad_values_before_any_work(scanned, tmp_path, args, needles):
     _, _, db = scanned
     photo = write_image(tmp_path / "astronaut.png", astronaut())
-    before = Library(str(db)).audit()
+    before = Library(str(db)).audit.log()
     proc = run_cli("find", db, "--photo", photo, *args, cwd=tmp_path)
     assert_user_error(proc, *needles)
-    assert len(Library(str(db)).audit()) == len(before)  # nothing searched
+    assert len(Library(str(db)).audit.log()) == len(before)  # nothing searched
 
 
 @pytest.mark.parametrize("command, args, needle", [
@@ -341,7 +341,7 @@ def test_token_create_does_not_make_a_library_out_of_a_typo(tmp_path):
     assert files_in(tmp_path) == set()
     made = run_cli("token", "create", typo, "--name", "me", "--create")
     assert made.returncode == 0, made.stderr
-    assert made.stdout.strip().startswith("gf_") and Library(str(typo)).tokens()[0].name == "me"
+    assert made.stdout.strip().startswith("gf_") and Library(str(typo)).tokens.all()[0].name == "me"
 
 
 def test_a_wrong_key_file_on_scan_is_refused_before_any_work(scanned, tmp_path):
@@ -350,11 +350,11 @@ def test_a_wrong_key_file_on_scan_is_refused_before_any_work(scanned, tmp_path):
     wrong.write_text("B" * 43 + "=\n")
     wrong.chmod(0o600)
     other = write_image(tmp_path / "other.png", crowd(300, 200, [(150, 100, 60)]))
-    last_id = Library(str(db))._meta("last_capture_id")
+    last_id = Library(str(db)).meta("last_capture_id")
     proc = run_cli("--key-file", wrong, "scan", other, "--db", db, "--quiet")
     assert_user_error(proc, "not this library's key")
     # no capture was made and dropped on the way: ids are never reused, so one would show here
-    assert Library(str(db))._meta("last_capture_id") == last_id
+    assert Library(str(db)).meta("last_capture_id") == last_id
 
 
 def test_a_key_file_others_can_read_is_used_with_one_warning(tmp_path):

@@ -52,10 +52,10 @@ def _assert_no_face_lost(db, runs) -> None:
         (summary,) = json.loads(run.stdout)
         assert summary["faces"] == len(FACES), (summary, run.stderr)
     library = Library(str(db))
-    (capture,) = library.captures()
-    faces = library.faces(capture.id)
+    (capture,) = library.captures.all()
+    faces = library.faces.all(capture.id)
     assert capture.stage == "done" and len(faces) == len(FACES)
-    assert all(f.embedded for f in faces) and library.undescribed(capture.id) == []
+    assert all(f.embedded for f in faces) and library.faces.undescribed(capture.id) == []
     library.close()
 
 
@@ -96,7 +96,7 @@ def test_a_second_scan_waits_for_the_first_and_says_so(small_image, tmp_path):
             line = second.stderr.readline()  # until the scan says something (or ends)
             assert waiting_message(1) in line
             _wait_until_blocked_on(lock_path(str(db), 1), second.pid)
-            assert Library(str(db)).capture(1).settings["preset"] == "balanced"  # nothing touched yet
+            assert Library(str(db)).captures.get(1).settings["preset"] == "balanced"  # nothing touched yet
         except BaseException:
             second.kill()
             second.communicate()
@@ -105,22 +105,22 @@ def test_a_second_scan_waits_for_the_first_and_says_so(small_image, tmp_path):
     assert second.returncode == 0, err
     (summary,) = json.loads(out)
     assert summary["capture"] == 1 and summary["faces"] == len(FACES)
-    assert Library(str(db)).capture(1).settings["preset"] == "fast"
+    assert Library(str(db)).captures.get(1).settings["preset"] == "fast"
 
 
 def test_the_job_worker_takes_the_same_lock(small_image, tmp_path):
     """The service's job worker waits for a CLI scan of its capture (the lock is one)."""
     db = tmp_path / "lib.db"
     library = Library(str(db), create=True)
-    library.create_capture("image:pending", str(small_image), "image", 400, 300, [], {})
-    library.put_job(1)
+    library.captures.create("image:pending", str(small_image), "image", 400, 300, [], {})
+    library.jobs.put(1)
     library.close()
     with capture_lock(str(db), 1):
         worker = subprocess.Popen([sys.executable, "-m", "gigaface.service.worker", str(db), "1"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             _wait_until_blocked_on(lock_path(str(db), 1), worker.pid)
-            assert Library(str(db)).job(1).state == "queued"  # it has not started the job
+            assert Library(str(db)).jobs.get(1).state == "queued"  # it has not started the job
         finally:
             worker.kill()
             worker.communicate()
@@ -145,7 +145,7 @@ def _create_and_report(path: str, start: float, results) -> None:
         pass
     try:
         library = Library(path, create=True)
-        results.put(("ok", library.key().check, len(library.captures())))
+        results.put(("ok", library.key().check, len(library.captures.all())))
     except Exception as exc:  # noqa: BLE001 - the test reports whatever went wrong
         results.put(("error", f"{type(exc).__name__}: {exc}", 0))
 
@@ -173,7 +173,7 @@ def _create_capture(path: str, start: float, results) -> None:
     while time.time() < start:
         pass
     try:
-        capture = library.create_capture("image:same", "/x.png", "image", 10, 10, [], {})
+        capture = library.captures.create("image:same", "/x.png", "image", 10, 10, [], {})
         results.put(capture.id)
     except Exception as exc:  # noqa: BLE001
         results.put(f"{type(exc).__name__}: {exc}")
@@ -193,4 +193,4 @@ def test_processes_adding_one_capture_at_once_make_one(tmp_path):
         for p in procs:
             p.join(timeout=60)
         assert ids == [1] * len(procs), ids
-        assert [c.id for c in Library(path).captures()] == [1]
+        assert [c.id for c in Library(path).captures.all()] == [1]

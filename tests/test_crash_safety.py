@@ -91,7 +91,7 @@ def new_temporary(folder: Path, before: set[str]) -> Callable[[], bool]:
 def face_set(db: Path) -> list[tuple]:
     library = Library(str(db))
     try:
-        return sorted(tuple(round(v) for v in f.box) for f in library.faces())
+        return sorted(tuple(round(v) for v in f.box) for f in library.faces.all())
     finally:
         library.close()
 
@@ -184,7 +184,7 @@ def test_killed_scans_resume_to_the_same_faces(scene, tmp_path):
     done = run_cli("scan", image, "--db", db, "--resume", "--quiet")
     assert done.returncode == 0, done.stderr
     assert face_set(db) == scene["faces"]
-    (capture,) = Library(str(db)).captures()
+    (capture,) = Library(str(db)).captures.all()
     assert capture.stage == "done"
     # SQLite's own -wal/-shm may stay beside the library, its key, and the capture's scan
     # lock (scan_lock.py: the files folder holds it); nothing else may.
@@ -239,9 +239,9 @@ def _queue_job(db: Path, image: Path) -> int:
     """A capture and its queued job, as the service's POST /api/captures makes them."""
     library = Library(str(db), create=True)
     kind, frames = frames_of(str(image), 10**10)
-    capture = library.create_capture(capture_key(str(image)), str(image), kind, frames[0].width,
+    capture = library.captures.create(capture_key(str(image)), str(image), kind, frames[0].width,
                                      frames[0].height, frames, settings_for("balanced").to_dict())
-    library.put_job(capture.id)
+    library.jobs.put(capture.id)
     library.close()
     return capture.id
 
@@ -278,7 +278,7 @@ def test_killed_service_jobs_resume_to_complete_pyramids(scene, tmp_path):
     assert done.returncode == 0, done.stderr
     assert face_set(db) == scene["faces"]
     library = Library(str(db))
-    assert library.job(cid).state == "done" and library.capture(cid).stage == "done"
+    assert library.jobs.get(cid).state == "done" and library.captures.get(cid).stage == "done"
     library.close()
     for dzi in ("pyramid.dzi", "public.dzi"):
         assert_pyramid_complete_if_there(folder / dzi)

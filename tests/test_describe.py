@@ -24,7 +24,7 @@ def test_big_face_after_small_ones(tmp_path, detector, suffix):
     image = write_image(tmp_path / f"crowd.{suffix}", crowd(1400, 1100, faces, seed=9))
     library = Library(str(tmp_path / "lib.db"), create=True)
     result = scan_path(library, str(image), settings_for("balanced"), detector=detector)
-    found = library.faces(result.capture.id)
+    found = library.faces.all(result.capture.id)
     assert len(found) == 3
     assert all(f.embedded for f in found)
     for cx, cy, s in faces:
@@ -37,15 +37,15 @@ def test_small_faces_are_described_without_embedding(tmp_path, detector):
     library = Library(str(tmp_path / "lib.db"), create=True)
     settings = settings_for("balanced", min_embed=50.0)
     result = scan_path(library, str(image), settings, detector=detector)
-    found = library.faces(result.capture.id)
+    found = library.faces.all(result.capture.id)
     assert len(found) == 3 and result.described == 3
-    ids, vectors = library.embeddings([result.capture.id])
+    ids, vectors = library.faces.embeddings([result.capture.id])
     for face in found:
         big = max(face.box[2:]) >= 50
         assert face.embedded == big, face.box
         assert {"size", "sharpness", "frontalness"} <= set(face.quality)
         assert face.quality["size"] == pytest.approx(max(face.box[2:]), abs=0.2)
-        crop = cv2.imdecode(np.frombuffer(library.crop(face.id), np.uint8), cv2.IMREAD_COLOR)
+        crop = cv2.imdecode(np.frombuffer(library.faces.crop(face.id), np.uint8), cv2.IMREAD_COLOR)
         assert crop is not None and min(crop.shape[:2]) >= 8  # a real JPEG thumbnail
     assert len(ids) == 1 and vectors.shape == (1, 128)
     assert np.linalg.norm(vectors[0]) > 0.1
@@ -58,6 +58,6 @@ def test_sharper_face_scores_higher_sharpness(tmp_path, detector):
     image = write_image(tmp_path / "two.png", soft)
     library = Library(str(tmp_path / "lib.db"), create=True)
     result = scan_path(library, str(image), settings_for("balanced"), detector=detector)
-    found = sorted(library.faces(result.capture.id), key=lambda f: f.box[0])
+    found = sorted(library.faces.all(result.capture.id), key=lambda f: f.box[0])
     assert len(found) == 2
     assert found[0].quality["sharpness"] > 2 * found[1].quality["sharpness"]

@@ -66,7 +66,7 @@ def test_disk_full_mid_scan_says_so_and_the_scan_resumes(tmp_path, image):
     assert "damaged" not in line
     library = Library(str(db))
     assert library.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert len(library.captures()) == 2 and library.captures()[1].stage != "done"
+    assert len(library.captures.all()) == 2 and library.captures.all()[1].stage != "done"
     library.close()
     resumed = run_cli("scan", image, "--db", db, "--quiet", "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr

@@ -113,7 +113,7 @@ def test_damaged_images_scan_or_fail_in_one_line(work, originals, detector, fmt,
             result = scan_path(library, str(path), settings_for("fast"), detector=detector, max_pixels=SMALL_LIMIT)
         except GigafaceError as exc:
             one_line(exc)
-            assert library.captures() == []  # a failed scan leaves nothing half-done
+            assert library.captures.all() == []  # a failed scan leaves nothing half-done
             return
         assert result.capture.stage == "done"
     finally:
@@ -159,7 +159,7 @@ def test_impossible_headers_are_refused(work, fmt, width, height):
             scan_path(library, str(path), settings_for("fast"), max_pixels=SMALL_LIMIT,
                       detector=_FailingDetector())
         one_line(caught.value)
-        assert library.captures() == []
+        assert library.captures.all() == []
     finally:
         library.close()
         path.unlink()

@@ -80,7 +80,7 @@ def test_embeddings_are_sealed_in_the_file(lib):
     key_file = Path(str(db) + ".key")
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     library = Library(str(db))
-    ids, vectors = library.embeddings()
+    ids, vectors = library.faces.embeddings()
     assert len(ids) > 20
     raw = dict(sqlite3.connect(db).execute("SELECT id, embedding FROM faces WHERE embedding IS NOT NULL"))
     for face_id, vector in zip(ids[:20], vectors[:20]):
@@ -123,7 +123,7 @@ def _unseal_crops(con, key) -> dict[int, bytes]:
 
 def test_an_older_library_is_migrated_and_its_embeddings_sealed(lib):
     _, db = lib
-    ids, vectors = Library(str(db)).embeddings()
+    ids, vectors = Library(str(db)).faces.embeddings()
     # Turn the copy back into a schema-2 library: plain embeddings and crops, no governance tables.
     key = Library(str(db)).key()
     con = sqlite3.connect(db, isolation_level=None)
@@ -138,13 +138,13 @@ def test_an_older_library_is_migrated_and_its_embeddings_sealed(lib):
     drop_column(con, "faces", "listed")
     con.close()
     migrated = Library(str(db))
-    again_ids, again = migrated.embeddings()
+    again_ids, again = migrated.faces.embeddings()
     assert np.array_equal(ids, again_ids) and np.array_equal(vectors, again)
-    assert migrated.captures()[0].expires_at > time.time() + 29 * 86400  # dated from the migration
+    assert migrated.captures.all()[0].expires_at > time.time() + 29 * 86400  # dated from the migration
     sealed = sqlite3.connect(db).execute("SELECT embedding FROM faces WHERE id = ?", (int(ids[0]),)).fetchone()[0]
     assert vectors[0].tobytes() not in sealed
-    assert all(migrated.crop(i) == c for i, c in crops.items())  # sealed once, not twice
-    assert migrated.audit().verdict.ok
+    assert all(migrated.faces.crop(i) == c for i, c in crops.items())  # sealed once, not twice
+    assert migrated.audit.log().verdict.ok
 
 
 def _as_schema_3(db) -> tuple[dict[int, bytes], int]:
@@ -171,7 +171,7 @@ def test_a_schema_3_library_gets_its_crops_sealed_and_its_log_chained(lib):
     crops, rows = _as_schema_3(db)
     assert rows == 1 and all(c.startswith(b"\xff\xd8") for c in crops.values())  # plain JPEGs, as schema 3 had
     migrated = Library(str(db))
-    assert migrated._meta("schema") == "4"
+    assert migrated.meta("schema") == "4"
     # What a copy taken now holds (the library still open, as a running service keeps it):
     # no plain crop, neither in the main file's old pages nor in the WAL.
     on_disk = b"".join(Path(str(db) + s).read_bytes() for s in ("", "-wal") if os.path.exists(str(db) + s))
@@ -179,8 +179,8 @@ def test_a_schema_3_library_gets_its_crops_sealed_and_its_log_chained(lib):
     raw = dict(sqlite3.connect(db).execute("SELECT id, crop FROM faces WHERE crop IS NOT NULL"))
     assert raw.keys() == crops.keys()
     assert not any(blob.startswith(b"\xff\xd8") or crops[i] in blob for i, blob in raw.items())
-    assert all(migrated.crop(i) == c for i, c in crops.items())
-    log = migrated.audit()
+    assert all(migrated.faces.crop(i) == c for i, c in crops.items())
+    log = migrated.audit.log()
     assert log.verdict.ok and log.verdict.rows == 1 and log[0].purpose == "search"
     assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
 
@@ -196,7 +196,7 @@ def test_a_schema_3_library_without_its_key_is_not_half_migrated(lib, tmp_path):
     assert dict(con.execute("SELECT id, crop FROM faces WHERE crop IS NOT NULL")) == crops
     con.close()
     assert "stadium.jpg" in ok("--key-file", tmp_path / "apart.key", "captures", db)
-    assert Library(str(db))._meta("schema") == "4"
+    assert Library(str(db)).meta("schema") == "4"
 
 
 # --- crops are biometric too ----------------------------------------------------------------
@@ -208,11 +208,11 @@ def test_crops_are_sealed_and_shown_only_with_the_key(lib, tmp_path):
         assert cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR) is None
     library = Library(str(db))
     face_id = raw[0][0]
-    crop = cv2.imdecode(np.frombuffer(library.crop(face_id), np.uint8), cv2.IMREAD_COLOR)
+    crop = cv2.imdecode(np.frombuffer(library.faces.crop(face_id), np.uint8), cv2.IMREAD_COLOR)
     assert crop is not None and min(crop.shape[:2]) > 8
     os.rename(str(db) + ".key", tmp_path / "apart.key")
     with pytest.raises(GigafaceError, match="no key was given"):
-        Library(str(db)).crop(face_id)
+        Library(str(db)).faces.crop(face_id)
 
 
 def test_a_copied_library_without_its_key_shows_no_face(tmp_path):
@@ -230,7 +230,7 @@ def test_a_copied_library_without_its_key_shows_no_face(tmp_path):
     for crop, _ in rows:
         assert cv2.imdecode(np.frombuffer(crop, np.uint8), cv2.IMREAD_COLOR) is None
     with pytest.raises(GigafaceError, match="encrypted"):
-        Library(str(copy)).crop(1)
+        Library(str(copy)).faces.crop(1)
 
 
 def test_the_library_and_its_key_are_owner_only(lib):
@@ -241,7 +241,7 @@ def test_the_library_and_its_key_are_owner_only(lib):
     for path in (fresh, Path(str(fresh) + ".key")):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     library = Library(str(fresh))  # open: SQLite makes the -wal and -shm now
-    library.captures()
+    library.captures.all()
     for suffix in ("-wal", "-shm"):
         assert stat.S_IMODE(os.stat(str(fresh) + suffix).st_mode) == 0o600, suffix
 
@@ -277,7 +277,7 @@ def test_consent_errors(lib, tmp_path):
     assert "no face" in fails("consent", "add", db, "--photo", blank, "--name", "Nobody")
     assert "no consent 99" in fails("consent", "remove", db, "99")
     assert "no capture 7" in fails("consent", "add", db, "--photo", built.reference, "--name", "X", "--capture", "7")
-    assert Library(str(db)).consents() == []
+    assert Library(str(db)).consents.all() == []
 
 
 # --- erasure -------------------------------------------------------------------------------
@@ -386,22 +386,22 @@ def test_forget_dry_run_changes_nothing(lib):
 def test_captures_expire_and_purge_removes_them(lib):
     built, db = lib
     library = Library(str(db))
-    capture = library.captures()[0]
+    capture = library.captures.all()[0]
     assert abs(capture.expires_at - capture.created_at - 30 * 86400) < 1
     assert "30 days" in ok("retention", db)
     ok("retention", db, "--days", "7", "--existing")
-    assert abs(Library(str(db)).captures()[0].expires_at - capture.created_at - 7 * 86400) < 1
+    assert abs(Library(str(db)).captures.all()[0].expires_at - capture.created_at - 7 * 86400) < 1
 
     files = Path(str(db) + ".files") / f"capture-{capture.id}"
     files.mkdir(parents=True)
     (files / "anonymised.jpg").write_bytes(b"x")
     assert "0 capture(s) removed" in ok("purge", db)
-    Library(str(db)).set_expiry(capture.id, time.time() - 1)
+    Library(str(db)).captures.set_expiry(capture.id, time.time() - 1)
     assert json.loads(ok("purge", db, "--dry-run", "--json"))[0]["capture"] == capture.id
-    assert Library(str(db)).captures()  # a dry run removes nothing
+    assert Library(str(db)).captures.all()  # a dry run removes nothing
     purged = json.loads(ok("purge", db, "--json"))
     assert purged[0]["capture"] == capture.id and purged[0]["embeddings"] > 20
-    assert Library(str(db)).captures() == [] and not files.exists()
+    assert Library(str(db)).captures.all() == [] and not files.exists()
     assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM faces").fetchone()[0] == 0
     assert "expired" not in ok("captures", db)
     assert "at most 36,500 days" in fails("retention", db, "--days", "-1")

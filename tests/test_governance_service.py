@@ -143,7 +143,7 @@ def test_forget_blurs_the_person_even_in_the_original_pyramid(site):
 
 def test_the_service_purges_expired_captures(site):
     server = site["server"]
-    Library(str(site["db"])).set_expiry(1, time.time() - 60)
+    Library(str(site["db"])).captures.set_expiry(1, time.time() - 60)
     purged = server.client.post("/api/purge").json()
     assert [p["capture"] for p in purged] == [1] and purged[0]["embeddings"] > 20
     assert server.client.get("/api/captures/1").status_code == 404

@@ -24,10 +24,10 @@ def test_new_library_is_created(tmp_path):
     path = tmp_path / "new.db"
     library = Library(str(path), create=True)
     assert path.is_file()
-    assert library.captures() == []
+    assert library.captures.all() == []
     library.close()
     reopened = Library(str(path))  # a library it made opens for reading
-    assert reopened.captures() == []
+    assert reopened.captures.all() == []
 
 
 def test_missing_library_is_not_created_for_reading(tmp_path):
@@ -111,15 +111,15 @@ def test_rescan_does_not_duplicate_faces(tmp_path, small_crowd, detector):
     settings = settings_for("balanced")
     first = scan_path(library, str(path), settings, detector=detector)
     assert first.faces == n and not first.skipped
-    ids = [f.id for f in library.faces()]
+    ids = [f.id for f in library.faces.all()]
     again = scan_path(library, str(path), settings, detector=detector)
     assert again.skipped
     assert again.capture.id == first.capture.id
-    assert len(library.captures()) == 1
-    assert [f.id for f in library.faces()] == ids
+    assert len(library.captures.all()) == 1
+    assert [f.id for f in library.faces.all()] == ids
     # Even when told to resume a finished capture.
     resumed = scan_path(library, str(path), settings, detector=detector, resume=True)
-    assert resumed.skipped and len(library.faces()) == n
+    assert resumed.skipped and len(library.faces.all()) == n
 
 
 def test_rescan_with_other_settings_replaces_the_faces(tmp_path, small_crowd, detector):
@@ -129,10 +129,10 @@ def test_rescan_with_other_settings_replaces_the_faces(tmp_path, small_crowd, de
     second = scan_path(library, str(path), settings_for("fast"), detector=detector)
     assert not second.skipped
     assert second.capture.id == first.capture.id
-    assert len(library.captures()) == 1
-    assert library.capture(first.capture.id).settings["preset"] == "fast"
-    assert library.capture(first.capture.id).stage == "done"
-    faces = library.faces()
+    assert len(library.captures.all()) == 1
+    assert library.captures.get(first.capture.id).settings["preset"] == "fast"
+    assert library.captures.get(first.capture.id).stage == "done"
+    faces = library.faces.all()
     assert len(faces) == second.faces == n  # replaced, not added to
     assert library.db.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == n
     assert library.db.execute("SELECT COUNT(*) FROM detections").fetchone()[0] == 0
@@ -145,9 +145,9 @@ def test_library_shared_by_two_captures(tmp_path, small_crowd, detector):
     a = scan_path(library, str(path), settings_for("balanced"), detector=detector)
     b = scan_path(library, str(other), settings_for("balanced"), detector=detector)
     assert a.capture.id != b.capture.id
-    assert len(library.faces(a.capture.id)) == n and len(library.faces(b.capture.id)) == 1
-    assert {f.source for f in library.faces(b.capture.id)} == {str(other)}
-    ids, vectors = library.embeddings([b.capture.id])
+    assert len(library.faces.all(a.capture.id)) == n and len(library.faces.all(b.capture.id)) == 1
+    assert {f.source for f in library.faces.all(b.capture.id)} == {str(other)}
+    ids, vectors = library.faces.embeddings([b.capture.id])
     assert len(ids) == 1 and vectors.shape == (1, 128)
 
 
@@ -186,9 +186,9 @@ def _reached(db_path, stage: str) -> bool:
 
 def _faces_by_place(db_path):
     library = Library(str(db_path))
-    (cap,) = library.captures()
-    faces = sorted(library.faces(cap.id), key=lambda f: (round(f.box[1]), round(f.box[0])))
-    ids, vectors = library.embeddings([cap.id])
+    (cap,) = library.captures.all()
+    faces = sorted(library.faces.all(cap.id), key=lambda f: (round(f.box[1]), round(f.box[0])))
+    ids, vectors = library.faces.embeddings([cap.id])
     by_id = dict(zip(ids.tolist(), vectors))
     return cap, faces, [by_id.get(f.id) for f in faces]
 
@@ -216,12 +216,12 @@ def test_killed_scan_resumes_to_the_same_faces(tmp_path, stage):
     # The library survives the kill: it opens, it is consistent, the capture is unfinished.
     library = Library(str(killed_db))
     assert library.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    (cap,) = library.captures()
+    (cap,) = library.captures.all()
     assert cap.stage == stage
     if stage == "detect":
-        assert len(library.bands_done(cap.id)) >= 2
+        assert len(library.captures.bands_done(cap.id)) >= 2
     else:
-        assert 0 < len(library.faces(cap.id)) - len(library.undescribed(cap.id)) < len(library.faces(cap.id))
+        assert 0 < len(library.faces.all(cap.id)) - len(library.faces.undescribed(cap.id)) < len(library.faces.all(cap.id))
     library.close()
 
     resumed = run_cli("scan", image, "--db", killed_db, "--resume", "--quiet", "--json")
@@ -318,7 +318,7 @@ def test_two_images_differing_only_in_the_middle_are_two_captures(tmp_path, twin
     second = scan_path(library, str(b), settings_for("balanced"), detector=detector)
     assert first.faces == 0
     assert not second.skipped and second.capture.id != first.capture.id  # not "already scanned: 0 faces"
-    assert second.faces == 1 and library.faces(second.capture.id)[0].source == str(b)
+    assert second.faces == 1 and library.faces.all(second.capture.id)[0].source == str(b)
 
 
 def test_a_capture_with_an_older_key_is_found_and_rekeyed(tmp_path, twin_tiffs, detector):
@@ -330,9 +330,9 @@ def test_a_capture_with_an_older_key_is_found_and_rekeyed(tmp_path, twin_tiffs, 
     library.db.execute("UPDATE captures SET key = ? WHERE id = ?", (legacy_capture_key(str(b)), first.capture.id))
     again = scan_path(library, str(b), settings_for("balanced"), detector=detector)  # the same path: the same capture
     assert again.skipped and again.capture.id == first.capture.id and again.faces == 1
-    assert library.capture(first.capture.id).key == capture_key(str(b))
+    assert library.captures.get(first.capture.id).key == capture_key(str(b))
     # The other twin shares the old key, but not the path: not taken for that capture.
     library.db.execute("UPDATE captures SET key = ? WHERE id = ?", (legacy_capture_key(str(b)), first.capture.id))
     other = scan_path(library, str(a), settings_for("balanced"), detector=detector)
     assert not other.skipped and other.capture.id != first.capture.id and other.faces == 0
-    assert library.face_count(first.capture.id) == 1
+    assert library.faces.count(first.capture.id) == 1

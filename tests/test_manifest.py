@@ -171,8 +171,8 @@ def test_manifest_capture_record(camera_array):
 
 def test_camera_array_finds_the_faces_of_the_whole_picture(camera_array):
     folder, library, whole_scan, array_scan = camera_array
-    whole = library.faces(whole_scan.capture.id)
-    array = library.faces(array_scan.capture.id)
+    whole = library.faces.all(whole_scan.capture.id)
+    array = library.faces.all(array_scan.capture.id)
     assert len(whole) == len(FACES)
     for face in whole:
         hits = [f for f in array if iou(face.box, f.box) > 0.5]
@@ -185,7 +185,7 @@ def test_camera_array_finds_the_faces_of_the_whole_picture(camera_array):
 def test_camera_array_faces_come_from_frames(camera_array):
     folder, library, _, array_scan = camera_array
     frames = {f.path: f for f in array_scan.capture.frames}
-    for face in library.faces(array_scan.capture.id):
+    for face in library.faces.all(array_scan.capture.id):
         assert face.source in frames
         frame = frames[face.source]
         x, y, w, h = face.box  # panorama pixels, inside the frame it was taken from
@@ -199,4 +199,4 @@ def test_manifest_rescan_is_skipped(camera_array, detector):
     again = scan_path(library, str(folder / "frames.json"), settings_for("balanced"), detector=detector)
     assert again.skipped
     assert again.capture.id == array_scan.capture.id
-    assert library.face_count(array_scan.capture.id) == array_scan.faces
+    assert library.faces.count(array_scan.capture.id) == array_scan.faces

@@ -31,7 +31,7 @@ def test_detection_recall_on_dlib_faces(tmp_path, detector):
     misses = []
     for name, boxes in sorted(labelled.items()):
         result = scan_path(library, str(folder / name), settings, detector=detector)
-        faces = [f.box for f in library.faces(result.capture.id)]
+        faces = [f.box for f in library.faces.all(result.capture.id)]
         detections += len(faces)
         # IoU 0.5 on the labelled box. dlib's boxes are square and tighter than CenterFace's
         # (which reach from the hairline to the chin), yet every match measured >= 0.5.
@@ -64,7 +64,7 @@ def test_search_ranks_obama_above_biden(tmp_path, detector):
     identity = {}  # face id -> who
     for name, path in paths.items():
         result = scan_path(library, str(path), settings_for("balanced"), detector=detector)
-        faces = library.faces(result.capture.id)
+        faces = library.faces.all(result.capture.id)
         if name == TWO_PEOPLE:
             assert len(faces) == 2, [f.box for f in faces]
             width = result.capture.width

@@ -425,12 +425,12 @@ def test_paths_stay_in_the_data_dir_and_name_regular_files(site, tmp_path):
 def test_viewers_see_file_names_not_server_paths(site):
     cid = site.capture["id"]
     library = Library(str(site.db))
-    library.update_job(cid, error=f"{site.image}: the image is gone")  # as a failed job says it
+    library.jobs.update(cid, error=f"{site.image}: the image is gone")  # as a failed job says it
     try:
         as_admin = site.server.client.get(f"/api/captures/{cid}").json()
         as_viewer = bare(site.server, Authorization=f"Bearer {site.viewer}").get(f"/api/captures/{cid}").json()
     finally:
-        library.update_job(cid, error=None)
+        library.jobs.update(cid, error=None)
         library.close()
     assert as_admin["source"] == str(site.image) and as_admin["error"] == f"{site.image}: the image is gone"
     assert as_viewer["source"] == "crowd.jpg" and as_viewer["error"] == "crowd.jpg: the image is gone"
@@ -453,7 +453,7 @@ def test_a_rebuilt_pyramid_has_new_urls_and_the_old_answer_404(site):
     assert api.get(f"/api/captures/{cid}/pyramid_files/10/0_0.jpg").status_code == 404
     # who is shown changed (as after an erasure): the files are removed and made again
     remove_outdated_files(str(site.db), cid, originals_too=True)
-    Library(str(site.db)).put_job(cid, stage="pyramid")
+    Library(str(site.db)).jobs.put(cid, stage="pyramid")
     deadline = time.monotonic() + 240
     new = api.get(f"/api/captures/{cid}").json()
     assert new["pyramid_url"] is None  # nothing outdated is served meanwhile

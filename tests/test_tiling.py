@@ -146,7 +146,7 @@ def seam_scan(tmp_path_factory, detector):
     path = write_image(folder / "seams.png", crowd(width, height, faces, seed=3))
     library = Library(str(folder / "seams.db"), create=True)
     result = scan_path(library, str(path), settings, detector=detector)
-    return places, s, library.faces(result.capture.id), result, settings, path
+    return places, s, library.faces.all(result.capture.id), result, settings, path
 
 
 def test_face_on_a_seam_is_found_once(seam_scan):
@@ -175,7 +175,7 @@ def test_big_face_on_a_coarse_seam_is_found_once(tmp_path, detector):
     path = write_image(tmp_path / "coarse.png", crowd(width, height, faces, seed=4))
     library = Library(str(tmp_path / "coarse.db"), create=True)
     result = scan_path(library, str(path), settings, detector=detector)
-    found = library.faces(result.capture.id)
+    found = library.faces.all(result.capture.id)
     for cx, cy, s in faces:
         hits = [f for f in found if iou(expected_box(cx, cy, s), f.box) > 0.3]
         assert len(hits) == 1, (cx, cy, s, [f.box for f in found])
@@ -191,7 +191,7 @@ def test_every_preset_scans_a_jpeg(tmp_path, detector, preset, min_face):
     assert len(plan_passes(900, 700, settings)) >= 2
     library = Library(str(tmp_path / "lib.db"), create=True)
     result = scan_path(library, str(path), settings, detector=detector)
-    found = library.faces(result.capture.id)
+    found = library.faces.all(result.capture.id)
     for cx, cy, s in faces:
         assert sum(iou(expected_box(cx, cy, s), f.box) > 0.5 for f in found) == 1, (cx, cy, s)
     assert len(found) == len(faces)

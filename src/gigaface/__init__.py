@@ -1,7 +1,7 @@
 """gigaface: find every face in a gigapixel crowd image and find one person among them."""
 from gigaface.api import Capture, open_capture, scan
 from gigaface.errors import GigafaceError
-from gigaface.library.store import Face
+from gigaface.library.records import Face
 from gigaface.search import Match
 
 __version__ = "0.1.0"

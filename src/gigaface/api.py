@@ -15,7 +15,8 @@ from gigaface.engine import describe as describing
 from gigaface.privacy.anonymise import anonymise as _anonymise
 from gigaface.engine.detector import CenterFace
 from gigaface.errors import GigafaceError
-from gigaface.library.store import CaptureRecord, Face, Library
+from gigaface.library.records import CaptureRecord, Face
+from gigaface.library.store import Library
 from gigaface.engine.plan import settings_for
 from gigaface.ingest import Reporter, ScanResult, scan_path
 from gigaface.search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, Match, Reference, audited_rank, local_user, reference
@@ -42,7 +43,7 @@ class Capture:
 
     @property
     def faces(self) -> list[Face]:
-        return self.library.faces(self.id)
+        return self.library.faces.all(self.id)
 
     def find(self, photo: PhotoArg, top: int | None = None, threshold: float = DEFAULT_THRESHOLD) -> list[Match]:
         refs = references([photo] if isinstance(photo, str) else list(photo))
@@ -64,11 +65,12 @@ def references(photos: list[str], detector: CenterFace | None = None) -> list[Re
 
 def blur_image(library: Library, capture: CaptureRecord, out: str, keep: list[str], style: str,
                threshold: float, frame_path: str | None = None, detector: CenterFace | None = None) -> int:
-    frame = next((f for f in capture.frames if frame_path is None or f.path == frame_path), None)
-    if frame is None:
+    index = next((i for i, f in enumerate(capture.frames) if frame_path is None or f.path == frame_path), None)
+    if index is None:
         raise GigafaceError(f"{frame_path}: not a frame of capture {capture.id}")
+    frame = capture.frames[index]
     # Every box down to the blur point: unlisted faces are blurred as much as listed ones.
-    faces = [f for f in library.faces(capture.id, include_unlisted=True) if f.source == frame.path]
+    faces = [f for f in library.faces.all(capture.id, include_unlisted=True) if f.frame == index]
     kept = set(consent.revealed(library, capture.id))  # people on the capture's consent list
     for ref in references(keep, detector) if keep else []:  # each photo is a person of its own
         matches = audited_rank(library, [ref], [capture.id], local_user(), threshold=threshold, purpose="keep")
@@ -98,8 +100,8 @@ def scan(path: str, db: str = "gigaface.db", preset: str = "balanced", min_face:
 def open_capture(db: str, capture_id: int | None = None) -> Capture:
     """A capture of an existing library (the latest one when no id is given)."""
     library = Library(db)
-    captures = library.captures()
+    captures = library.captures.all()
     if not captures:
         raise GigafaceError(f"{db}: the library has no captures yet")
-    record = captures[-1] if capture_id is None else library.capture(capture_id)
+    record = captures[-1] if capture_id is None else library.captures.get(capture_id)
     return Capture(library, record)

@@ -25,7 +25,8 @@ from gigaface.engine import describe as describing
 from gigaface.engine.detections import Detections, nms_indices
 from gigaface.engine.detector import CenterFace, Detector
 from gigaface.errors import GigafaceError
-from gigaface.library.store import CaptureRecord, Face, Frame, Library
+from gigaface.library.records import CaptureRecord, Face, Frame
+from gigaface.library.store import Library
 from gigaface.engine.manifest import is_manifest, read_manifest
 from gigaface.paths import require_regular_file
 from gigaface.engine.plan import Pass, Settings, plan_passes, tile_columns
@@ -241,11 +242,22 @@ def owned_by_frame(frames: list[Frame], frame_of: np.ndarray, centres: np.ndarra
     return owner == frame_of
 
 
+def outside_erased(dets: Detections, erased: np.ndarray) -> np.ndarray:
+    """Which faces are not where an erased face is: their centre outside every erased box
+    (rows of x, y, w, h)."""
+    boxes = dets.boxes.astype(np.float64)
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    keep = np.ones(len(dets), bool)
+    for x, y, w, h in erased:  # few: the faces people asked to have forgotten
+        keep &= ~((x <= cx) & (cx <= x + w) & (y <= cy) & (cy <= y + h))
+    return keep
+
+
 # --- description ------------------------------------------------------------------------
 def describe_faces(library: Library, capture: CaptureRecord, settings: Settings,
                    pool: describing.EmbeddingPool | None, reporter: Reporter, max_pixels: int) -> int:
     """Quality, crop and (for faces big enough) embedding of every face not yet described."""
-    pending = library.undescribed(capture.id)
+    pending = library.faces.undescribed(capture.id)
     reporter.stage("describe", len(pending))
     described = 0
     in_flight: deque = deque()
@@ -254,7 +266,7 @@ def describe_faces(library: Library, capture: CaptureRecord, settings: Settings,
         nonlocal described
         while len(in_flight) > limit:
             future, face_ids = in_flight.popleft()
-            library.save_descriptions([(i, q, v, c) for i, (q, v, c) in zip(face_ids, future.result())])
+            library.faces.save_descriptions([(i, q, v, c) for i, (q, v, c) in zip(face_ids, future.result())])
             described += len(face_ids)
             reporter.advance(len(face_ids), faces=len(face_ids))
 
@@ -272,9 +284,8 @@ def describe_faces(library: Library, capture: CaptureRecord, settings: Settings,
         drain(2 * (pool.workers if pool else 0) + 1)
 
     by_frame: dict[int, list[Face]] = {}
-    frame_index = {f.path: i for i, f in enumerate(capture.frames)}
     for face in pending:
-        by_frame.setdefault(frame_index[face.source], []).append(face)
+        by_frame.setdefault(face.frame, []).append(face)
     for fi, faces in by_frame.items():
         frame = capture.frames[fi]
         info = probe(frame.path, max_pixels)
@@ -341,7 +352,7 @@ def scan_path(library: Library, path: str, settings: Settings, *, detector: Dete
         capture, _ = find_or_add_capture(library, path, key, kind, frames, settings)
         with capture_lock(library.path, capture.id, on_wait=reporter.note):
             try:
-                capture = library.capture(capture.id)  # as the scan we waited for left it
+                capture = library.captures.get(capture.id)  # as the scan we waited for left it
             except GigafaceError:
                 continue  # that scan failed and discarded the capture: make it again
             return _scan_locked(library, capture, path, frames, settings, detector, pool, resume, reporter,
@@ -351,11 +362,11 @@ def scan_path(library: Library, path: str, settings: Settings, *, detector: Dete
 def existing_capture(library: Library, path: str, key: str) -> CaptureRecord | None:
     """The capture of this content: found by its key (`capture_key(path)`), or by the older,
     weaker key of a capture made from this same path, which then gets the full key."""
-    capture = library.capture_by_key(key)
+    capture = library.captures.by_key(key)
     if capture is None:
-        legacy = library.capture_by_key(legacy_capture_key(path))
+        legacy = library.captures.by_key(legacy_capture_key(path))
         if legacy is not None and legacy.source == os.path.abspath(path):
-            capture = library.rekey_capture(legacy.id, key)
+            capture = library.captures.rekey(legacy.id, key)
     return capture
 
 
@@ -368,7 +379,7 @@ def find_or_add_capture(library: Library, path: str, key: str, kind: str, frames
         return capture, False
     width = max(f.x + f.width for f in frames)
     height = max(f.y + f.height for f in frames)
-    return library.find_or_create_capture(key, os.path.abspath(path), kind, width, height, frames,
+    return library.captures.find_or_create(key, os.path.abspath(path), kind, width, height, frames,
                                           settings.to_dict())
 
 
@@ -389,14 +400,14 @@ def _scan_locked(library: Library, capture: CaptureRecord, path: str, frames: li
     started = time.perf_counter()
     wanted = settings.to_dict()
     if capture.kind == "image" and capture.frames[0].path != frames[0].path:
-        capture = library.relocate(capture.id, frames[0].path)  # the same image, moved
+        capture = library.captures.relocate(capture.id, frames[0].path)  # the same image, moved
     if capture.stage == "done" and capture.settings == wanted:
-        return ScanResult(capture, library.face_count(capture.id), 0, 0.0, skipped=True,
-                          stored=library.face_count(capture.id, include_unlisted=True))
+        return ScanResult(capture, library.faces.count(capture.id), 0, 0.0, skipped=True,
+                          stored=library.faces.count(capture.id, include_unlisted=True))
     if not (resume and capture.settings == wanted):
         if resume:
             reporter.note(f"capture {capture.id} was scanned with other settings; starting over")
-        capture = library.restart_capture(capture.id, wanted)
+        capture = library.captures.restart(capture.id, wanted)
     elif capture.stage != "done":
         reporter.note(f"resuming capture {capture.id} at stage '{capture.stage}'")
 
@@ -404,11 +415,11 @@ def _scan_locked(library: Library, capture: CaptureRecord, path: str, frames: li
         result = _run_stages(library, capture, frames, settings, detector, pool, reporter, max_pixels)
     except GigafaceError:
         if discard_on_error:
-            library.delete_capture(capture.id)
+            library.captures.delete(capture.id)
         raise
     elapsed = time.perf_counter() - started
-    library.set_stage(capture.id, "done", elapsed=elapsed)
-    capture = library.capture(capture.id)
+    library.captures.set_stage(capture.id, "done", elapsed=elapsed)
+    capture = library.captures.get(capture.id)
     result.capture, result.seconds = capture, elapsed
     return result
 
@@ -419,7 +430,7 @@ def _run_stages(library: Library, capture: CaptureRecord, frames: list[Frame], s
     t0 = time.perf_counter()
     if capture.stage == "detect":
         detector = detector or CenterFace(settings.tile)
-        done = library.bands_done(capture.id)
+        done = library.captures.bands_done(capture.id)
         reporter.stage("detect", count_tiles(frames, settings))
         for fi, frame in enumerate(frames):
             info = probe(frame.path, max_pixels)
@@ -431,21 +442,26 @@ def _run_stages(library: Library, capture: CaptureRecord, frames: list[Frame], s
                     reporter.advance(len([b for b in skip if b * p.core < image_h]) * cols)
                 for band, tiles, dets in detect_bands(info, p, detector, settings, skip):
                     dets = dets.transformed(1.0, frame.x, frame.y)
-                    library.finish_band(capture.id, fi, pi, band, dets)
+                    library.captures.finish_band(capture.id, fi, pi, band, dets)
                     result.tiles += tiles
                     reporter.advance(tiles, faces=int(settings.listed(dets.scores, dets.sizes).sum()))
-        library.set_stage(capture.id, "merge")
-        capture = library.capture(capture.id)
+        library.captures.set_stage(capture.id, "merge")
+        capture = library.captures.get(capture.id)
     result.detect_seconds = time.perf_counter() - t0
     if capture.stage == "merge":
-        frame_of, dets = library.detections(capture.id)
+        frame_of, dets = library.captures.detections(capture.id)
         frame_of, faces = merge(frames, frame_of, dets, settings)
-        library.replace_faces(capture.id, frame_of, faces, settings.listed(faces.scores, faces.sizes))
-        capture = library.capture(capture.id)
+        # A person who asked to be forgotten stays forgotten through a re-scan: a face found
+        # where an erased one is is not stored again (the erased row stands for it, blurred
+        # and without a template).
+        keep = outside_erased(faces, library.faces.erased_boxes(capture.id))
+        frame_of, faces = frame_of[keep], faces.select(keep)
+        library.faces.replace(capture.id, frame_of, faces, settings.listed(faces.scores, faces.sizes))
+        capture = library.captures.get(capture.id)
     t1 = time.perf_counter()
     if capture.stage == "describe":
         result.described = describe_faces(library, capture, settings, pool, reporter, max_pixels)
     result.describe_seconds = time.perf_counter() - t1
-    result.faces = library.face_count(capture.id)
-    result.stored = library.face_count(capture.id, include_unlisted=True)
+    result.faces = library.faces.count(capture.id)
+    result.stored = library.faces.count(capture.id, include_unlisted=True)
     return result

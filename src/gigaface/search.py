@@ -21,7 +21,8 @@ from gigaface.library.audit_chain import local_user  # noqa: F401 - callers name
 from gigaface.engine.detections import Detections
 from gigaface.engine.detector import CenterFace
 from gigaface.errors import GigafaceError
-from gigaface.library.store import Face, Library
+from gigaface.library.records import Face
+from gigaface.library.store import Library
 from gigaface.engine.plan import settings_for
 from gigaface.ingest import detect_image
 from gigaface.engine.source import as_rgb8, error_text, open_sequential, probe
@@ -247,7 +248,7 @@ def rank(library: Library, refs: list[Reference], capture_ids: list[int] | None 
     """Faces of the captures ordered by distance to the person (the mean of the references)."""
     if not refs:
         raise GigafaceError("give at least one reference photo")
-    ids, vectors = library.embeddings(capture_ids)
+    ids, vectors = library.faces.embeddings(capture_ids)
     if not len(ids):
         return []
     target = np.mean([r.embedding for r in refs], axis=0)
@@ -255,7 +256,7 @@ def rank(library: Library, refs: list[Reference], capture_ids: list[int] | None 
     order = np.argsort(distances, kind="stable")
     if top:
         order = order[:top]
-    faces = {f.id: f for f in library.faces_by_id([int(ids[i]) for i in order])}
+    faces = {f.id: f for f in library.faces.by_id([int(ids[i]) for i in order])}
     return [Match(k + 1, faces[int(ids[i])], float(distances[i]), bool(distances[i] <= threshold))
             for k, i in enumerate(order)]
 
@@ -265,8 +266,8 @@ def audited_rank(library: Library, refs: list[Reference], capture_ids: list[int]
     """`rank`, recorded in the library's audit log: when, who, which captures, a hash of
     the reference embedding and how many results. Every search goes through here."""
     matches = rank(library, refs, capture_ids, top=top, threshold=threshold)
-    searched = capture_ids if capture_ids is not None else [c.id for c in library.captures()]
-    library.record_search(who, purpose, searched, np.mean([r.embedding for r in refs], axis=0),
+    searched = capture_ids if capture_ids is not None else [c.id for c in library.captures.all()]
+    library.audit.record_search(who, purpose, searched, np.mean([r.embedding for r in refs], axis=0),
                           len(matches), sum(m.match for m in matches))
     return matches
 
@@ -280,7 +281,7 @@ def contact_sheet(library: Library, matches: list[Match], out: str, columns: int
         r, c = divmod(k, columns)
         x0, y0 = pad + c * cell_w, pad + r * cell_h
         colour = (40, 160, 60) if m.match else (150, 150, 150)
-        data = library.crop(m.face.id)
+        data = library.faces.crop(m.face.id)
         if data:
             crop = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
             side = cell_w - 2 * pad

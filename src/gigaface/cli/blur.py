@@ -23,7 +23,7 @@ def blur(image: str = typer.Argument(..., help="A scanned image (or one frame of
     check_threshold(threshold)
     library = Library(db)
     real = os.path.realpath(image)
-    for cap in library.captures():
+    for cap in library.captures.all():
         for frame in cap.frames:
             if os.path.realpath(frame.path) == real:
                 n = blur_image(library, cap, out_path, keep or [], style, threshold, frame_path=frame.path)

@@ -29,7 +29,7 @@ def find(db: str = typer.Argument(..., help="Library file."),
                              "contact sheet (.png)")
     library = Library(db)
     for c in capture or []:
-        library.capture(c)
+        library.captures.get(c)
     library.key()  # without its key a library can be listed, not searched: say so before any work
     refs = references(photo)
     for r in refs:

@@ -23,8 +23,8 @@ consent_app = typer.Typer(no_args_is_help=True, help="Who is shown unblurred in 
 
 def _one_capture(library: Library, capture: Optional[int]) -> int:
     if capture is not None:
-        return library.capture(capture).id
-    ids = [c.id for c in library.captures()]
+        return library.captures.get(capture).id
+    ids = [c.id for c in library.captures.all()]
     if len(ids) != 1:
         raise GigafaceError(f"{library.path} holds {len(ids)} captures; choose one with --capture")
     return ids[0]
@@ -75,8 +75,8 @@ def consent_list(db: str = typer.Argument(..., help="Library file."),
 
     library = Library(db)
     if capture is not None:
-        library.capture(capture)
-    consents = library.consents(capture)
+        library.captures.get(capture)
+    consents = library.consents.all(capture)
     shown: dict[int, list[int]] = {}
     if library.has_key():
         for capture_id in {c.capture for c in consents}:
@@ -147,7 +147,7 @@ def audit(db: str = typer.Argument(..., help="Library file."),
     positive(days=days)
     library = Library(db)
     library.key()  # the chain is keyed: without the key the log cannot be checked
-    entries = library.audit(since=time.time() - days * 86400 if days is not None else None)
+    entries = library.audit.log(since=time.time() - days * 86400 if days is not None else None)
     if as_json:
         print(json.dumps([e.__dict__ for e in entries], indent=2))
     else:
@@ -190,7 +190,7 @@ def retention(db: str = typer.Argument(..., help="Library file."),
     if days is not None and forever:
         raise GigafaceError("give --days or --forever, not both")
     if days is not None or forever:
-        library.set_retention(None if forever else days, existing)
-    current = library.retention_days()
+        library.captures.set_retention(None if forever else days, existing)
+    current = library.captures.retention_days()
     out.print(f"{db}: captures are kept " + ("until removed by hand" if current is None else f"{current:g} days")
               + (" (captures already here re-dated)" if existing else ""))

@@ -18,8 +18,8 @@ def captures(db: str = typer.Argument(..., help="Library file."),
     from gigaface.privacy.retention import describe_expiry
 
     rows = [{"id": c.id, "source": c.source, "kind": c.kind, "width": c.width, "height": c.height,
-             "stage": c.stage, "faces": library.face_count(c.id), "settings": c.settings,
-             "expires_at": c.expires_at, "expires": describe_expiry(c)} for c in library.captures()]
+             "stage": c.stage, "faces": library.faces.count(c.id), "settings": c.settings,
+             "expires_at": c.expires_at, "expires": describe_expiry(c)} for c in library.captures.all()]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -38,8 +38,8 @@ def faces(db: str = typer.Argument(..., help="Library file."),
     """List faces: box in panorama pixels, score, landmarks, quality."""
     library = Library(db)
     if capture is not None:
-        library.capture(capture)
-    found = library.faces(capture)
+        library.captures.get(capture)
+    found = library.faces.all(capture)
     if as_json:
         print(json.dumps([f.to_dict() for f in found]))
         return

@@ -55,7 +55,7 @@ def scan(
     except GigafaceError:
         # A damaged image found mid-decode: a library this command created and left
         # empty (and the key and files folder made for it) would be half-written files.
-        if db in library.made and not library.captures():
+        if db in library.made and not library.captures.all():
             library.close()
             folder = [] if files_folder_was_there else [files_root(db)]
             _remove_made([db + "-wal", db + "-shm", *library.made, *folder])
@@ -101,7 +101,7 @@ def _scan_all(library, images, settings, detector, pool, resume, max_pixels, fra
         summaries.append({
             "capture": cap.id, "source": cap.source, "width": cap.width, "height": cap.height,
             "faces": result.faces, "stored": result.stored, "described": result.described,
-            "embedded": library.face_count(cap.id, embedded=True), "skipped": result.skipped,
+            "embedded": library.faces.count(cap.id, embedded=True), "skipped": result.skipped,
             "seconds": round(result.seconds, 2), "detect_seconds": round(result.detect_seconds, 2),
             "describe_seconds": round(result.describe_seconds, 2), "tiles": result.tiles,
             "megapixels_per_second": round(megapixels / result.detect_seconds, 2) if result.detect_seconds else None,

@@ -41,7 +41,7 @@ def serve(db: str = typer.Argument(..., help="Library file (created if missing).
     except BaseException:
         sock.close()
         raise
-    if not any(not t.revoked for t in library.tokens()):
+    if not any(not t.revoked for t in library.tokens.all()):
         err.print(f"[yellow]no tokens yet: create one with `gigaface token create {db} --name you --role admin`")
     library.close()
     port = sock.getsockname()[1]

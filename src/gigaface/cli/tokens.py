@@ -35,7 +35,7 @@ def token_create(db: str = typer.Argument(..., help="Library file."),
 def token_list(db: str = typer.Argument(..., help="Library file."),
                as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List tokens (never their secrets)."""
-    tokens = Library(db).tokens()
+    tokens = Library(db).tokens.all()
     if as_json:
         print(json.dumps([t.__dict__ for t in tokens], indent=2))
         return
@@ -49,5 +49,5 @@ def token_list(db: str = typer.Argument(..., help="Library file."),
 def token_revoke(db: str = typer.Argument(..., help="Library file."),
                  token_id: int = typer.Argument(..., help="The token's id (gigaface token list).")) -> None:
     """Revoke a token: requests with it are refused from now on."""
-    Library(db).revoke_token(token_id)
+    Library(db).tokens.revoke(token_id)
     out.print(f"token {token_id} revoked")

@@ -66,7 +66,7 @@ def run_demo(out_dir: str, size: float, preset: str, bars: Console | None, out: 
         peak_worker = pool.peak_rss_mb()
 
     truth = json.loads(Path(scene.truth).read_text())
-    faces = library.faces(result.capture.id)
+    faces = library.faces.all(result.capture.id)
     recall = _recall(truth["faces"], [f.box for f in faces])
     peak_main = peak_rss_mb()
     mp = scene.width * scene.height / 1e6

@@ -13,7 +13,7 @@ import json
 import os
 
 from gigaface.errors import GigafaceError
-from gigaface.library.store import Frame
+from gigaface.library.records import Frame
 from gigaface.paths import require_regular_file
 from gigaface.engine.source import DEFAULT_MAX_PIXELS, probe
 

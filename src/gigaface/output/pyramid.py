@@ -14,7 +14,7 @@ import pyvips
 
 from gigaface.output.atomic import temporary_beside
 from gigaface.errors import GigafaceError
-from gigaface.library.store import Frame
+from gigaface.library.records import Frame
 from gigaface.engine.source import as_rgb8, error_text, open_sequential
 
 TILE = 254      # + 1 px overlap each side = 256-px tiles, OpenSeadragon's default

@@ -11,7 +11,8 @@ import numpy as np
 
 from gigaface.library.audit_chain import local_user
 from gigaface.errors import GigafaceError
-from gigaface.library.store import Consent, Library
+from gigaface.library.records import Consent
+from gigaface.library.store import Library
 from gigaface.search import KEEP_THRESHOLD, Reference
 
 
@@ -19,23 +20,23 @@ def add(library: Library, capture_id: int, ref: Reference, name: str, note: str 
         who: str | None = None) -> Consent:
     """Add a consent; the audit log records who added it (default: this computer's user),
     the faces compared and how many it reveals."""
-    library.capture(capture_id)
+    library.captures.get(capture_id)
     if not name.strip():
         raise GigafaceError("give the person's name (--name), so the consent can be found and withdrawn")
     ids, vectors, frames = _embedded_faces(library, capture_id)
     shown = _nearest_per_frame(ref.embedding, vectors, frames, KEEP_THRESHOLD)
-    return library.add_consent(capture_id, name.strip(), note.strip(), ref.embedding, who=who or local_user(),
+    return library.consents.add(capture_id, name.strip(), note.strip(), ref.embedding, who=who or local_user(),
                                compared=len(ids), shown=len(shown))
 
 
 def remove(library: Library, consent_id: int, who: str | None = None) -> Consent:
     """Withdraw a consent, recorded in the audit log."""
-    return library.remove_consent(consent_id, who=who or local_user())
+    return library.consents.remove(consent_id, who=who or local_user())
 
 
 def revealed(library: Library, capture_id: int, threshold: float = KEEP_THRESHOLD) -> dict[int, int]:
     """{face id: consent id} of the faces shown unblurred in the capture's exports."""
-    consents, templates = library.consent_embeddings(capture_id)
+    consents, templates = library.consents.embeddings(capture_id)
     if not consents:
         return {}
     ids, vectors, frames = _embedded_faces(library, capture_id)
@@ -48,9 +49,9 @@ def revealed(library: Library, capture_id: int, threshold: float = KEEP_THRESHOL
 
 def _embedded_faces(library: Library, capture_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(face ids, embeddings, frame of each) of the capture's searchable faces."""
-    ids, vectors = library.embeddings([capture_id])
-    frame_of = {f.id: f.source for f in library.faces(capture_id)} if len(ids) else {}
-    return ids, vectors, np.array([frame_of[int(i)] for i in ids])
+    ids, vectors = library.faces.embeddings([capture_id])
+    frame_of = {f.id: f.frame for f in library.faces.all(capture_id)} if len(ids) else {}
+    return ids, vectors, np.array([frame_of[int(i)] for i in ids], np.int64)
 
 
 def _nearest_per_frame(template: np.ndarray, vectors: np.ndarray, frames: np.ndarray, threshold: float) -> list[int]:

@@ -69,13 +69,13 @@ def forget(library: Library, refs: list[Reference], who: str, threshold: float =
         entry.faces.append(m.face.id)
         entry.boxes.append([round(v, 1) for v in m.face.box])
     target = np.mean([r.embedding for r in refs], axis=0)
-    for capture in library.captures():
-        consents, templates = library.consent_embeddings(capture.id)
+    for capture in library.captures.all():
+        consents, templates = library.consents.embeddings(capture.id)
         for consent, template in zip(consents, templates):
             if np.linalg.norm(template - target) <= threshold:
                 if not dry_run:
-                    library.remove_consent(consent.id, who=who)
+                    library.consents.remove(consent.id, who=who)
                 by_capture.setdefault(capture.id, CaptureErasure(capture.id)).consents.append(consent.id)
     if not dry_run:
-        library.erase_faces([m.face.id for m in matches])
+        library.faces.erase([m.face.id for m in matches])
     return ErasureReport(threshold, [by_capture[c] for c in sorted(by_capture)])

@@ -46,20 +46,20 @@ def build_outputs(library: Library, capture: CaptureRecord, files: CaptureFiles,
 def originals(library: Library, capture: CaptureRecord) -> list:
     """Each frame as the viewer's own pyramid shows it: untouched, but for the faces of
     people who asked to be forgotten, which are blurred there too."""
-    erased = [f for f in library.faces(capture.id) if f.erased]
-    return [blurred(frame.path, _boxes_in(frame, [f for f in erased if f.source == frame.path]))
-            if any(f.source == frame.path for f in erased) else open_sequential(frame.path)
-            for frame in capture.frames]
+    erased = [f for f in library.faces.all(capture.id) if f.erased]
+    return [blurred(frame.path, _boxes_in(frame, [f for f in erased if f.frame == i]))
+            if any(f.frame == i for f in erased) else open_sequential(frame.path)
+            for i, frame in enumerate(capture.frames)]
 
 
 def write_exports(library: Library, capture: CaptureRecord, exports: list[str]) -> int:
     """Each frame with every face blurred but consented matches, written atomically;
     returns faces blurred."""
     shown = consent.revealed(library, capture.id)
-    faces = [f for f in library.faces(capture.id, include_unlisted=True) if f.id not in shown]  # blur point included
+    faces = [f for f in library.faces.all(capture.id, include_unlisted=True) if f.id not in shown]  # blur point included
     blurred_count = 0
-    for frame, out in zip(capture.frames, exports):
-        blurred_count += anonymise(frame.path, _boxes_in(frame, [f for f in faces if f.source == frame.path]), out)
+    for i, (frame, out) in enumerate(zip(capture.frames, exports)):
+        blurred_count += anonymise(frame.path, _boxes_in(frame, [f for f in faces if f.frame == i]), out)
     return blurred_count
 
 
@@ -79,7 +79,7 @@ def remove_outdated_files(db: str, capture_id: int, originals_too: bool) -> None
     files = capture_files(db, capture_id)
     library = Library(db)
     try:
-        capture = library.capture(capture_id)
+        capture = library.captures.get(capture_id)
     except GigafaceError:
         return
     finally:

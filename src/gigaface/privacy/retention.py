@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 
 from gigaface.library.files import remove_capture_files
-from gigaface.library.store import CaptureRecord, Library
+from gigaface.library.records import CaptureRecord
+from gigaface.library.store import Library
 
 
 @dataclass(frozen=True)
@@ -30,15 +31,15 @@ def purge(library: Library, db: str, now: float | None = None, dry_run: bool = F
     """Remove every capture whose expiry has passed; `before_remove(capture_id)` lets the
     service stop a job still working on one."""
     purged = []
-    for capture in library.expired(now):
-        faces = library.face_count(capture.id)
+    for capture in library.captures.expired(now):
+        faces = library.faces.count(capture.id)
         if dry_run:
             purged.append(Purged(capture.id, capture.source, capture.expires_at, faces,
-                                 library.face_count(capture.id, embedded=True)))
+                                 library.faces.count(capture.id, embedded=True)))
             continue
         if before_remove is not None:
             before_remove(capture.id)
-        purged.append(Purged(capture.id, capture.source, capture.expires_at, faces, library.drop_embeddings(capture.id)))
+        purged.append(Purged(capture.id, capture.source, capture.expires_at, faces, library.faces.drop_embeddings(capture.id)))
         remove(library, db, capture)
     if purged and not dry_run:
         library.flush_deleted()
@@ -47,8 +48,8 @@ def purge(library: Library, db: str, now: float | None = None, dry_run: bool = F
 
 def remove(library: Library, db: str, capture: CaptureRecord) -> None:
     """A capture's rows, then its files and the upload the library owned."""
-    job = library.job(capture.id)
-    library.delete_capture(capture.id)
+    job = library.jobs.get(capture.id)
+    library.captures.delete(capture.id)
     remove_capture_files(db, capture.id)
     if job is not None and job.owned_file:
         shutil.rmtree(os.path.dirname(job.owned_file), ignore_errors=True)

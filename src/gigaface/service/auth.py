@@ -54,7 +54,7 @@ def authenticate(service: Service, headers: Headers) -> Access:
     if token is None:
         raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
     if token.last_used is None or time.time() - token.last_used > 60:
-        service.library().touch_token(token.id)  # at most once a minute: a write costs the scan a lock
+        service.library().tokens.touch(token.id)  # at most once a minute: a write costs the scan a lock
     return Access(token.role, token.name, "token", token.id)
 
 

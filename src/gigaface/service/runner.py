@@ -31,8 +31,8 @@ class JobRunner:
 
     def start(self) -> None:
         library = Library(self.db)
-        for job in library.jobs(states=("running",)):
-            library.update_job(job.capture, state="queued")
+        for job in library.jobs.all(states=("running",)):
+            library.jobs.update(job.capture, state="queued")
         self.queue_missing_files(library)
         library.close()
         self.thread.start()
@@ -40,8 +40,8 @@ class JobRunner:
     def queue_missing_files(self, library: Library) -> None:
         """Scanned captures without a pyramid or exports (scanned by the CLI, or their files
         were removed) get a job that makes them."""
-        for capture in library.captures():
-            job = library.job(capture.id)
+        for capture in library.captures.all():
+            job = library.jobs.get(capture.id)
             if job is not None and job.state in ("queued", "running", "failed"):
                 continue
             files = capture_files(self.db, capture.id)
@@ -49,7 +49,7 @@ class JobRunner:
                      and os.path.exists(files.public_pyramid)
                      and all(map(os.path.exists, files.exports(capture.frames))))
             if not ready:
-                library.put_job(capture.id, stage="pyramid" if capture.stage == "done" else capture.stage)
+                library.jobs.put(capture.id, stage="pyramid" if capture.stage == "done" else capture.stage)
 
     def submit(self, capture_id: int) -> None:
         self.wake.set()
@@ -78,7 +78,7 @@ class JobRunner:
     def _loop(self) -> None:
         library = Library(self.db)  # sqlite3 connections belong to the thread that made them
         while not self.stopping.is_set():
-            queued = library.jobs(states=("queued",))
+            queued = library.jobs.all(states=("queued",))
             if not queued:
                 self.wake.wait(timeout=2)
                 self.wake.clear()
@@ -101,10 +101,10 @@ class JobRunner:
             self.cancelled.discard(capture_id)
         if self.stopping.is_set() or cancelled:
             return
-        job = library.job(capture_id)
+        job = library.jobs.get(capture_id)
         if job is not None and code != 0 and job.state != "failed":
             # Killed or crashed without a word: fail the job with what it said, so the
             # queue moves on instead of retrying it forever.
             last = (stderr or "").strip().splitlines()
-            library.update_job(capture_id, state="failed",
+            library.jobs.update(capture_id, state="failed",
                                     error=last[-1][:300] if last else f"job worker exited with {code}")

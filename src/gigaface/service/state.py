@@ -63,7 +63,7 @@ class Service:
 
     def capture_or_404(self, capture_id: int) -> CaptureRecord:
         try:
-            return self.library().capture(capture_id)
+            return self.library().captures.get(capture_id)
         except GigafaceError:
             raise HTTPException(404, f"no capture {capture_id}") from None
 
@@ -79,8 +79,8 @@ class Service:
     def requeue(self, capture_id: int) -> None:
         """A job for a capture that has one already: it makes whatever the capture lacks."""
         lib = self.library()
-        capture = lib.capture(capture_id)
-        lib.put_job(capture_id, stage="pyramid" if capture.stage == "done" else capture.stage)
+        capture = lib.captures.get(capture_id)
+        lib.jobs.put(capture_id, stage="pyramid" if capture.stage == "done" else capture.stage)
         self.submit(capture_id)
 
     def refresh(self, capture_id: int, originals_too: bool) -> None:

@@ -54,31 +54,31 @@ class JobReporter(Reporter):
         now = time.monotonic()
         if force or now - self.written >= PROGRESS_EVERY:
             self.written = now
-            self.library.update_job(self.capture_id, stage=self.stage_name, done=self.done,
+            self.library.jobs.update(self.capture_id, stage=self.stage_name, done=self.done,
                                     total=self.total, faces=self.faces)
 
 
 @owner_only()  # tiles, exports and the lock: owner-only, in owner-only folders (faces are biometric data)
 def run_job(db: str, capture_id: int) -> None:
     library = Library(db)
-    capture = library.capture(capture_id)
+    capture = library.captures.get(capture_id)
     files = capture_files(db, capture_id)
     private_folder(db, files.folder)
     # A job left running by a server that was killed, or a CLI scan, holds this: wait for it.
     with capture_lock(db, capture_id):
-        capture = library.capture(capture_id)  # as the process we waited for left it
-        if library.job(capture_id) is None:
-            library.put_job(capture_id, state="running")
-        library.update_job(capture_id, state="running", error=None)
+        capture = library.captures.get(capture_id)  # as the process we waited for left it
+        if library.jobs.get(capture_id) is None:
+            library.jobs.put(capture_id, state="running")
+        library.jobs.update(capture_id, state="running", error=None)
         reporter = JobReporter(library, capture_id)
         try:
             capture = _scan(library, capture, reporter)
             build_outputs(library, capture, files, reporter)
         except GigafaceError as exc:
-            library.update_job(capture_id, state="failed", error=str(exc))
+            library.jobs.update(capture_id, state="failed", error=str(exc))
             raise
-        library.update_job(capture_id, state="done", stage="done", done=reporter.total,
-                           faces=library.face_count(capture_id))
+        library.jobs.update(capture_id, state="done", stage="done", done=reporter.total,
+                           faces=library.faces.count(capture_id))
 
 
 def _scan(library: Library, capture: CaptureRecord, reporter: JobReporter) -> CaptureRecord:

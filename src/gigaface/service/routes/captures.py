@@ -34,7 +34,7 @@ State = Annotated[Service, Depends(service_of)]
 
 def capture_out(svc: Service, c: CaptureRecord, who: Access) -> CaptureOut:
     lib = svc.library()
-    job = lib.job(c.id)
+    job = lib.jobs.get(c.id)
     files = capture_files(svc.db, c.id)
     exports_ready = os.path.exists(files.public_pyramid) and all(map(os.path.exists, files.exports(c.frames)))
     if job is not None:
@@ -49,7 +49,7 @@ def capture_out(svc: Service, c: CaptureRecord, who: Access) -> CaptureOut:
     return CaptureOut(
         id=c.id, name=os.path.basename(c.source), source=c.source if who.role == "admin" else os.path.basename(c.source),
         kind=c.kind, width=c.width, height=c.height, state=state, stage=stage, progress=progress,
-        faces=lib.face_count(c.id), pyramid=os.path.exists(files.pyramid), export=exports_ready, error=error,
+        faces=lib.faces.count(c.id), pyramid=os.path.exists(files.pyramid), export=exports_ready, error=error,
         pyramid_url=pyramid_url(f"/api/captures/{c.id}/pyramid", files.pyramid),
         public_url=pyramid_url(f"/api/captures/{c.id}/public", files.public_pyramid),
         created_at=c.created_at, finished_at=c.finished_at, expires_at=c.expires_at)
@@ -69,14 +69,14 @@ def _add(svc: Service, path: str, preset: str, min_face: float | None, owned: st
     lib = svc.library()
     capture, made = ingest.add_capture(lib, path, settings_for(preset, min_face), svc.config.max_pixels)
     if made:  # else already there, or a CLI scan of the same file made it meanwhile
-        lib.put_job(capture.id, owned_file=owned)
+        lib.jobs.put(capture.id, owned_file=owned)
         svc.submit(capture.id)
     return capture, made
 
 
 @router.get("/api/captures", response_model=list[CaptureOut], responses=ERRORS)
 def list_captures(svc: State, who: Viewer) -> list[CaptureOut]:
-    return [capture_out(svc, c, who) for c in svc.library().captures()]
+    return [capture_out(svc, c, who) for c in svc.library().captures.all()]
 
 
 @router.post("/api/captures", response_model=CaptureOut, status_code=201,
@@ -129,7 +129,7 @@ def get_capture(capture_id: CaptureId, svc: State, who: Viewer) -> CaptureOut:
 
 def _capture_json(svc: Service, capture_id: int, who: Access) -> str | None:
     try:
-        return capture_out(svc, svc.library().capture(capture_id), who).model_dump_json()
+        return capture_out(svc, svc.library().captures.get(capture_id), who).model_dump_json()
     except GigafaceError:
         return None  # deleted
 
@@ -169,5 +169,5 @@ async def capture_events(request: Request, capture_id: CaptureId, svc: State, wh
 def delete_capture(capture_id: CaptureId, svc: State, who: Admin) -> Response:
     svc.capture_or_404(capture_id)
     svc.cancel_job(capture_id)
-    remove(svc.library(), svc.db, svc.library().capture(capture_id))
+    remove(svc.library(), svc.db, svc.library().captures.get(capture_id))
     return Response(status_code=204)

@@ -24,13 +24,13 @@ def list_faces(capture_id: CaptureId, svc: State, who: Viewer,
                min_sharpness: Annotated[float | None, Query(ge=0, le=1e9)] = None,
                min_frontalness: Annotated[float | None, Query(ge=0, le=1)] = None) -> FacePage:
     svc.capture_or_404(capture_id)
-    total, faces = svc.library().face_page(capture_id, offset, limit, min_size, max_size, min_score,
+    total, faces = svc.library().faces.page(capture_id, offset, limit, min_size, max_size, min_score,
                                            min_sharpness, min_frontalness)
     return FacePage(total=total, offset=offset, limit=limit, items=[FaceOut.of(f) for f in faces])
 
 
 def _face_or_404(svc: Service, face_id: int) -> Face:
-    found = svc.library().faces_by_id([face_id])
+    found = svc.library().faces.by_id([face_id])
     if not found:
         raise HTTPException(404, f"no face {face_id}")
     return found[0]
@@ -45,7 +45,7 @@ def get_face(face_id: RecordId, svc: State, who: Viewer) -> FaceOut:
             response_class=Response)
 def face_crop(face_id: RecordId, svc: State, who: Viewer) -> Response:
     _face_or_404(svc, face_id)
-    data = svc.library().crop(face_id)
+    data = svc.library().faces.crop(face_id)
     if not data:
         raise HTTPException(404, f"face {face_id} has no crop yet")
     # Not kept by the browser: a face erased later must not stay in its cache (the page

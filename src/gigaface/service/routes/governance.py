@@ -34,7 +34,7 @@ def _consent_out(c: Consent, shown: dict[int, int]) -> ConsentOut:
 def list_consents(capture_id: CaptureId, svc: State, who: Admin) -> list[ConsentOut]:
     svc.capture_or_404(capture_id)
     shown = revealed(svc.library(), capture_id)
-    return [_consent_out(c, shown) for c in svc.library().consents(capture_id)]
+    return [_consent_out(c, shown) for c in svc.library().consents.all(capture_id)]
 
 
 @router.post("/api/captures/{capture_id:int}/consents", response_model=ConsentOut, status_code=201,
@@ -56,7 +56,7 @@ def add_consent(capture_id: CaptureId, svc: State, who: Admin,
 @router.delete("/api/consents/{consent_id:int}", status_code=204, responses=ERRORS,
                summary="Withdraw a consent: the person is blurred again")
 def remove_consent(consent_id: RecordId, svc: State, who: Admin) -> Response:
-    if not any(c.id == consent_id for c in svc.library().consents()):
+    if not any(c.id == consent_id for c in svc.library().consents.all()):
         raise HTTPException(404, f"no consent {consent_id}")
     removed = consent.remove(svc.library(), consent_id, who=who.who)  # audited under the token
     svc.refresh(removed.capture, originals_too=False)
@@ -82,7 +82,7 @@ def forget_person(svc: State, who: Admin, photos: Annotated[list[UploadFile], Fi
             summary="The audit log: every search, by whom, over which captures, and whether its chain holds")
 def audit_log(svc: State, who: Admin, since: Annotated[float | None, Query(ge=0, le=1e11)] = None,
               limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> AuditOut:
-    log = svc.library().audit(since=since, limit=limit)
+    log = svc.library().audit.log(since=since, limit=limit)
     return AuditOut(chain=AuditChainOut(**log.verdict.to_dict()), entries=list(log))
 
 

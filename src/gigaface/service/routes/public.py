@@ -27,7 +27,7 @@ Public = Annotated[None, Depends(public_only)]
 @router.get("/public/captures", response_model=list[PublicCapture], responses={404: {"model": Problem}})
 def public_captures(_: Public, svc: State) -> list[PublicCapture]:
     listed = []
-    for c in svc.library().captures():
+    for c in svc.library().captures.all():
         url = pyramid_url(f"/public/captures/{c.id}", capture_files(svc.db, c.id).public_pyramid)
         if url is not None:  # file names may say where or who: a neutral name
             listed.append(PublicCapture(id=c.id, name=f"capture {c.id}", width=c.width, height=c.height, url=url))
