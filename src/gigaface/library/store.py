@@ -71,7 +71,10 @@ class Library:
         elif not {"captures", "faces"} <= tables:
             raise GigafaceError(f"{path}: a damaged gigaface library (no captures or faces table)")
         try:
-            self.db.execute("PRAGMA journal_mode = WAL")
+            # A new library is made in WAL mode already: switching needs an exclusive lock that,
+            # when many processes open the file at once, fails at once instead of waiting.
+            if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                self.db.execute("PRAGMA journal_mode = WAL")
         except sqlite3.OperationalError as exc:
             raise _cannot_open(path, exc) from None
         self.db.execute("PRAGMA synchronous = NORMAL")
@@ -189,6 +192,7 @@ def _create_file(path: str) -> list[str]:
             con.execute("BEGIN")
             schema.create(con, key)
             con.execute("COMMIT")
+            con.execute("PRAGMA journal_mode = WAL")  # kept in the file; its -wal goes on close
         finally:
             con.close()
 
