@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from gigaface.output.atomic import write_bytes
+from gigaface.process import configure_process
 
 from .data import MissingData
 
@@ -31,10 +32,7 @@ SECTIONS = ("wider", "identity", "mosaic", "scaling", "load", "privacy", "search
 
 def save_json(path: Path, value) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(value, f, indent=1, default=float)
-    os.replace(tmp, path)
+    write_bytes(path, json.dumps(value, indent=1, default=float).encode())
 
 
 def run_section(name: str, args, results: Path, plots: Path) -> None:
@@ -110,6 +108,7 @@ def run_mosaic(args, plots: Path) -> dict:
 
 
 def main() -> None:
+    configure_process()
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=float, default=100,

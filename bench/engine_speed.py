@@ -42,7 +42,7 @@ def crowd_faces(n: int) -> tuple[list[np.ndarray], list[tuple]]:
     """Regions and boxes (as `describe` cuts them) of up to n faces of the crowd photo."""
     from bench.data import shared_path
     from gigaface.engine import describe
-    from gigaface.search import detect_whole
+    from gigaface.references import detect_whole
 
     pixels, dets = detect_whole(str(shared_path(*CROWD)))
     regions, boxes = [], []
@@ -161,7 +161,7 @@ def real_tiles() -> list[np.ndarray]:
 def detector_speeds(repeat: int, log=print) -> dict:
     from gigaface.errors import GigafaceError
     from gigaface.engine.plan import settings_for
-    from gigaface.ingest import detect_image
+    from gigaface.engine.detect import detect_image
     from bench.data import shared_path
 
     tiles = real_tiles()

@@ -2,7 +2,7 @@
 
     python -m bench.identity --out bench/out
 
-Each photo's largest face is described the way `search.reference` does it (detector box and
+Each photo's largest face is described the way `references.reference` does it (detector box and
 landmarks, dlib 5-point alignment, a 150x150 chip, the dlib ResNet descriptor). To ask how
 small a face can be and still be found, the whole photo is also shrunk (INTER_AREA) until
 that face is N px (the box's larger side, the engine's `quality.size`) and the shrunk face
@@ -38,7 +38,8 @@ import numpy as np
 
 from bench.data import IdentityPhoto, MissingData, identity_photos, shared_path
 from gigaface.engine import describe as describing
-from gigaface.search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, detect_whole
+from gigaface.search import DEFAULT_THRESHOLD, KEEP_THRESHOLD
+from gigaface.references import detect_whole
 
 SIZES: tuple[int | None, ...] = (None, 64, 48, 32, 24)  # None: the face as photographed
 TARGET_FARS = (1e-2, 1e-3)
@@ -143,7 +144,7 @@ class Photo:
 def describe_at(pixels: np.ndarray, box: np.ndarray, landmarks: np.ndarray, size: int | None) -> np.ndarray:
     """The embedding of one face, after shrinking the whole image so the face is `size` px.
 
-    The description itself is `search.reference`'s: the region around the box, dlib's
+    The description itself is `references.reference`'s: the region around the box, dlib's
     alignment and chip, the descriptor. A face already no bigger than `size` is not enlarged.
     """
     x1, y1, x2, y2 = map(float, box)
@@ -194,7 +195,7 @@ def describe_photos(photos: list[IdentityPhoto], sizes=SIZES, log=print) -> tupl
         if not len(dets):
             faceless.append(name)
             continue
-        # The largest face, as `search.reference` picks it; in the photos with several faces
+        # The largest face, as `references.reference` picks it; in the photos with several faces
         # it is the labelled person (their genuine distances are ordinary).
         i = int(np.argmax((dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])))
         box, landmarks = dets.boxes[i], dets.landmarks[i]

@@ -37,9 +37,10 @@ import pyvips
 from bench.data import WiderImage, identity_photos, shared_path, wider_images
 from gigaface.engine.detector import CenterFace
 from gigaface.engine.plan import settings_for
-from gigaface.search import detect_whole
+from gigaface.references import detect_whole
 from gigaface.engine.source import as_rgb8, open_sequential
-from gigaface.output.streamed_image import temporary_name, write_atomic, write_streamed
+from gigaface.output.atomic import temporary_beside, write_bytes
+from gigaface.output.streamed_image import write_streamed
 
 __all__ = ["Cell", "Mosaic", "Planted", "build_mosaic", "load_mosaic"]
 
@@ -103,7 +104,7 @@ def build_mosaic(out_dir: Path, megapixels: float = 100, seed: int = 0, planted:
     if cached and (cached.megapixels, cached.seed, len(cached.planted)) == (megapixels, seed, planted):
         if tiff and cached.tiff is None:
             cached.tiff = _write_tiff(cached.jpeg, out_dir / TIFF_NAME)
-            write_atomic(cached.truth_json, _truth_json(cached))
+            write_bytes(cached.truth_json, _truth_json(cached))
         return cached
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +123,7 @@ def build_mosaic(out_dir: Path, megapixels: float = 100, seed: int = 0, planted:
     all_boxes = np.round(np.concatenate(boxes), 2).astype(np.float32)
     mosaic = Mosaic(jpeg, tiff_path, out_dir / TRUTH_NAME, width, height, megapixels, seed,
                     all_boxes, np.concatenate(invalid), people, cells)
-    write_atomic(mosaic.truth_json, _truth_json(mosaic))
+    write_bytes(mosaic.truth_json, _truth_json(mosaic))
     return mosaic
 
 
@@ -381,13 +382,10 @@ def _draw_wider(cell: Cell) -> np.ndarray:
 
 
 def _write_tiff(jpeg: Path, path: Path) -> Path:
-    tmp = temporary_name(path)
-    try:
+    with temporary_beside(str(path), suffix=".tif") as tmp:
         pyvips.Image.new_from_file(str(jpeg), access="sequential").tiffsave(
-            str(tmp), tile=True, tile_width=512, tile_height=512, compression="jpeg", Q=JPEG_Q, bigtiff=True)
+            tmp, tile=True, tile_width=512, tile_height=512, compression="jpeg", Q=JPEG_Q, bigtiff=True)
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

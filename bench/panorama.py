@@ -46,7 +46,7 @@ def tile_latency(repeats: int = 30) -> float:
 
 def gigaface_detect(image_path: str, preset: str) -> dict:
     """Detection only (the scan's detect and merge stages), for the side-by-side with peers."""
-    from gigaface.ingest import detect_image
+    from gigaface.engine.detect import detect_image
 
     dets = detect_image(image_path, settings_for(preset))
     return {"boxes": dets.boxes, "scores": dets.scores}
@@ -123,8 +123,8 @@ def full_scan(mosaic: Mosaic, db: Path, preset: str = "balanced") -> dict:
 
 
 def floor(mosaic: Mosaic, detect_s: float, latency: float, preset: str = "balanced") -> dict:
-    from gigaface.library.records import Frame
-    from gigaface.ingest import count_tiles
+    from gigaface.engine.frames import Frame
+    from gigaface.engine.detect import count_tiles
 
     tiles = count_tiles([Frame(str(mosaic.jpeg), 0, 0, mosaic.width, mosaic.height)], settings_for(preset))
     return {"tiles": tiles, "latency_ms": round(latency * 1000, 1), "floor_s": round(tiles * latency, 1),

@@ -76,7 +76,7 @@ def collect_faces(per_image: int, sources: list[tuple[str, Path]] | None = None,
     from gigaface.engine import describe
     from gigaface.engine.detector import CenterFace
     from gigaface.errors import GigafaceError
-    from gigaface.search import detect_whole
+    from gigaface.references import detect_whole
 
     detector, faces, known = CenterFace(), [], {}
     for folder, path in sources if sources is not None else images():

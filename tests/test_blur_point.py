@@ -19,7 +19,7 @@ from gigaface.engine.detections import Detections, nms_indices
 from gigaface.library.store import Library
 from gigaface.service.worker import run_job
 from gigaface.engine.plan import settings_for
-from gigaface.ingest import merge
+from gigaface.engine.merge import merge
 from bench.harness import run_cli
 from tests.helpers import astronaut, crowd, drop_column, expected_box, iou, read_image, write_image
 

@@ -29,7 +29,8 @@ import pytest
 
 from gigaface.library.store import Library
 from gigaface.engine.plan import settings_for
-from gigaface.ingest import capture_key, frames_of
+from gigaface.engine.content_key import capture_key
+from gigaface.engine.manifest import frames_of
 from bench.harness import CLI, run_cli
 from tests.helpers import crowd, write_image
 

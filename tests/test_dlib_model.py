@@ -41,7 +41,7 @@ def descriptor() -> Descriptor:
 @pytest.fixture(scope="module")
 def real_faces(detector):
     """(region, box) of real faces as `describe` cuts them: a large portrait, a group, a crowd."""
-    from gigaface.search import detect_whole
+    from gigaface.references import detect_whole
 
     faces = []
     for parts, keep in ((("deepface_identities", "img1.jpg"), 1), (("insightface_samples", "t1.jpg"), 6),

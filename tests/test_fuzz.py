@@ -27,7 +27,8 @@ from gigaface.errors import GigafaceError
 from gigaface.library.store import Library
 from gigaface.engine.manifest import read_manifest
 from gigaface.engine.plan import settings_for
-from gigaface.ingest import frames_of, scan_path
+from gigaface.engine.manifest import frames_of
+from gigaface.ingest import scan_path
 from bench.harness import make_token, run_cli, Server
 from tests.helpers import crowd, write_image
 

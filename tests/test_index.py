@@ -322,7 +322,7 @@ def test_two_images_differing_only_in_the_middle_are_two_captures(tmp_path, twin
 
 
 def test_a_capture_with_an_older_key_is_found_and_rekeyed(tmp_path, twin_tiffs, detector):
-    from gigaface.ingest import capture_key, legacy_capture_key
+    from gigaface.engine.content_key import capture_key, legacy_capture_key
 
     a, b = twin_tiffs
     library = Library(str(tmp_path / "lib.db"), create=True)

@@ -7,9 +7,9 @@ import sqlite3
 import numpy as np
 
 from gigaface.engine.detections import Detections
-from gigaface.ingest import outside_erased
+from gigaface.engine.merge import outside_erased
 from gigaface.library import schema
-from gigaface.library.records import Frame
+from gigaface.engine.frames import Frame
 from gigaface.library.store import Library
 
 

@@ -8,7 +8,8 @@ from conftest import shared_data
 from gigaface.library.store import Library
 from gigaface.engine.plan import settings_for
 from gigaface.ingest import scan_path
-from gigaface.search import DEFAULT_THRESHOLD, rank, reference
+from gigaface.search import DEFAULT_THRESHOLD, rank
+from gigaface.references import reference
 from tests.helpers import iou
 
 

@@ -280,7 +280,7 @@ def test_a_killed_reference_worker_is_replaced(site, real):
 def test_a_worker_killed_mid_photo_leaves_no_ram_file():
     """The pool itself, in this process: the worker dies while it has the photo; the
     parent retries on a new pool and removes the RAM file it wrote."""
-    from gigaface.search import ReferencePool
+    from gigaface.references import ReferencePool
 
     me = os.getpid()
     before, others = ram_files(me), set(children(me))
@@ -371,7 +371,7 @@ def test_event_streams_are_capped_and_the_rest_still_answers(tmp_path):
 
 
 def test_a_big_reference_photo_is_shrunk_before_detection(tmp_path, detector):
-    from gigaface.search import REFERENCE_PIXELS, bounded_photo, reference
+    from gigaface.references import REFERENCE_PIXELS, bounded_photo, reference
 
     canvas = crowd(6000, 4000, [(2500, 1800, 700)])
     big = write_image(tmp_path / "big.jpg", canvas, Q=90)

@@ -10,7 +10,9 @@ import pytest
 from gigaface.engine.detections import Detections, nms_indices
 from gigaface.library.store import Library
 from gigaface.engine.plan import PRESETS, listing_passes, plan_passes, settings_for, tile_columns
-from gigaface.ingest import count_tiles, frames_of, scan_path
+from gigaface.engine.detect import count_tiles
+from gigaface.engine.manifest import frames_of
+from gigaface.ingest import scan_path
 from tests.helpers import crowd, expected_box, iou, write_image
 
 SIZES = [(640, 480), (1400, 700), (6000, 4000), (300, 20000), (120_000, 40_000)]

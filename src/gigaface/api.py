@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gigaface.privacy import consent
+from gigaface.process import configure_process
 from gigaface.engine import describe as describing
 from gigaface.privacy.anonymise import anonymise as _anonymise
 from gigaface.engine.detector import CenterFace
@@ -18,8 +19,10 @@ from gigaface.errors import GigafaceError
 from gigaface.library.records import CaptureRecord, Face
 from gigaface.library.store import Library
 from gigaface.engine.plan import settings_for
-from gigaface.ingest import Reporter, ScanResult, scan_path
-from gigaface.search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, Match, Reference, audited_rank, local_user, reference
+from gigaface.engine.reporter import Reporter
+from gigaface.ingest import ScanResult, scan_path
+from gigaface.search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, Match, audited_rank, local_user
+from gigaface.references import Reference, reference
 from gigaface.engine.source import DEFAULT_MAX_PIXELS
 
 PhotoArg = str | Sequence[str]
@@ -65,6 +68,7 @@ def references(photos: list[str], detector: CenterFace | None = None) -> list[Re
 
 def blur_image(library: Library, capture: CaptureRecord, out: str, keep: list[str], style: str,
                threshold: float, frame_path: str | None = None, detector: CenterFace | None = None) -> int:
+    configure_process()
     index = next((i for i, f in enumerate(capture.frames) if frame_path is None or f.path == frame_path), None)
     if index is None:
         raise GigafaceError(f"{frame_path}: not a frame of capture {capture.id}")
@@ -85,6 +89,7 @@ def scan(path: str, db: str = "gigaface.db", preset: str = "balanced", min_face:
          reporter: Reporter | None = None, frames_anywhere: bool = False) -> Capture:
     """Scan an image (or a camera-array manifest .json) into the library at `db`. Another
     scan of the same capture (any process) is waited for, then found done."""
+    configure_process()
     settings = settings_for(preset, min_face, min_embed=min_embed)
     if workers is not None and workers < 1:
         raise GigafaceError(f"workers is at least 1 (got {workers})")

@@ -1,4 +1,8 @@
-"""The scan job: detect in bands, merge, describe, each stage resumable from the library.
+"""The scan job: a capture through the engine's stages into the library, each stage resumable.
+
+The stages themselves are the engine's (engine/detect.py, engine/merge.py,
+engine/describe.py) and know no library; this module runs them against one and commits
+their units of work.
 
 Stages and their unit of resume:
   detect    one band of one pass of one frame, committed with its detections
@@ -11,47 +15,30 @@ boxes stored only so that every published image blurs them too.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from gigaface.engine import describe as describing
-from gigaface.engine.detections import Detections, nms_indices
+from gigaface.engine.content_key import capture_key, legacy_capture_key
+from gigaface.engine.detect import count_tiles, detect_bands
 from gigaface.engine.detector import CenterFace, Detector
+from gigaface.engine.frames import Frame, panorama_size
+from gigaface.engine.manifest import frames_of
+from gigaface.engine.merge import merge, outside_erased
+from gigaface.engine.plan import Settings, plan_passes, tile_columns
+from gigaface.engine.reporter import Reporter
+from gigaface.engine.source import DEFAULT_MAX_PIXELS, RowWindow, load_scaled, probe
 from gigaface.errors import GigafaceError
-from gigaface.library.records import CaptureRecord, Face, Frame
-from gigaface.library.store import Library
-from gigaface.engine.manifest import is_manifest, read_manifest
-from gigaface.paths import require_regular_file
-from gigaface.engine.plan import Pass, Settings, plan_passes, tile_columns
 from gigaface.library.locks import capture_lock
-from gigaface.engine.source import DEFAULT_MAX_PIXELS, Band, ImageInfo, RowWindow, bands, load_scaled, probe
+from gigaface.library.records import CaptureRecord, Face
+from gigaface.library.store import Library
 
 DESCRIBE_NATIVE_MAX = 320  # px: larger faces are described from a downscaled read
 EMBED_BATCH = 8
-
-
-class Reporter:
-    """Receives progress; gigaface.progress draws bars from it. Every method is optional to override.
-
-    A reporter is also a context manager, so a caller can hold any reporter open around a
-    scan (bars need starting and stopping; this one does nothing).
-    """
-
-    def __enter__(self) -> "Reporter":
-        return self
-
-    def __exit__(self, *exc) -> None: ...
-
-    def stage(self, name: str, total: int) -> None: ...
-    def advance(self, n: int = 1, faces: int = 0) -> None: ...
-    def note(self, message: str) -> None: ...
 
 
 @dataclass
@@ -67,190 +54,12 @@ class ScanResult:
     stored: int = 0  # listed, and the boxes kept only to be blurred
 
 
-def capture_key(path: str, frames: list[Frame] | None = None) -> str:
-    """What makes two scans the same capture: the content, not the path or the file's mtime.
-
-    For an image, the SHA-256 of all of it: two files that differ anywhere are two
-    captures (reading the file costs a fraction of decoding it); for a manifest, its
-    location, its content and the SHA-256 of each of its frames (`frames`, when the
-    caller has read the manifest already).
-    """
-    if not is_manifest(path):
-        return f"image:sha256:{file_sha256(path)}"
-    require_regular_file(path, "manifest")
-    with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read())
-    if frames is None:  # the key only names the content: where frames may be is frames_of's to check
-        frames = read_manifest(path, 2**62, frames_anywhere=True)
-    for frame in frames:
-        digest.update(bytes.fromhex(file_sha256(frame.path)))
-    return f"manifest:sha256:{os.path.realpath(path)}:{digest.hexdigest()}"
-
-
-def file_sha256(path: str) -> str:
-    require_regular_file(path, "image")  # a FIFO would block the read forever
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def legacy_capture_key(path: str) -> str:
-    """The key gigaface gave captures before schema 4: the size and the first and last MiB
-    of an image (so two images differing only in the middle collided), or a manifest's
-    location and text. Used only to find such captures and give them their full key."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        if is_manifest(path):
-            digest.update(f.read())
-            return f"manifest:{os.path.realpath(path)}:{digest.hexdigest()[:24]}"
-        size = os.fstat(f.fileno()).st_size
-        digest.update(f.read(1 << 20))
-        if size > 2 << 20:
-            f.seek(-(1 << 20), os.SEEK_END)
-            digest.update(f.read())
-    return f"image:{size}:{digest.hexdigest()[:24]}"
-
-
 def is_capture_of(path: str, capture: CaptureRecord) -> bool:
     """Whether the file at `path` is still what `capture` was made from (full key, or the
     older key of a capture made from this very path)."""
     if capture.key == capture_key(path):
         return True
     return os.path.abspath(path) == capture.source and capture.key == legacy_capture_key(path)
-
-
-def frames_of(path: str, max_pixels: int, frames_anywhere: bool = False) -> tuple[str, list[Frame]]:
-    """The kind of input and its frames; a manifest's frames must lie in its folder unless
-    `frames_anywhere`."""
-    if is_manifest(path):
-        return "manifest", read_manifest(path, max_pixels, frames_anywhere=frames_anywhere)
-    info = probe(path, max_pixels)
-    return "image", [Frame(os.path.abspath(path), 0, 0, info.width, info.height)]
-
-
-# --- detection ------------------------------------------------------------------------
-def detect_bands(info: ImageInfo, p: Pass, detector: Detector, settings: Settings,
-                 skip: set[int] = frozenset()) -> Iterator[tuple[int, int, Detections]]:
-    """(band index, tiles run, detections in native frame pixels) for each band of one pass,
-    down to the settings' detection floor (the blur point)."""
-    up = round(p.scale) if p.upscale_tiles else 1  # tiles enlarged one by one from native rows
-    image, scale = load_scaled(info, 1.0 if up > 1 else p.scale)
-    width, height = image.width * up, image.height * up  # the pass's pixel grid
-    columns = tile_columns(width, p)
-    count = (height + p.core - 1) // p.core
-    start = next((i for i in range(count) if i not in skip), count)
-    T = p.tile
-    for band in bands(image, p.core // up, p.margin // up, start=start, path=info.path):
-        if band.index in skip:
-            continue
-        core_top, core_bottom = band.core_top * up, band.core_bottom * up
-        oy = core_top - p.margin
-
-        def fill(job: tuple[tuple[int, int], bool], out: np.ndarray, band=band, oy=oy) -> None:
-            (x0, _), mirrored = job
-            ox = x0 - p.margin
-            if up == 1:
-                cut_tile(band, ox, oy, out)
-            else:
-                small = np.empty((T // up, T // up, 3), np.uint8)
-                cut_tile(band, ox // up, oy // up, small)
-                cv2.resize(small, (T, T), dst=out, interpolation=cv2.INTER_LINEAR)
-            if mirrored:
-                out[:] = out[:, ::-1]
-
-        jobs = [(column, mirrored) for column in columns for mirrored in ((False, True) if p.flip else (False,))]
-        found = []
-        for ((cx0, cx1), mirrored), dets in zip(jobs, detector.detect_jobs(jobs, fill, settings.detect_threshold)):
-            if not len(dets):
-                continue
-            if mirrored:
-                dets = dets.mirrored(T)
-            dets = dets.transformed(1.0, cx0 - p.margin, oy)
-            cx, cy = dets.centres[:, 0], dets.centres[:, 1]
-            native_sizes = dets.sizes / (scale * up)
-            keep = ((cx >= cx0) & (cx < cx1) & (cy >= core_top) & (cy < core_bottom)
-                    & (native_sizes >= p.min_size) & (native_sizes < p.max_size))
-            found.append(dets.select(keep).reweighted(p.weight))
-        dets = Detections.concat(found)
-        native = dets.clipped(width, height).transformed(1.0 / (scale * up))
-        # Faces that will be listed outrank the rest, so a low-scoring box seen only to be
-        # blurred never suppresses one; among them, NMS keeps what it kept before.
-        keep = nms_indices(dets, settings.nms_iou, cell=2 * p.margin, first=settings.listed(native.scores, native.sizes))
-        yield band.index, len(jobs), native.select(keep)
-
-
-def cut_tile(band: Band, ox: int, oy: int, out: np.ndarray) -> None:
-    """The square of `band`'s image at (ox, oy) into `out`, black beyond the image's edges."""
-    T = out.shape[0]
-    width = band.pixels.shape[1]
-    sx0, sx1 = max(0, ox), min(width, ox + T)
-    sy0, sy1 = max(0, oy), min(band.top + band.pixels.shape[0], oy + T)
-    if (sx0 - ox, sy0 - oy, sx1 - ox, sy1 - oy) != (0, 0, T, T):
-        out[:] = 0
-    out[sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox] = band.pixels[sy0 - band.top : sy1 - band.top, sx0:sx1]
-
-
-def detect_image(path: str, settings: Settings, detector: Detector | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, blur_too: bool = False) -> Detections:
-    """The listed faces in one image (with `blur_too`, also those only blurred), held nowhere
-    but in the detections: the scan's detect and merge stages without a library, for photos
-    and for measuring the detector."""
-    settings = settings if blur_too else settings.listing_only()
-    info = probe(path, max_pixels)
-    detector = detector or CenterFace(settings.tile)
-    found = [dets for p in plan_passes(info.width, info.height, settings)
-             for _, _, dets in detect_bands(info, p, detector, settings)]
-    dets = Detections.concat(found)
-    frame = Frame(path, 0, 0, info.width, info.height)
-    return merge([frame], np.zeros(len(dets), np.int64), dets, settings)[1]
-
-
-def count_tiles(frames: list[Frame], settings: Settings) -> int:
-    total = 0
-    for frame in frames:
-        for p in plan_passes(frame.width, frame.height, settings):
-            w, h = round(frame.width * p.scale), round(frame.height * p.scale)
-            total += -(-w // p.core) * -(-h // p.core) * p.looks
-    return total
-
-
-def merge(frames: list[Frame], frame_of: np.ndarray, dets: Detections, settings: Settings
-          ) -> tuple[np.ndarray, Detections]:
-    """All passes and frames into one face set, in panorama pixels: every face down to the
-    blur point (`settings.listed` tells which are listed)."""
-    if len(frames) > 1 and len(dets):
-        keep = owned_by_frame(frames, frame_of, dets.centres)
-        frame_of, dets = frame_of[keep], dets.select(keep)
-    keep_size = dets.sizes >= settings.detect_min_face
-    frame_of, dets = frame_of[keep_size], dets.select(keep_size)
-    index = nms_indices(dets, settings.nms_iou, first=settings.listed(dets.scores, dets.sizes))
-    return frame_of[index], dets.select(index)
-
-
-def owned_by_frame(frames: list[Frame], frame_of: np.ndarray, centres: np.ndarray,
-                   chunk: int = 4096) -> np.ndarray:
-    """Where frames overlap, a face belongs to the frame whose centre is nearest to it."""
-    fc = np.array([(f.x + f.width / 2, f.y + f.height / 2) for f in frames])
-    lo = np.array([(f.x, f.y) for f in frames])
-    hi = lo + np.array([(f.width, f.height) for f in frames])
-    owner = np.empty(len(centres), np.int64)
-    for s in range(0, len(centres), chunk):  # faces x frames at a time, bounded
-        c = centres[s : s + chunk, None, :]
-        inside = ((c >= lo[None]) & (c < hi[None])).all(axis=2)
-        dist = np.linalg.norm(c - fc[None], axis=2)
-        dist[~inside] = np.inf
-        owner[s : s + chunk] = dist.argmin(axis=1)
-    return owner == frame_of
-
-
-def outside_erased(dets: Detections, erased: np.ndarray) -> np.ndarray:
-    """Which faces are not where an erased face is: their centre outside every erased box
-    (rows of x, y, w, h)."""
-    boxes = dets.boxes.astype(np.float64)
-    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    keep = np.ones(len(dets), bool)
-    for x, y, w, h in erased:  # few: the faces people asked to have forgotten
-        keep &= ~((x <= cx) & (cx <= x + w) & (y <= cy) & (cy <= y + h))
-    return keep
 
 
 # --- description ------------------------------------------------------------------------
@@ -377,8 +186,7 @@ def find_or_add_capture(library: Library, path: str, key: str, kind: str, frames
     capture = existing_capture(library, path, key)
     if capture is not None:
         return capture, False
-    width = max(f.x + f.width for f in frames)
-    height = max(f.y + f.height for f in frames)
+    width, height = panorama_size(frames)
     return library.captures.find_or_create(key, os.path.abspath(path), kind, width, height, frames,
                                           settings.to_dict())
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from gigaface.ingest import Reporter
+from gigaface.engine.reporter import Reporter
 
 
 class RateColumn(ProgressColumn):

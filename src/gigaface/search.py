@@ -1,31 +1,21 @@
-"""Find a person: reference photos -> one embedding -> faces ranked by distance."""
+"""Find a person: reference embeddings -> one person embedding -> faces ranked by distance.
+
+The one place distances between templates are taken: ranking, consent (who is revealed)
+and erasure (who is forgotten) all use `person_embedding` and `distances`.
+"""
 from __future__ import annotations
 
-import math
-import multiprocessing
-import os
-import tempfile
-import threading
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
-import pyvips
 
-from gigaface.engine import describe as describing
-from gigaface.library.audit_chain import local_user  # noqa: F401 - callers name it search.local_user
-from gigaface.engine.detections import Detections
-from gigaface.engine.detector import CenterFace
 from gigaface.errors import GigafaceError
+from gigaface.library.audit_chain import local_user  # noqa: F401 - callers name it search.local_user
 from gigaface.library.records import Face
 from gigaface.library.store import Library
-from gigaface.engine.plan import settings_for
-from gigaface.ingest import detect_image
-from gigaface.engine.source import as_rgb8, error_text, open_sequential, probe
+from gigaface.output.contact_sheet import Cell, write_contact_sheet
+from gigaface.references import Reference
 
 # Measured in bench/report.md (section 4) on 64 photos of 15 people, faces shrunk to
 # 64/48/32/24 px against full-size references: the largest threshold (0.05 steps) that
@@ -48,20 +38,6 @@ def check_threshold(threshold: float, maximum: float = MAX_THRESHOLD) -> float:
     return threshold
 
 
-REFERENCE_MAX_PIXELS = 100_000_000   # refused before decoding
-# What a reference photo is shrunk to before detection: a selfie's face stays hundreds of
-# pixels tall, far above the 150-px chip the descriptor works on.
-REFERENCE_PIXELS = 4_000_000
-
-
-@dataclass(frozen=True)
-class Reference:
-    path: str
-    embedding: np.ndarray
-    box: tuple[float, float, float, float]
-    faces_in_photo: int
-
-
 @dataclass(frozen=True)
 class Match:
     rank: int
@@ -76,188 +52,32 @@ class Match:
                 "quality": self.face.quality}
 
 
-def detect_whole(path: str, detector: CenterFace | None = None) -> tuple[np.ndarray, Detections]:
-    """Detect faces in a small photo, holding it in memory; returns (RGB pixels, detections)."""
-    dets = detect_image(path, settings_for("balanced"), detector, REFERENCE_MAX_PIXELS)
-    pixels = as_rgb8(open_sequential(path)).numpy()
-    return pixels, dets
+def person_embedding(refs: Sequence[Reference]) -> np.ndarray:
+    """One embedding for a person seen in several photos: the mean of their references."""
+    if not refs:
+        raise GigafaceError("give at least one reference photo")
+    return np.mean([r.embedding for r in refs], axis=0)
 
 
-def reference(path: str, detector: CenterFace | None = None, spare: str | None = None) -> Reference:
-    """The embedding of the largest face in a reference photo (the one way a photo becomes a
-    reference: the CLI, the Python API and the service's workers all come here). `spare`:
-    a RAM file (`.v`) that the caller owns and removes, for the shrunk copy."""
-    with bounded_photo(path, spare) as (photo, scale):
-        pixels, dets = detect_whole(photo, detector)
-    if not len(dets):
-        raise GigafaceError(f"{path}: no face found in the reference photo")
-    areas = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
-    i = int(np.argmax(areas))
-    x1, y1, x2, y2 = map(float, dets.boxes[i])
-    box = (x1, y1, x2 - x1, y2 - y1)
-    x0, y0, rx1, ry1 = describing.region_box(box)
-    x0, y0 = max(0, x0), max(0, y0)
-    region = pixels[y0:ry1, x0:rx1]
-    chip = describing.cut_chip(region, (box[0] - x0, box[1] - y0, box[2], box[3]),
-                               dets.landmarks[i] - [x0, y0])
-    return Reference(path, describing.embed(chip.chip[None])[0], tuple(v / scale for v in box), len(dets))
-
-
-@contextmanager
-def bounded_photo(path: str, spare: str | None = None) -> Iterator[tuple[str, float]]:
-    """The photo, or a copy of it shrunk to REFERENCE_PIXELS, and the scale of that copy.
-
-    A reference needs one face at a size the 150-px descriptor chip can use, so detecting
-    over a 25-MP original only costs time and memory (13 s and 340 MB for a black 25-MP
-    JPEG). libvips' thumbnail shrinks on load (JPEGs decode at 1/2-1/8) and the copy is
-    written to RAM, removed when done: the photo is never copied to disk.
-    """
-    info = probe(path, REFERENCE_MAX_PIXELS)
-    pixels = info.width * info.height
-    if pixels <= REFERENCE_PIXELS:
-        yield path, 1.0
-        return
-    scale = math.sqrt(REFERENCE_PIXELS / pixels)
-    width, height = max(1, int(info.width * scale)), max(1, int(info.height * scale))
-    try:
-        # no_rotate: the same pixel frame as an unshrunk photo, whose orientation tag is ignored too
-        small = as_rgb8(pyvips.Image.thumbnail(path, width, height=height, size="down", no_rotate=True,
-                                               fail_on="truncated")).copy()
-    except pyvips.Error as exc:
-        raise GigafaceError(f"{path}: not an image that libvips can read ({error_text(exc)})") from None
-    # A .v file keeps its metadata: the original's loader name would have the copy opened
-    # with JPEG shrink-on-load options that libvips' own format does not take.
-    small.remove("vips-loader")
-    with nullcontext(spare) if spare else ram_file(suffix=".v") as copy:
-        try:
-            small.write_to_file(copy)
-        except pyvips.Error as exc:
-            raise GigafaceError(f"{path}: cannot be read ({error_text(exc)})") from None
-        try:
-            yield copy, small.width / info.width
-        except GigafaceError as exc:
-            raise GigafaceError(str(exc).replace(copy, path)) from None
-
-
-# Photos received over the network are decoded from RAM: a tmpfs file with a name of its
-# own (libvips caches loads by file name, so a reused name could return another photo).
-RAM_FOLDER = "/dev/shm"
-
-
-@contextmanager
-def ram_file(data: bytes | None = None, suffix: str = "") -> Iterator[str]:
-    """A new file in RAM (tmpfs) holding `data`, removed on exit however the block ends.
-    Without /dev/shm (not Linux), the system's temporary folder, private to this user."""
-    folder = RAM_FOLDER if os.path.isdir(RAM_FOLDER) else None
-    # The pid in the name says whose file it is (a server's, a command's) to anyone looking.
-    fd, path = tempfile.mkstemp(prefix=f"gigaface-ref-{os.getpid()}-", suffix=suffix, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if data is not None:
-                f.write(data)
-        yield path
-    finally:
-        os.remove(path)
-
-
-def reference_from_bytes(name: str, data: bytes, detector: CenterFace | None = None) -> Reference:
-    """The embedding of the largest face in a photo given as bytes; the photo never
-    touches the disk, and is gone when this returns."""
-    _require_ram()
-    with ram_file(data) as scratch, _named(scratch, name):
-        ref = reference(scratch, detector)
-    return Reference(name, ref.embedding, ref.box, ref.faces_in_photo)
-
-
-def _require_ram() -> None:
-    if not os.path.isdir(RAM_FOLDER):
-        raise GigafaceError(f"{RAM_FOLDER} is missing: reference photos are only decoded in RAM")
-
-
-@contextmanager
-def _named(scratch: str, name: str) -> Iterator[None]:
-    """Errors name the photo as the client did, never the RAM file."""
-    try:
-        yield
-    except GigafaceError as exc:
-        raise GigafaceError(str(exc).replace(scratch, name)) from None
-
-
-class ReferencePool:
-    """Reference photos to embeddings in worker processes, for the service. In the server's
-    own process dlib holds the GIL for ~150 ms a face, stalling every other request, and one
-    shared detector would serialise the searches; here each worker has its own models.
-
-    The parent owns the photo: it writes the bytes to a RAM file, hands the worker its
-    name (and that of a spare one for a shrunk copy) and removes both whatever happens,
-    so a worker that dies leaves nothing behind. A
-    pool whose worker died (killed, out of memory) is broken for good: it is replaced and
-    the photo tried once more.
-    """
-
-    def __init__(self, workers: int | None = None):
-        self.workers = max(1, workers or min(2, os.cpu_count() or 1))
-        self.lock = threading.Lock()
-        self.executor = self._start()
-
-    def _start(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_reference_worker, initargs=(os.getpid(),))
-
-    def reference(self, name: str, data: bytes) -> Reference:
-        _require_ram()
-        with ram_file(data) as scratch, ram_file(suffix=".v") as spare, _named(scratch, name):
-            ref = self._in_a_worker(scratch, spare)
-        return Reference(name, ref.embedding, ref.box, ref.faces_in_photo)
-
-    def _in_a_worker(self, path: str, spare: str) -> Reference:
-        for _attempt in range(2):
-            executor = self.executor
-            try:
-                return executor.submit(_reference_in_worker, path, spare).result()
-            except BrokenProcessPool:
-                self._replace(executor)
-        raise GigafaceError(f"{path}: the photo could not be read (its worker process stopped twice)")
-
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
-        with self.lock:
-            if self.executor is broken:  # another request may have replaced it already
-                self.executor = self._start()
-        broken.shutdown(wait=False, cancel_futures=True)
-
-    def close(self) -> None:
-        with self.lock:
-            self.executor.shutdown(wait=True, cancel_futures=True)
-
-
-_worker_detector: CenterFace | None = None
-
-
-def _init_reference_worker(parent: int) -> None:
-    global _worker_detector
-    describing.init_worker(parent)
-    _worker_detector = CenterFace(streams=1)
-
-
-def _reference_in_worker(path: str, spare: str) -> Reference:
-    return reference(path, _worker_detector, spare)
+def distances(vectors: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each row of `vectors` (or one vector) to `target`: what every
+    match threshold in gigaface is measured in."""
+    return np.linalg.norm(np.asarray(vectors) - target, axis=-1)
 
 
 def rank(library: Library, refs: list[Reference], capture_ids: list[int] | None = None,
          top: int | None = None, threshold: float = DEFAULT_THRESHOLD) -> list[Match]:
     """Faces of the captures ordered by distance to the person (the mean of the references)."""
-    if not refs:
-        raise GigafaceError("give at least one reference photo")
+    target = person_embedding(refs)
     ids, vectors = library.faces.embeddings(capture_ids)
     if not len(ids):
         return []
-    target = np.mean([r.embedding for r in refs], axis=0)
-    distances = np.linalg.norm(vectors - target, axis=1)
-    order = np.argsort(distances, kind="stable")
+    far = distances(vectors, target)
+    order = np.argsort(far, kind="stable")
     if top:
         order = order[:top]
     faces = {f.id: f for f in library.faces.by_id([int(ids[i]) for i in order])}
-    return [Match(k + 1, faces[int(ids[i])], float(distances[i]), bool(distances[i] <= threshold))
+    return [Match(k + 1, faces[int(ids[i])], float(far[i]), bool(far[i] <= threshold))
             for k, i in enumerate(order)]
 
 
@@ -267,48 +87,17 @@ def audited_rank(library: Library, refs: list[Reference], capture_ids: list[int]
     the reference embedding and how many results. Every search goes through here."""
     matches = rank(library, refs, capture_ids, top=top, threshold=threshold)
     searched = capture_ids if capture_ids is not None else [c.id for c in library.captures.all()]
-    library.audit.record_search(who, purpose, searched, np.mean([r.embedding for r in refs], axis=0),
+    library.audit.record_search(who, purpose, searched, person_embedding(refs),
                           len(matches), sum(m.match for m in matches))
     return matches
 
 
 def contact_sheet(library: Library, matches: list[Match], out: str, columns: int = 6) -> str:
     """A PNG of each match's crop with its rank, distance and place in the panorama."""
-    cell_w, cell_h, pad = 160, 200, 8
-    rows = max(1, -(-len(matches) // columns))
-    sheet = np.full((rows * cell_h + pad, columns * cell_w + pad, 3), 245, np.uint8)
-    for k, m in enumerate(matches):
-        r, c = divmod(k, columns)
-        x0, y0 = pad + c * cell_w, pad + r * cell_h
-        colour = (40, 160, 60) if m.match else (150, 150, 150)
-        data = library.faces.crop(m.face.id)
-        if data:
-            crop = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            side = cell_w - 2 * pad
-            f = side / max(crop.shape[:2])
-            crop = cv2.resize(crop, (max(1, int(crop.shape[1] * f)), max(1, int(crop.shape[0] * f))),
-                              interpolation=cv2.INTER_CUBIC if f > 1 else cv2.INTER_AREA)
-            sheet[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
-        cv2.rectangle(sheet, (x0 - 3, y0 - 3), (x0 + cell_w - 2 * pad + 2, y0 + cell_w - 2 * pad + 2), colour, 3)
+    cells = []
+    for m in matches:
         x, y, w, h = m.face.box
         lines = [f"#{m.rank}  d={m.distance:.3f}{'  MATCH' if m.match else ''}",
                  f"capture {m.face.capture} face {m.face.id}", f"at {int(x)},{int(y)} ({int(w)}px)"]
-        for j, text in enumerate(lines):
-            cv2.putText(sheet, text, (x0, y0 + cell_w - pad + 14 + 14 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
-                        (20, 20, 20), 1, cv2.LINE_AA)
-    write_png(out, sheet)
-    return out
-
-
-def write_png(path: str, rgb: np.ndarray) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory)
-    os.close(fd)
-    try:
-        if not cv2.imwrite(tmp, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise GigafaceError(f"{path}: cannot write PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        cells.append(Cell(library.faces.crop(m.face.id), lines, m.match))
+    return write_contact_sheet(cells, out, columns)

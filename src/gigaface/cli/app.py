@@ -33,21 +33,13 @@ def options(key_file: Optional[str] = typer.Option(
         None, "--key-file", help="The key that encrypts the library's embeddings (default: $GIGAFACE_KEY,"
         " $GIGAFACE_KEY_FILE, or LIBRARY.key beside the library, made when the library is created).")) -> None:
     """Find every face in a gigapixel crowd image, and find one person among them."""
-    _configure_process()
+    process.configure_process()  # the one place a command sets up its process
     if key_file is not None:
         from gigaface.library.sealing import ENV_KEY, ENV_KEY_FILE, read_key_file
 
         read_key_file(key_file)  # a bad key file is one clear error now, not a failure mid-scan
         os.environ[ENV_KEY_FILE] = os.path.abspath(key_file)  # job workers inherit it
         os.environ.pop(ENV_KEY, None)
-
-
-def _configure_process() -> None:
-    """The one place a command sets up its process, before any work: the shared
-    gigaface.process.configure_process, where this build has it."""
-    configure = getattr(process, "configure_process", None)
-    if configure is not None:
-        configure()
 
 
 def _warn_in_one_line(message, category, filename, lineno, file=None, line=None) -> None:

@@ -16,7 +16,8 @@ from gigaface.engine.detector import CenterFace
 from gigaface.engine.plan import PRESETS, settings_for
 from gigaface.engine.source import DEFAULT_MAX_PIXELS
 from gigaface.errors import GigafaceError
-from gigaface.ingest import frames_of, scan_path
+from gigaface.engine.manifest import frames_of
+from gigaface.ingest import scan_path
 from gigaface.library.files import files_root
 from gigaface.library.store import Library
 from gigaface.process import peak_rss_mb

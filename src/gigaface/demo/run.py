@@ -21,7 +21,8 @@ from gigaface.library.store import Library
 from gigaface.process import peak_rss_mb
 from gigaface.progress import BarReporter
 from gigaface.engine.plan import settings_for
-from gigaface.ingest import Reporter, scan_path
+from gigaface.engine.reporter import Reporter
+from gigaface.ingest import scan_path
 from gigaface.search import KEEP_THRESHOLD, audited_rank, contact_sheet, local_user
 
 

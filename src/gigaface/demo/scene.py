@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 from skimage import data as skdata
 
-from gigaface.output.streamed_image import write_atomic, write_streamed
+from gigaface.output.atomic import write_bytes
+from gigaface.output.streamed_image import write_streamed
 
 __all__ = ["DemoScene", "build_stadium"]
 
@@ -135,7 +136,7 @@ def build_stadium(out_dir: Path, megapixels: float = 150.0, seed: int = 0,
     faces = _Faces()
 
     reference = out_dir / "stadium_reference.jpg"
-    write_atomic(reference, faces.reference_jpeg())
+    write_bytes(reference, faces.reference_jpeg())
     panorama = out_dir / "stadium.jpg"
     renderer = _Renderer(layout, faces, rng)
     write_streamed(panorama, width, height, renderer.bands(), on_progress, Q=90)
@@ -144,7 +145,7 @@ def build_stadium(out_dir: Path, megapixels: float = 150.0, seed: int = 0,
     r, seat = layout.target
     target_box = tuple(int(layout.rows[r][k][seat]) for k in ("x", "y", "f", "f"))
     truth = out_dir / "stadium_truth.json"
-    write_atomic(truth, _truth_json(width, height, boxes, target_box))
+    write_bytes(truth, _truth_json(width, height, boxes, target_box))
     return DemoScene(panorama, reference, truth, width, height, len(boxes), target_box)
 
 

@@ -18,6 +18,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from gigaface import process
 from gigaface.errors import GigafaceError
 from gigaface.process import peak_rss_mb
 
@@ -170,6 +171,7 @@ def init_worker(parent: int) -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    process.configure_process()
     shape_predictor()
     recogniser()
 

@@ -13,7 +13,7 @@ import json
 import os
 
 from gigaface.errors import GigafaceError
-from gigaface.library.records import Frame
+from gigaface.engine.frames import Frame, panorama_size
 from gigaface.paths import require_regular_file
 from gigaface.engine.source import DEFAULT_MAX_PIXELS, probe
 
@@ -68,11 +68,19 @@ def read_manifest(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, frames_anywhe
                                 " (allow it with --frames-anywhere if you trust this manifest)")
         info = probe(file, max_pixels)
         frames.append(Frame(file, x, y, info.width, info.height))
-    width = max(f.x + f.width for f in frames)
-    height = max(f.y + f.height for f in frames)
+    width, height = panorama_size(frames)
     if width * height > max_pixels:
         raise GigafaceError(f"{path}: the panorama would be {width}x{height}, over the pixel limit")
     return frames
+
+
+def frames_of(path: str, max_pixels: int, frames_anywhere: bool = False) -> tuple[str, list[Frame]]:
+    """The kind of input and its frames; a manifest's frames must lie in its folder unless
+    `frames_anywhere`."""
+    if is_manifest(path):
+        return "manifest", read_manifest(path, max_pixels, frames_anywhere=frames_anywhere)
+    info = probe(path, max_pixels)
+    return "image", [Frame(os.path.abspath(path), 0, 0, info.width, info.height)]
 
 
 def _inside(file: str, folder: str) -> bool:

@@ -11,7 +11,8 @@ import numpy as np
 
 from gigaface.engine.detections import Detections
 from gigaface.errors import GigafaceError
-from gigaface.library.records import CaptureRecord, Frame
+from gigaface.library.records import CaptureRecord
+from gigaface.engine.frames import Frame
 
 if TYPE_CHECKING:
     from gigaface.library.store import Library

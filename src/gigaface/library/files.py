@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from gigaface.library.records import Frame
+from gigaface.engine.frames import Frame
 
 
 @dataclass(frozen=True)

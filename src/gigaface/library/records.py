@@ -4,18 +4,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from gigaface.engine.frames import Frame  # noqa: F401  (a capture's record holds its frames)
 from gigaface.library.audit_chain import AuditVerdict
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One image of a capture, placed at (x, y) in the capture's panorama."""
-
-    path: str
-    x: int
-    y: int
-    width: int
-    height: int
 
 
 @dataclass(frozen=True)

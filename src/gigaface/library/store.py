@@ -18,7 +18,8 @@ from gigaface.library.captures import CaptureStore
 from gigaface.library.consents import ConsentStore
 from gigaface.library.faces import EMBEDDING_DIM, FaceStore
 from gigaface.library.jobs import JobStore
-from gigaface.library.records import AuditEntry, AuditLog, CaptureRecord, Consent, Face, Frame, Job, Token
+from gigaface.library.records import AuditEntry, AuditLog, CaptureRecord, Consent, Face, Job, Token
+from gigaface.engine.frames import Frame
 from gigaface.library.schema import APPLICATION, SCHEMA_VERSION
 from gigaface.library.sealing import ENV_KEY_FILE, LibraryKey, find_key, key_file_beside, key_for_new_library
 from gigaface.library.tokens import TokenStore

@@ -1,4 +1,5 @@
-"""Outputs written under a temporary name beside their destination, then renamed into place.
+"""The one way gigaface writes a file: under a temporary name beside its destination, then
+renamed into place, so a reader sees the old file or the new one, never half of one.
 
 A process killed mid-write (SIGKILL, power cut, OOM killer) cannot clean up, so it leaves
 its temporary file or folder behind. The next writer of the same destination removes such
@@ -90,3 +91,12 @@ def temporary_beside(final: str, suffix: str = "", folder: bool = False) -> Iter
                 os.remove(path)
         finally:
             os.close(lock)
+
+
+def write_bytes(final: str | os.PathLike, payload: bytes) -> None:
+    """Write `payload` to `final` through a temporary beside it (see temporary_beside)."""
+    final = os.fspath(final)
+    with temporary_beside(final) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, final)

@@ -14,7 +14,7 @@ import pyvips
 
 from gigaface.output.atomic import temporary_beside
 from gigaface.errors import GigafaceError
-from gigaface.library.records import Frame
+from gigaface.engine.frames import Frame, panorama_size
 from gigaface.engine.source import as_rgb8, error_text, open_sequential
 
 TILE = 254      # + 1 px overlap each side = 256-px tiles, OpenSeadragon's default
@@ -29,8 +29,7 @@ def composed(frames: Sequence[Frame], images: Sequence[pyvips.Image] | None = No
     images = [as_rgb8(image) for image in images]
     if len(frames) == 1 and frames[0].x == 0 and frames[0].y == 0:
         return images[0]
-    width = max(f.x + f.width for f in frames)
-    height = max(f.y + f.height for f in frames)
+    width, height = panorama_size(frames)
     canvas = pyvips.Image.black(width, height, bands=3).cast("uchar").copy(interpretation="srgb")
     for frame, image in zip(frames, images):
         canvas = canvas.insert(image, frame.x, frame.y)

@@ -1,4 +1,4 @@
-"""Write an image far larger than memory from full-width bands, and write files atomically.
+"""Write an image far larger than memory from full-width bands.
 
 The bands are streamed as an uncompressed PNG through a ``pyvips.SourceCustom``
 straight into a libvips saver, so neither side ever holds the whole image.  PNG
@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import pyvips
 
-__all__ = ["write_streamed", "write_atomic", "temporary_name"]
+from gigaface.output.atomic import temporary_beside
+
+__all__ = ["write_streamed"]
 
 # Bands are copied into PNG scanlines this many bytes at a time, so the copy
 # stays small however tall the caller's bands are.
@@ -57,37 +59,16 @@ def write_streamed(path: Path, width: int, height: int, bands: Iterable[np.ndarr
 
     source = pyvips.SourceCustom()
     source.on_read(read)
-    tmp = temporary_name(path)
-    try:
+    with temporary_beside(str(path), suffix=path.suffix) as tmp:  # libvips reads the suffix
         image = pyvips.Image.pngload_source(source, access="sequential", fail_on="truncated")
         try:
-            image.write_to_file(str(tmp), **save_options)
+            image.write_to_file(tmp, **save_options)
         except pyvips.Error:
             if not failure:
                 raise
         if failure:             # the real cause of a truncated stream
             raise failure[0]
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write `payload` to `path` so that a reader sees the old file or the new one, never half."""
-    path = Path(path)
-    tmp = temporary_name(path)
-    try:
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def temporary_name(path: Path) -> Path:
-    """A hidden sibling of `path` for writing before a rename.  It keeps the
-    suffix, which libvips reads to choose the file format."""
-    path = Path(path)
-    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
 
 
 def _png_stream(width: int, height: int, bands: Iterable[np.ndarray],

@@ -13,7 +13,8 @@ from gigaface.library.audit_chain import local_user
 from gigaface.errors import GigafaceError
 from gigaface.library.records import Consent
 from gigaface.library.store import Library
-from gigaface.search import KEEP_THRESHOLD, Reference
+from gigaface.search import KEEP_THRESHOLD, distances
+from gigaface.references import Reference
 
 
 def add(library: Library, capture_id: int, ref: Reference, name: str, note: str = "",
@@ -58,11 +59,11 @@ def _nearest_per_frame(template: np.ndarray, vectors: np.ndarray, frames: np.nda
     """Indices of the one face per frame nearest to `template`, where within `threshold`."""
     if not len(vectors):
         return []
-    distances = np.linalg.norm(vectors - template, axis=1)
+    far = distances(vectors, template)
     found = []
     for frame in np.unique(frames):
         in_frame = np.flatnonzero(frames == frame)
-        best = in_frame[np.argmin(distances[in_frame])]
-        if distances[best] <= threshold:
+        best = in_frame[np.argmin(far[in_frame])]
+        if far[best] <= threshold:
             found.append(int(best))
     return found

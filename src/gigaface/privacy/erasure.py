@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from gigaface.errors import GigafaceError
 from gigaface.library.store import Library
-from gigaface.search import DEFAULT_THRESHOLD, Reference, audited_rank
+from gigaface.search import DEFAULT_THRESHOLD, audited_rank, distances, person_embedding
+from gigaface.references import Reference
 
 # Erasure acts on every face under the threshold, for good: never looser than the search's
 # own measured operating point (bench section 4: no impostor pair at 0.6, strangers start
@@ -68,11 +68,11 @@ def forget(library: Library, refs: list[Reference], who: str, threshold: float =
         entry = by_capture.setdefault(m.face.capture, CaptureErasure(m.face.capture))
         entry.faces.append(m.face.id)
         entry.boxes.append([round(v, 1) for v in m.face.box])
-    target = np.mean([r.embedding for r in refs], axis=0)
+    target = person_embedding(refs)
     for capture in library.captures.all():
         consents, templates = library.consents.embeddings(capture.id)
         for consent, template in zip(consents, templates):
-            if np.linalg.norm(template - target) <= threshold:
+            if distances(template, target) <= threshold:
                 if not dry_run:
                     library.consents.remove(consent.id, who=who)
                 by_capture.setdefault(capture.id, CaptureErasure(capture.id)).consents.append(consent.id)

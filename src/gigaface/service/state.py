@@ -14,7 +14,7 @@ from gigaface.errors import GigafaceError
 from gigaface.library.store import CaptureRecord, Library
 from gigaface.privacy.refresh import refresh_outputs
 from gigaface.privacy.retention import Purged, purge
-from gigaface.search import ReferencePool
+from gigaface.references import ReferencePool
 from gigaface.service.runner import JobRunner
 from gigaface.service.streams import StreamSlots
 from gigaface.service.uploads import DEFAULT_MAX_UPLOAD

@@ -14,7 +14,7 @@ from fastapi import HTTPException, Request, UploadFile
 
 from gigaface.engine.manifest import is_manifest
 from gigaface.errors import GigafaceError
-from gigaface.search import Reference, ReferencePool
+from gigaface.references import Reference, ReferencePool
 from gigaface.service.gate import SMALL_BODY
 
 MAX_PHOTO_BYTES = 25 << 20      # one reference photo

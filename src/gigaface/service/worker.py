@@ -14,10 +14,12 @@ import os
 import sys
 import time
 
+from gigaface import process
 from gigaface.engine import describe as describing
 from gigaface.engine.plan import Settings
 from gigaface.errors import GigafaceError
-from gigaface.ingest import Reporter, is_capture_of, scan_path
+from gigaface.engine.reporter import Reporter
+from gigaface.ingest import is_capture_of, scan_path
 from gigaface.library.files import capture_files, owner_only, private_folder
 from gigaface.library.locks import capture_lock
 from gigaface.library.store import CaptureRecord, Library
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m gigaface.service.worker LIBRARY CAPTURE_ID", file=sys.stderr)
         return 2
     os.nice(10)  # the server's requests come first
+    process.configure_process()
     try:
         run_job(argv[0], int(argv[1]))
     except GigafaceError as exc:
