@@ -126,13 +126,13 @@ class OpenVinoCenterFace:
         result = self.request.infer({0: self.buffer})
         return [result[o][0].copy() for o in self.outputs]
 
-    def detect_jobs(self, jobs, fill, threshold: float = 0.35):
+    def detect_tiles(self, jobs, fill, threshold: float = 0.35):
         from gigaface.engine.detector import decode
 
         out = []
         for job in jobs:
             fill(job, self.buffer[0])
-            out.append(decode(*self.infer(self.buffer[0]), threshold=threshold))
+            out.append(decode(*self.infer(self.buffer[0]), score_threshold=threshold))
         return out
 
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from bench.data import IdentityPhoto, MissingData, identity_photos, shared_path
 from gigaface.engine import describe as describing
-from gigaface.search import DEFAULT_THRESHOLD, KEEP_THRESHOLD
+from gigaface.search import DEFAULT_MATCH_THRESHOLD, KEEP_MATCH_THRESHOLD
 from gigaface.references import detect_whole
 
 SIZES: tuple[int | None, ...] = (None, 64, 48, 32, 24)  # None: the face as photographed
@@ -260,7 +260,7 @@ def recommend(by_size: dict, people: int, candidates=FIXED_THRESHOLDS,
     text = (f"**Recommended default: {chosen:g}.** Search ranks every face by distance and the threshold "
             "only marks the ones that count as the person, so a missed person is the costly error there, "
             "while a stranger marked further down the list costs a glance (revealing a face is what must "
-            f"not err, and it uses the stricter KEEP_THRESHOLD {KEEP_THRESHOLD:g}). The rule: the largest "
+            f"not err, and it uses the stricter KEEP_MATCH_THRESHOLD {KEEP_MATCH_THRESHOLD:g}). The rule: the largest "
             f"threshold, on a 0.05 grid, whose FAR stays ≤ {far_budget:g} at every face size (about the finest "
             f"FAR our impostor pairs resolve; {far_budget * 10_000:g} strangers marked per 10,000 faces of a "
             f"crowd). At {chosen:g} the genuine pairs accepted are {tars}, and {accepted} of {impostors} "
@@ -349,8 +349,8 @@ def findings(result: dict) -> str:
     if fine:
         text += f" At {t:g}, TAR stays ≥ 95% down to {fine[-1]['label']}"
         text += ("; " + ", ".join(f"{_pct(tar(r, t))} at {r['label']}" for r in short) + ".") if short else "."
-    return (text + f" The revealing threshold {KEEP_THRESHOLD:g} is much stricter on small faces ("
-            + ", ".join(f"{_pct(tar(r, KEEP_THRESHOLD))} at {r['label']}" for r in rows)
+    return (text + f" The revealing threshold {KEEP_MATCH_THRESHOLD:g} is much stricter on small faces ("
+            + ", ".join(f"{_pct(tar(r, KEEP_MATCH_THRESHOLD))} at {r['label']}" for r in rows)
             + "): a consenting person far from the camera will often stay blurred, the safe way to fail.")
 
 
@@ -416,7 +416,7 @@ def plot(result: dict, distances: dict, out_dir: Path) -> dict:
     ax.hist(impostor, bins, density=True, alpha=0.55, color="tab:red", label=f"impostor ({len(impostor)} pairs)")
     ax.hist(genuine, bins, density=True, alpha=0.55, color="tab:green", label=f"genuine ({len(genuine)} pairs)")
     native = result["sizes"][0]
-    lines = [(0.5, "tab:blue", ":", "0.5 (KEEP_THRESHOLD)"), (0.6, "k", "--", "0.6 (current default)")]
+    lines = [(0.5, "tab:blue", ":", "0.5 (KEEP_MATCH_THRESHOLD)"), (0.6, "k", "--", "0.6 (current default)")]
     if native["eer_threshold"] is not None:
         gap = native["genuine_max"] < native["impostor_min"]
         note = f" (EER 0 anywhere in {native['genuine_max']:.3f}-{native['impostor_min']:.3f})" if gap else ""
@@ -500,7 +500,7 @@ def measure(photos: list[Photo], dropped: list[str], faceless: list[str], out_di
         "fixed_thresholds": list(FIXED_THRESHOLDS),
         "sizes": sizes,
         "suspects": suspects(photos),
-        "engine": {"default_threshold": DEFAULT_THRESHOLD, "keep_threshold": KEEP_THRESHOLD},
+        "engine": {"default_threshold": DEFAULT_MATCH_THRESHOLD, "keep_threshold": KEEP_MATCH_THRESHOLD},
     }
     result["recommended_threshold"], result["justification"] = recommend(by_key, len(identities))
     result["plots"] = plot(result, distances, out_dir)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gigaface.engine.plan import settings_for
-from gigaface.search import DEFAULT_THRESHOLD
+from gigaface.search import DEFAULT_MATCH_THRESHOLD
 
 from .ap import evaluate, iou_matrix, judge, xywh_to_xyxy
 from .mosaic import Mosaic
@@ -131,7 +131,7 @@ def floor(mosaic: Mosaic, detect_s: float, latency: float, preset: str = "balanc
             "detect_s": detect_s, "ratio": round(tiles * latency / detect_s, 3)}
 
 
-def search(mosaic: Mosaic, db: Path, threshold: float = DEFAULT_THRESHOLD) -> list[dict]:
+def search(mosaic: Mosaic, db: Path, threshold: float = DEFAULT_MATCH_THRESHOLD) -> list[dict]:
     """For each planted person and each *other* photo of them: the planted face's rank and
     how many other faces fall under the threshold."""
     from gigaface.api import references

@@ -111,7 +111,7 @@ def face_sizes(labelled: np.ndarray) -> np.ndarray:
 
 # --- the sweep ---------------------------------------------------------------------------
 def family_settings(preset: str, floor: float, upscale: bool) -> Settings:
-    return settings_for(preset, blur_threshold=min(SWEEP_THRESHOLDS), blur_min_face=floor, blur_upscale=upscale)
+    return settings_for(preset, blur_score_threshold=min(SWEEP_THRESHOLDS), blur_min_face=floor, blur_upscale=upscale)
 
 
 def sweep(images: list[WiderImage], preset: str, detector: CenterFace, log=print) -> list[dict]:
@@ -216,7 +216,7 @@ def before_and_now(images: list[WiderImage], preset: str, detector: CenterFace, 
         settings = points(preset)[name]
         sharp, found = np.concatenate(row["sharp"]), np.concatenate(row["found"])
         out["points"][name] = {
-            "threshold": settings.detect_threshold, "min_face": settings.detect_min_face,
+            "threshold": settings.detect_score_threshold, "min_face": settings.detect_min_face,
             "upscale": settings.blur_upscale and settings.detect_min_face < settings.min_face,
             "sharp": by_size(sizes, sharp), "sharp_total": int(sharp.sum()),
             "accurate_finds": by_size(sizes, found), "accurate_finds_total": int(found.sum()),

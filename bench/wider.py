@@ -111,7 +111,7 @@ def run(presets: tuple[str, ...] = PRESETS, limit: int | None = None, log=print)
     detector = CenterFace()
     for preset in presets:
         results, seconds = run_preset(images, preset, detector, log)
-        rows.append(summarise(f"gigaface --preset {preset}", results, seconds, settings_for(preset).threshold))
+        rows.append(summarise(f"gigaface --preset {preset}", results, seconds, settings_for(preset).score_threshold))
         log(_line(rows[-1]))
     return rows
 

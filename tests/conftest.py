@@ -6,8 +6,13 @@ from pathlib import Path
 import pytest
 
 from bench.data import MissingData, shared_path
+from gigaface.process import configure_process
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The test run is an entry point like the CLI: without this, libvips' operation cache would
+# hand a test the pixels of a file it read before under the same name.
+configure_process()
 
 
 def shared_data(*parts: str) -> Path:

@@ -43,7 +43,7 @@ def test_one_run_at_the_lowest_threshold_filtered_is_a_run_at_each_threshold(det
     assert counts[0] < counts[3] < counts[-1]  # the thresholds do cut: the comparison is not vacuous
     for t in SWEEP_THRESHOLDS[1:-1]:
         filtered = everything.select(everything.scores > t)
-        alone = detect_image(str(image), replace(lowest, blur_threshold=t), detector,
+        alone = detect_image(str(image), replace(lowest, blur_score_threshold=t), detector,
                              blur_too=True)
         key = lambda d: sorted(map(tuple, np.round(d.boxes, 2).tolist()))  # noqa: E731
         assert key(filtered) == key(alone), t

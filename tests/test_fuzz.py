@@ -170,7 +170,7 @@ class _FailingDetector:
     """Stands in for CenterFace where a header's promise cannot be kept: reaching the detector
     with pixels would mean grey padding was scanned as an image."""
 
-    def detect_jobs(self, jobs, fill, threshold):
+    def detect_tiles(self, jobs, fill, threshold):
         raise AssertionError("pixels that are not in the file reached the detector")
 
 

@@ -8,7 +8,7 @@ from conftest import shared_data
 from gigaface.library.store import Library
 from gigaface.engine.plan import settings_for
 from gigaface.ingest import scan_path
-from gigaface.search import DEFAULT_THRESHOLD, rank
+from gigaface.search import DEFAULT_MATCH_THRESHOLD, rank
 from gigaface.references import reference
 from tests.helpers import iou
 
@@ -84,7 +84,7 @@ def test_search_ranks_obama_above_biden(tmp_path, detector):
     who = [identity[m.face.id] for m in matches]
     distances = [round(m.distance, 3) for m in matches]
     assert who == ["obama"] * 3 + ["biden"] * 3, list(zip(who, distances))
-    assert matches[0].distance < DEFAULT_THRESHOLD and matches[0].match
+    assert matches[0].distance < DEFAULT_MATCH_THRESHOLD and matches[0].match
     assert all(m.match for m in matches[:3]), distances
     assert not any(m.match for m in matches[3:]), distances
     assert str(folder) in matches[0].face.source

@@ -21,7 +21,7 @@ from gigaface.library.store import Library
 from gigaface.engine.plan import settings_for
 from gigaface.engine.reporter import Reporter
 from gigaface.ingest import ScanResult, scan_path
-from gigaface.search import DEFAULT_THRESHOLD, KEEP_THRESHOLD, Match, audited_rank, local_user
+from gigaface.search import DEFAULT_MATCH_THRESHOLD, KEEP_MATCH_THRESHOLD, Match, audited_rank, local_user
 from gigaface.references import Reference, reference
 from gigaface.engine.source import DEFAULT_MAX_PIXELS
 
@@ -48,12 +48,12 @@ class Capture:
     def faces(self) -> list[Face]:
         return self.library.faces.all(self.id)
 
-    def find(self, photo: PhotoArg, top: int | None = None, threshold: float = DEFAULT_THRESHOLD) -> list[Match]:
+    def find(self, photo: PhotoArg, top: int | None = None, threshold: float = DEFAULT_MATCH_THRESHOLD) -> list[Match]:
         refs = references([photo] if isinstance(photo, str) else list(photo))
-        return audited_rank(self.library, refs, [self.id], local_user(), top=top, threshold=threshold)
+        return audited_rank(self.library, refs, [self.id], local_user(), top=top, match_threshold=threshold)
 
     def anonymise(self, out: str, keep: PhotoArg = (), style: str = "blur",
-                  threshold: float = KEEP_THRESHOLD) -> int:
+                  threshold: float = KEEP_MATCH_THRESHOLD) -> int:
         """Write `out` with every face blurred except those matching the `keep` photos."""
         if self.record.kind != "image":
             raise GigafaceError("anonymise one frame at a time for camera-array captures: gigaface blur FRAME")
@@ -77,7 +77,7 @@ def blur_image(library: Library, capture: CaptureRecord, out: str, keep: list[st
     faces = [f for f in library.faces.all(capture.id, include_unlisted=True) if f.frame == index]
     kept = set(consent.revealed(library, capture.id))  # people on the capture's consent list
     for ref in references(keep, detector) if keep else []:  # each photo is a person of its own
-        matches = audited_rank(library, [ref], [capture.id], local_user(), threshold=threshold, purpose="keep")
+        matches = audited_rank(library, [ref], [capture.id], local_user(), match_threshold=threshold, purpose="keep")
         kept |= {m.face.id for m in matches if m.match}
     kept -= {f.id for f in faces if f.erased}
     boxes = [(f.box[0] - frame.x, f.box[1] - frame.y, f.box[2], f.box[3]) for f in faces if f.id not in kept]

@@ -1,4 +1,4 @@
-"""The scan job: a capture through the engine's stages into the library, each stage resumable.
+"""A scan: a capture through the engine's stages into the library, each stage resumable.
 
 The stages themselves are the engine's (engine/detect.py, engine/merge.py,
 engine/describe.py) and know no library; this module runs them against one and commits

@@ -21,21 +21,21 @@ from gigaface.references import Reference
 # 64/48/32/24 px against full-size references: the largest threshold (0.05 steps) that
 # accepted no impostor pair at any size. At 0.6, 99% of genuine pairs match at 48 px and
 # above, 94% at 32 px, 78% at 24 px; at 0.65 strangers start to match (0.1-0.5%).
-DEFAULT_THRESHOLD = 0.6
+DEFAULT_MATCH_THRESHOLD = 0.6
 # Revealing a face is the costly mistake: a stranger shown is worse than a consenting
 # person blurred. In the demo stadium, 0.6 let 17 strangers through; 0.5 none.
-KEEP_THRESHOLD = 0.5
+KEEP_MATCH_THRESHOLD = 0.5
 # Distances between dlib descriptors of different people rarely pass 1.0; a threshold
 # beyond it marks everyone a match and means nothing.
-MAX_THRESHOLD = 1.0
+MAX_MATCH_THRESHOLD = 1.0
 
 
-def check_threshold(threshold: float, maximum: float = MAX_THRESHOLD) -> float:
+def check_match_threshold(match_threshold: float, maximum: float = MAX_MATCH_THRESHOLD) -> float:
     """A match threshold (a distance between embeddings) a person can mean, or a clear error."""
-    if not 0 < threshold <= maximum:
+    if not 0 < match_threshold <= maximum:
         raise GigafaceError(f"the match threshold is a distance more than 0 and at most {maximum:g}"
-                            f" (got {threshold:g})")
-    return threshold
+                            f" (got {match_threshold:g})")
+    return match_threshold
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def distances(vectors: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def rank(library: Library, refs: list[Reference], capture_ids: list[int] | None = None,
-         top: int | None = None, threshold: float = DEFAULT_THRESHOLD) -> list[Match]:
+         top: int | None = None, match_threshold: float = DEFAULT_MATCH_THRESHOLD) -> list[Match]:
     """Faces of the captures ordered by distance to the person (the mean of the references)."""
     target = person_embedding(refs)
     ids, vectors = library.faces.embeddings(capture_ids)
@@ -77,15 +77,15 @@ def rank(library: Library, refs: list[Reference], capture_ids: list[int] | None 
     if top:
         order = order[:top]
     faces = {f.id: f for f in library.faces.by_id([int(ids[i]) for i in order])}
-    return [Match(k + 1, faces[int(ids[i])], float(far[i]), bool(far[i] <= threshold))
+    return [Match(k + 1, faces[int(ids[i])], float(far[i]), bool(far[i] <= match_threshold))
             for k, i in enumerate(order)]
 
 
 def audited_rank(library: Library, refs: list[Reference], capture_ids: list[int] | None, who: str,
-                 top: int | None = None, threshold: float = DEFAULT_THRESHOLD, purpose: str = "search") -> list[Match]:
+                 top: int | None = None, match_threshold: float = DEFAULT_MATCH_THRESHOLD, purpose: str = "search") -> list[Match]:
     """`rank`, recorded in the library's audit log: when, who, which captures, a hash of
     the reference embedding and how many results. Every search goes through here."""
-    matches = rank(library, refs, capture_ids, top=top, threshold=threshold)
+    matches = rank(library, refs, capture_ids, top=top, match_threshold=match_threshold)
     searched = capture_ids if capture_ids is not None else [c.id for c in library.captures.all()]
     library.audit.record_search(who, purpose, searched, person_embedding(refs),
                           len(matches), sum(m.match for m in matches))

@@ -10,7 +10,7 @@ from gigaface.api import blur_image
 from gigaface.cli.console import out
 from gigaface.errors import GigafaceError
 from gigaface.library.store import Library
-from gigaface.search import KEEP_THRESHOLD, check_threshold
+from gigaface.search import KEEP_MATCH_THRESHOLD, check_match_threshold
 
 
 def blur(image: str = typer.Argument(..., help="A scanned image (or one frame of a camera-array capture)."),
@@ -18,9 +18,9 @@ def blur(image: str = typer.Argument(..., help="A scanned image (or one frame of
          out_path: str = typer.Option(..., "--out", help="Where to write the anonymised copy (.jpg, .png, .tif, .webp)."),
          keep: Optional[list[str]] = typer.Option(None, "--keep", help="Photo of a person who stays visible (repeat)."),
          style: str = typer.Option("blur", help="blur or pixelate."),
-         threshold: float = typer.Option(KEEP_THRESHOLD, help="Distance under which a face counts as a --keep person (stricter than find's: showing a stranger is the worse mistake).")) -> None:
+         threshold: float = typer.Option(KEEP_MATCH_THRESHOLD, help="Distance under which a face counts as a --keep person (stricter than find's: showing a stranger is the worse mistake).")) -> None:
     """Write a copy of IMAGE with every face blurred, except people in --keep photos."""
-    check_threshold(threshold)
+    check_match_threshold(threshold)
     library = Library(db)
     real = os.path.realpath(image)
     for cap in library.captures.all():

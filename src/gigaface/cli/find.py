@@ -12,19 +12,19 @@ from gigaface.api import references
 from gigaface.cli.console import err, out
 from gigaface.cli.options import at_least, output_file
 from gigaface.library.store import Library
-from gigaface.search import DEFAULT_THRESHOLD, audited_rank, check_threshold, contact_sheet, local_user
+from gigaface.search import DEFAULT_MATCH_THRESHOLD, audited_rank, check_match_threshold, contact_sheet, local_user
 
 
 def find(db: str = typer.Argument(..., help="Library file."),
          photo: list[str] = typer.Option(..., "--photo", help="Reference photo of the person (repeat for more)."),
          top: int = typer.Option(20, "--top", help="How many faces to list."),
          capture: Optional[list[int]] = typer.Option(None, "--capture", help="Only these captures."),
-         threshold: float = typer.Option(DEFAULT_THRESHOLD, help="Distance at or under which a face is a match."),
+         threshold: float = typer.Option(DEFAULT_MATCH_THRESHOLD, help="Distance at or under which a face is a match."),
          sheet: Optional[str] = typer.Option(None, "--sheet", help="Contact sheet PNG (default: matches.png beside the library)."),
          as_json: bool = typer.Option(False, "--json", help="Print a ranked JSON array.")) -> None:
     """Rank faces by similarity to the person in the reference photos."""
     at_least(1, top=top)
-    check_threshold(threshold)
+    check_match_threshold(threshold)
     sheet_path = output_file(sheet or os.path.join(os.path.dirname(os.path.abspath(db)), "matches.png"),
                              "contact sheet (.png)")
     library = Library(db)
@@ -35,7 +35,7 @@ def find(db: str = typer.Argument(..., help="Library file."),
     for r in refs:
         if r.faces_in_photo > 1:
             err.print(f"[yellow]warning: {r.path} shows {r.faces_in_photo} faces; using the largest")
-    matches = audited_rank(library, refs, capture or None, local_user(), top=top, threshold=threshold)
+    matches = audited_rank(library, refs, capture or None, local_user(), top=top, match_threshold=threshold)
     contact_sheet(library, matches, sheet_path)
     if as_json:
         print(json.dumps([m.to_dict() for m in matches]))

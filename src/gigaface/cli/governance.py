@@ -14,7 +14,7 @@ from gigaface.cli.console import err, out, when
 from gigaface.cli.options import positive
 from gigaface.errors import GigafaceError
 from gigaface.library.store import Library
-from gigaface.search import DEFAULT_THRESHOLD, local_user
+from gigaface.search import DEFAULT_MATCH_THRESHOLD, local_user
 
 AUDIT_BROKEN_EXIT = 3  # `gigaface audit` found the log's chain broken (2 stays "you gave something wrong")
 
@@ -107,13 +107,13 @@ def consent_remove(db: str = typer.Argument(..., help="Library file."),
 
 def forget(db: str = typer.Argument(..., help="Library file."),
            photo: list[str] = typer.Option(..., "--photo", help="A photo of the person to erase (repeat for more; never stored)."),
-           threshold: float = typer.Option(DEFAULT_THRESHOLD, help="Distance at or under which a face is the person's."),
+           threshold: float = typer.Option(DEFAULT_MATCH_THRESHOLD, help="Distance at or under which a face is the person's."),
            dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would be erased and withdrawn; change nothing."),
            as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
     """Erase a person on request: their embeddings and crops in every capture, for good."""
-    from gigaface.privacy.erasure import check_forget_threshold, forget as erase
+    from gigaface.privacy.erasure import check_forget_match_threshold, forget as erase
 
-    check_forget_threshold(threshold)
+    check_forget_match_threshold(threshold)
     library = Library(db)
     library.key()
     report = erase(library, references(photo), local_user(), threshold, dry_run=dry_run)

@@ -15,11 +15,11 @@ def captures(db: str = typer.Argument(..., help="Library file."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the captures in a library."""
     library = Library(db)
-    from gigaface.privacy.retention import describe_expiry
+    from gigaface.privacy.retention import expiry_text
 
     rows = [{"id": c.id, "source": c.source, "kind": c.kind, "width": c.width, "height": c.height,
              "stage": c.stage, "faces": library.faces.count(c.id), "settings": c.settings,
-             "expires_at": c.expires_at, "expires": describe_expiry(c)} for c in library.captures.all()]
+             "expires_at": c.expires_at, "expires": expiry_text(c)} for c in library.captures.all()]
     if as_json:
         print(json.dumps(rows, indent=2))
         return

@@ -23,7 +23,7 @@ from gigaface.progress import BarReporter
 from gigaface.engine.plan import settings_for
 from gigaface.engine.reporter import Reporter
 from gigaface.ingest import scan_path
-from gigaface.search import KEEP_THRESHOLD, audited_rank, contact_sheet, local_user
+from gigaface.search import KEEP_MATCH_THRESHOLD, audited_rank, contact_sheet, local_user
 
 
 def _corners(boxes) -> np.ndarray:
@@ -61,7 +61,7 @@ def run_demo(out_dir: str, size: float, preset: str, bars: Console | None, out: 
         search_seconds = time.perf_counter() - t1
         t2 = time.perf_counter()
         anonymised = str(folder / "stadium-anonymised.jpg")
-        blurred = blur_image(library, result.capture, anonymised, [str(scene.reference)], "blur", KEEP_THRESHOLD,
+        blurred = blur_image(library, result.capture, anonymised, [str(scene.reference)], "blur", KEEP_MATCH_THRESHOLD,
                              detector=detector)
         blur_seconds = time.perf_counter() - t2
         peak_worker = pool.peak_rss_mb()
@@ -85,7 +85,7 @@ def run_demo(out_dir: str, size: float, preset: str, bars: Console | None, out: 
     # kept are the stored ones less the blurred ones.
     kept = result.stored - blurred
     table.add_row("anonymised copy", f"{anonymised}  ({blurred:,} faces blurred, {kept} kept because they match "
-                                     f"the reference at distance <= {KEEP_THRESHOLD}; {blur_seconds:.1f} s)")
+                                     f"the reference at distance <= {KEEP_MATCH_THRESHOLD}; {blur_seconds:.1f} s)")
     table.add_row("peak memory", f"{peak_main:,.0f} MB scanning process, {peak_worker:,.0f} MB largest embedding worker")
     table.add_row("library", str(folder / "library.db"))
     out.print(table)

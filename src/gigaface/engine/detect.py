@@ -32,8 +32,8 @@ def detect_bands(info: ImageInfo, p: Pass, detector: Detector, settings: Setting
         core_top, core_bottom = band.core_top * up, band.core_bottom * up
         oy = core_top - p.margin
 
-        def fill(job: tuple[tuple[int, int], bool], out: np.ndarray, band=band, oy=oy) -> None:
-            (x0, _), mirrored = job
+        def fill(look: tuple[tuple[int, int], bool], out: np.ndarray, band=band, oy=oy) -> None:
+            (x0, _), mirrored = look
             ox = x0 - p.margin
             if up == 1:
                 cut_tile(band, ox, oy, out)
@@ -44,9 +44,9 @@ def detect_bands(info: ImageInfo, p: Pass, detector: Detector, settings: Setting
             if mirrored:
                 out[:] = out[:, ::-1]
 
-        jobs = [(column, mirrored) for column in columns for mirrored in ((False, True) if p.flip else (False,))]
+        looks = [(column, mirrored) for column in columns for mirrored in ((False, True) if p.flip else (False,))]
         found = []
-        for ((cx0, cx1), mirrored), dets in zip(jobs, detector.detect_jobs(jobs, fill, settings.detect_threshold)):
+        for ((cx0, cx1), mirrored), dets in zip(looks, detector.detect_tiles(looks, fill, settings.detect_score_threshold)):
             if not len(dets):
                 continue
             if mirrored:
@@ -62,7 +62,7 @@ def detect_bands(info: ImageInfo, p: Pass, detector: Detector, settings: Setting
         # Faces that will be listed outrank the rest, so a low-scoring box seen only to be
         # blurred never suppresses one; among them, NMS keeps what it kept before.
         keep = nms_indices(dets, settings.nms_iou, cell=2 * p.margin, first=settings.listed(native.scores, native.sizes))
-        yield band.index, len(jobs), native.select(keep)
+        yield band.index, len(looks), native.select(keep)
 
 
 def cut_tile(band: Band, ox: int, oy: int, out: np.ndarray) -> None:

@@ -29,9 +29,10 @@ TILES_INPUT = "tiles"
 class Detector(Protocol):
     tile: int
 
-    def detect_jobs(self, jobs: list, fill: Callable[[object, np.ndarray], None],
-                    threshold: float) -> list[Detections]:
-        """One Detections per job, in tile pixels; `fill(job, out)` writes a job's RGB tile."""
+    def detect_tiles(self, tiles: list, fill: Callable[[object, np.ndarray], None],
+                     score_threshold: float) -> list[Detections]:
+        """One Detections per tile, in tile pixels; `fill(tile, out)` writes that tile's RGB
+        pixels (a tile is whatever the caller needs to cut it: a position, an index)."""
 
 
 def model_path() -> str:
@@ -128,23 +129,23 @@ class CenterFace:
         self.providers = self.streams[0].session.get_providers()
         self._lanes = ThreadPoolExecutor(count, thread_name_prefix="centerface") if count > 1 else None
 
-    def detect(self, tiles: np.ndarray, threshold: float = 0.35) -> list[Detections]:
+    def detect(self, tiles: np.ndarray, score_threshold: float = 0.35) -> list[Detections]:
         """(N, tile, tile, 3) uint8 RGB tiles -> one Detections per tile, in tile pixels."""
 
         def fill(index: int, out: np.ndarray) -> None:
             out[:] = tiles[index]
 
-        return self.detect_jobs(list(range(tiles.shape[0])), fill, threshold)
+        return self.detect_tiles(list(range(tiles.shape[0])), fill, score_threshold)
 
-    def detect_jobs(self, jobs: list, fill: Callable[[object, np.ndarray], None],
-                    threshold: float = 0.35) -> list[Detections]:
-        """Detections for each job, where `fill(job, out)` writes the job's tile into `out`.
+    def detect_tiles(self, tiles: list, fill: Callable[[object, np.ndarray], None],
+                     score_threshold: float = 0.35) -> list[Detections]:
+        """Detections for each tile, where `fill(tile, out)` writes its pixels into `out`.
 
         Letting each lane cut its own tiles keeps one tile per lane in memory.
         """
-        results: list[Detections | None] = [None] * len(jobs)
+        results: list[Detections | None] = [None] * len(tiles)
         lock = threading.Lock()
-        cursor = iter(range(0, len(jobs), self.batch))
+        cursor = iter(range(0, len(tiles), self.batch))
 
         def lane(stream: _Stream) -> None:
             while True:
@@ -152,14 +153,14 @@ class CenterFace:
                     start = next(cursor, None)
                 if start is None:
                     return
-                chunk = range(start, min(len(jobs), start + self.batch))
+                chunk = range(start, min(len(tiles), start + self.batch))
                 for k, j in enumerate(chunk):
-                    fill(jobs[j], stream.tiles[k])
+                    fill(tiles[j], stream.tiles[k])
                 outputs = stream.infer(len(chunk))
                 for k, j in enumerate(chunk):
-                    results[j] = decode(*(o[k] for o in outputs), threshold=threshold)
+                    results[j] = decode(*(o[k] for o in outputs), score_threshold=score_threshold)
 
-        if self._lanes is None or len(jobs) <= self.batch:
+        if self._lanes is None or len(tiles) <= self.batch:
             lane(self.streams[0])
         else:
             for future in [self._lanes.submit(lane, s) for s in self.streams]:
@@ -168,13 +169,13 @@ class CenterFace:
 
 
 def decode(heat: np.ndarray, scale: np.ndarray, offset: np.ndarray, lms: np.ndarray,
-           threshold: float) -> Detections:
+           score_threshold: float) -> Detections:
     """Turn one tile's output maps into boxes, before any NMS.
 
     heat (1,h,w); scale (2,h,w) log(height/4), log(width/4); offset (2,h,w) dy, dx in cells;
     lms (10,h,w) (y, x) pairs relative to the box's top-left, in units of box height/width.
     """
-    ys, xs = np.nonzero(heat[0] > threshold)
+    ys, xs = np.nonzero(heat[0] > score_threshold)
     if ys.size == 0:
         return Detections.empty()
     h = np.exp(scale[0, ys, xs]) * STRIDE

@@ -45,29 +45,40 @@ class Pass:
         return 2 if self.flip else 1
 
 
+# Where the names a library and the API use for settings differ from the attributes.
+STORED_NAMES = {"score_threshold": "threshold", "blur_score_threshold": "blur_threshold"}
+
+
 @dataclass(frozen=True)
 class Settings:
     preset: str = "balanced"
     min_face: float = 16.0
-    threshold: float = 0.45
+    score_threshold: float = 0.45  # the detector's score, not a distance between faces
     nms_iou: float = 0.4
     min_embed: float = 20.0  # px: smaller faces get a quality record and a crop, no embedding
     tile: int = TILE
     # The sensitive operating point: everything the detector sees down to here is blurred
-    # in every published image, though only faces at threshold/min_face are listed (counted,
+    # in every published image, though only faces at score_threshold/min_face are listed (counted,
     # described, searched). A blurred false face costs nothing; a sharp real one leaks.
-    blur_threshold: float = 0.15
+    blur_score_threshold: float = 0.15
     blur_min_face: float = 4.0
     # Look for faces under the listed sizes in a 2x pass too (tiles enlarged one by one),
     # not only at native scale, where the detector misses most faces under 10-16 px.
     blur_upscale: bool = True
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings as a library stores them with a capture (and the API shows them): under
+        the names they had when "threshold" meant only this, so older libraries resume."""
+        return {STORED_NAMES.get(k, k): v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> "Settings":
+        names = {v: k for k, v in STORED_NAMES.items()}
+        return cls(**{names.get(k, k): v for k, v in stored.items()})
 
     @property
-    def detect_threshold(self) -> float:
-        return min(self.threshold, self.blur_threshold)
+    def detect_score_threshold(self) -> float:
+        return min(self.score_threshold, self.blur_score_threshold)
 
     @property
     def detect_min_face(self) -> float:
@@ -76,11 +87,11 @@ class Settings:
     def listed(self, scores: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         """Which detections are faces at the precise operating point. The score must pass the
         threshold strictly, as the detector's own decoding did before there was a blur point."""
-        return (scores > self.threshold) & (sizes >= self.min_face)
+        return (scores > self.score_threshold) & (sizes >= self.min_face)
 
     def listing_only(self) -> "Settings":
         """These settings without the blur point: the listed faces, at the cost of today's passes."""
-        return replace(self, blur_threshold=self.threshold, blur_min_face=self.min_face)
+        return replace(self, blur_score_threshold=self.score_threshold, blur_min_face=self.min_face)
 
 
 # Blur points chosen by bench/privacy.py's sweep (bench/report.md, section 7; 30 WIDER
@@ -91,12 +102,12 @@ class Settings:
 # fast`: 181 sharp at 0.15 and 6 px, 236 at 0.2 and 10 px); `accurate` lists at a
 # sensitive point already.
 PRESET_DEFAULTS = {
-    "fast": dict(min_face=18.0, threshold=0.5, blur_threshold=0.15, blur_min_face=6.0, blur_upscale=False),
-    "balanced": dict(min_face=16.0, threshold=0.45, blur_threshold=0.15, blur_min_face=4.0, blur_upscale=True),
+    "fast": dict(min_face=18.0, score_threshold=0.5, blur_score_threshold=0.15, blur_min_face=6.0, blur_upscale=False),
+    "balanced": dict(min_face=16.0, score_threshold=0.45, blur_score_threshold=0.15, blur_min_face=4.0, blur_upscale=True),
     # A low threshold and a looser NMS: on WIDER FACE each step of the threshold from 0.35
     # down to 0.12 bought more recall on tiny faces than it cost in precision, and faces in
     # a crowd overlap more than NMS at 0.4 lets through.
-    "accurate": dict(min_face=4.0, threshold=0.12, nms_iou=0.5, blur_threshold=0.12, blur_min_face=4.0),
+    "accurate": dict(min_face=4.0, score_threshold=0.12, nms_iou=0.5, blur_score_threshold=0.12, blur_min_face=4.0),
 }
 # Native-pass margin per preset: larger margins see larger faces at native scale at the
 # cost of more overlap between tiles (more tiles per megapixel).
@@ -116,7 +127,7 @@ def settings_for(preset: str = "balanced", min_face: float | None = None, **over
         raise GigafaceError("--min-embed cannot be negative")
     values.update({k: v for k, v in overrides.items() if v is not None})
     # Asking to list more never blurs less.
-    values["blur_threshold"] = min(values["blur_threshold"], values["threshold"])
+    values["blur_score_threshold"] = min(values["blur_score_threshold"], values["score_threshold"])
     return Settings(preset=preset, **values)
 
 

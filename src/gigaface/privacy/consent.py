@@ -2,7 +2,7 @@
 
 Everyone is blurred unless they asked to be visible. A consent holds the embedding of the
 person's own photo; in each frame, only the one face nearest to it is revealed, and only
-when it is within the strict KEEP_THRESHOLD: a stranger shown is the costly mistake, so a
+when it is within the strict KEEP_MATCH_THRESHOLD: a stranger shown is the costly mistake, so a
 consent never reveals two faces of one frame, and erased faces are never revealed.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from gigaface.library.audit_chain import local_user
 from gigaface.errors import GigafaceError
 from gigaface.library.records import Consent
 from gigaface.library.store import Library
-from gigaface.search import KEEP_THRESHOLD, distances
+from gigaface.search import KEEP_MATCH_THRESHOLD, distances
 from gigaface.references import Reference
 
 
@@ -25,7 +25,7 @@ def add(library: Library, capture_id: int, ref: Reference, name: str, note: str 
     if not name.strip():
         raise GigafaceError("give the person's name (--name), so the consent can be found and withdrawn")
     ids, vectors, frames = _embedded_faces(library, capture_id)
-    shown = _nearest_per_frame(ref.embedding, vectors, frames, KEEP_THRESHOLD)
+    shown = _nearest_per_frame(ref.embedding, vectors, frames, KEEP_MATCH_THRESHOLD)
     return library.consents.add(capture_id, name.strip(), note.strip(), ref.embedding, who=who or local_user(),
                                compared=len(ids), shown=len(shown))
 
@@ -35,7 +35,7 @@ def remove(library: Library, consent_id: int, who: str | None = None) -> Consent
     return library.consents.remove(consent_id, who=who or local_user())
 
 
-def revealed(library: Library, capture_id: int, threshold: float = KEEP_THRESHOLD) -> dict[int, int]:
+def revealed(library: Library, capture_id: int, match_threshold: float = KEEP_MATCH_THRESHOLD) -> dict[int, int]:
     """{face id: consent id} of the faces shown unblurred in the capture's exports."""
     consents, templates = library.consents.embeddings(capture_id)
     if not consents:
@@ -43,7 +43,7 @@ def revealed(library: Library, capture_id: int, threshold: float = KEEP_THRESHOL
     ids, vectors, frames = _embedded_faces(library, capture_id)
     shown: dict[int, int] = {}
     for consent, template in zip(consents, templates):
-        for best in _nearest_per_frame(template, vectors, frames, threshold):
+        for best in _nearest_per_frame(template, vectors, frames, match_threshold):
             shown[int(ids[best])] = consent.id
     return shown
 
@@ -55,8 +55,8 @@ def _embedded_faces(library: Library, capture_id: int) -> tuple[np.ndarray, np.n
     return ids, vectors, np.array([frame_of[int(i)] for i in ids], np.int64)
 
 
-def _nearest_per_frame(template: np.ndarray, vectors: np.ndarray, frames: np.ndarray, threshold: float) -> list[int]:
-    """Indices of the one face per frame nearest to `template`, where within `threshold`."""
+def _nearest_per_frame(template: np.ndarray, vectors: np.ndarray, frames: np.ndarray, match_threshold: float) -> list[int]:
+    """Indices of the one face per frame nearest to `template`, where within `match_threshold`."""
     if not len(vectors):
         return []
     far = distances(vectors, template)
@@ -64,6 +64,6 @@ def _nearest_per_frame(template: np.ndarray, vectors: np.ndarray, frames: np.nda
     for frame in np.unique(frames):
         in_frame = np.flatnonzero(frames == frame)
         best = in_frame[np.argmin(far[in_frame])]
-        if far[best] <= threshold:
+        if far[best] <= match_threshold:
             found.append(int(best))
     return found

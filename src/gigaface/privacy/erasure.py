@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 from gigaface.errors import GigafaceError
 from gigaface.library.store import Library
-from gigaface.search import DEFAULT_THRESHOLD, audited_rank, distances, person_embedding
+from gigaface.search import DEFAULT_MATCH_THRESHOLD, audited_rank, distances, person_embedding
 from gigaface.references import Reference
 
 # Erasure acts on every face under the threshold, for good: never looser than the search's
 # own measured operating point (bench section 4: no impostor pair at 0.6, strangers start
 # to match at 0.65). A stricter value is allowed; --dry-run shows what a value would erase.
-MAX_FORGET_THRESHOLD = DEFAULT_THRESHOLD
+MAX_FORGET_THRESHOLD = DEFAULT_MATCH_THRESHOLD
 
 
 @dataclass
@@ -31,7 +31,7 @@ class CaptureErasure:
 
 @dataclass
 class ErasureReport:
-    threshold: float
+    match_threshold: float
     captures: list[CaptureErasure]
 
     @property
@@ -39,30 +39,30 @@ class ErasureReport:
         return sum(len(c.faces) for c in self.captures)
 
     def to_dict(self) -> dict:
-        return {"threshold": self.threshold, "faces_erased": self.faces,
+        return {"threshold": self.match_threshold, "faces_erased": self.faces,
                 "consents_removed": sum(len(c.consents) for c in self.captures),
                 "captures": [c.__dict__ for c in self.captures]}
 
 
-def check_forget_threshold(threshold: float) -> float:
-    if not 0 < threshold <= MAX_FORGET_THRESHOLD:
+def check_forget_match_threshold(match_threshold: float) -> float:
+    if not 0 < match_threshold <= MAX_FORGET_THRESHOLD:
         raise GigafaceError(f"the erasure threshold is more than 0 and at most {MAX_FORGET_THRESHOLD}"
-                            f" (got {threshold:g}): a looser one would erase strangers too")
-    return threshold
+                            f" (got {match_threshold:g}): a looser one would erase strangers too")
+    return match_threshold
 
 
-def forget(library: Library, refs: list[Reference], who: str, threshold: float = DEFAULT_THRESHOLD,
+def forget(library: Library, refs: list[Reference], who: str, match_threshold: float = DEFAULT_MATCH_THRESHOLD,
            dry_run: bool = False) -> ErasureReport:
-    """Erase every face within `threshold` of the person in `refs`, in every capture.
+    """Erase every face within `match_threshold` of the person in `refs`, in every capture.
 
     The threshold is the search's, not the stricter reveal one: here a missed face is the
     costly mistake, and a stranger erased by error only becomes unsearchable and blurred.
     With `dry_run`, the report says what would be erased and withdrawn; nothing changes.
     """
-    check_forget_threshold(threshold)
+    check_forget_match_threshold(match_threshold)
     # A dry run identifies the person as much as an erasure does: logged, but as what it was.
     purpose = "erasure-dry-run" if dry_run else "erasure"
-    matches = [m for m in audited_rank(library, refs, None, who, threshold=threshold, purpose=purpose) if m.match]
+    matches = [m for m in audited_rank(library, refs, None, who, match_threshold=match_threshold, purpose=purpose) if m.match]
     by_capture: dict[int, CaptureErasure] = {}
     for m in matches:
         entry = by_capture.setdefault(m.face.capture, CaptureErasure(m.face.capture))
@@ -72,10 +72,10 @@ def forget(library: Library, refs: list[Reference], who: str, threshold: float =
     for capture in library.captures.all():
         consents, templates = library.consents.embeddings(capture.id)
         for consent, template in zip(consents, templates):
-            if distances(template, target) <= threshold:
+            if distances(template, target) <= match_threshold:
                 if not dry_run:
                     library.consents.remove(consent.id, who=who)
                 by_capture.setdefault(capture.id, CaptureErasure(capture.id)).consents.append(consent.id)
     if not dry_run:
         library.faces.erase([m.face.id for m in matches])
-    return ErasureReport(threshold, [by_capture[c] for c in sorted(by_capture)])
+    return ErasureReport(match_threshold, [by_capture[c] for c in sorted(by_capture)])

@@ -55,7 +55,7 @@ def remove(library: Library, db: str, capture: CaptureRecord) -> None:
         shutil.rmtree(os.path.dirname(job.owned_file), ignore_errors=True)
 
 
-def describe_expiry(capture: CaptureRecord, now: float | None = None) -> str:
+def expiry_text(capture: CaptureRecord, now: float | None = None) -> str:
     if capture.expires_at is None:
         return "kept"
     days = (capture.expires_at - (time.time() if now is None else now)) / 86400

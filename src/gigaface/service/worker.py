@@ -92,7 +92,7 @@ def _scan(library: Library, capture: CaptureRecord, reporter: JobReporter) -> Ca
     if not is_capture_of(capture.source, capture):
         raise GigafaceError(f"{capture.source}: the file changed since it was added; add it again")
     with describing.EmbeddingPool() as pool:
-        result = scan_path(library, capture.source, Settings(**capture.settings), pool=pool, resume=True,
+        result = scan_path(library, capture.source, Settings.from_dict(capture.settings), pool=pool, resume=True,
                            reporter=reporter, discard_on_error=False)
     return result.capture
 

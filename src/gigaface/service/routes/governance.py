@@ -10,7 +10,7 @@ from gigaface.privacy import consent
 from gigaface.privacy.consent import revealed
 from gigaface.privacy.erasure import MAX_FORGET_THRESHOLD, forget
 from gigaface.privacy.retention import Purged
-from gigaface.search import DEFAULT_THRESHOLD
+from gigaface.search import DEFAULT_MATCH_THRESHOLD
 from gigaface.service.auth import Admin
 from gigaface.service.gate import SMALL_BODY
 from gigaface.service.policies import body_limit
@@ -67,7 +67,7 @@ def remove_consent(consent_id: RecordId, svc: State, who: Admin) -> Response:
              summary="Erase a person on request, in every capture (the photos are not stored)")
 @body_limit(PHOTOS_BODY)
 def forget_person(svc: State, who: Admin, photos: Annotated[list[UploadFile], File(description="photos of the person")],
-                  threshold: Annotated[float, Query(gt=0, le=MAX_FORGET_THRESHOLD)] = DEFAULT_THRESHOLD,
+                  threshold: Annotated[float, Query(gt=0, le=MAX_FORGET_THRESHOLD)] = DEFAULT_MATCH_THRESHOLD,
                   dry_run: Annotated[bool, Query(description="report what would be erased; change nothing")] = False,
                   ) -> ErasureOut:
     svc.library().key()

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 
-from gigaface.search import DEFAULT_THRESHOLD, MAX_THRESHOLD, audited_rank
+from gigaface.search import DEFAULT_MATCH_THRESHOLD, MAX_MATCH_THRESHOLD, audited_rank
 from gigaface.service.auth import Viewer
 from gigaface.service.policies import body_limit
 from gigaface.service.schemas import ERRORS, CaptureId, MatchOut, Problem, ReferenceOut, SearchOut
@@ -23,11 +23,11 @@ State = Annotated[Service, Depends(service_of)]
 def search(capture_id: CaptureId, svc: State, who: Viewer,
            photos: Annotated[list[UploadFile], File(description="photos of one person")],
            top: Annotated[int, Query(ge=1, le=1000)] = 20,
-           threshold: Annotated[float, Query(gt=0, le=MAX_THRESHOLD)] = DEFAULT_THRESHOLD) -> SearchOut:
+           threshold: Annotated[float, Query(gt=0, le=MAX_MATCH_THRESHOLD)] = DEFAULT_MATCH_THRESHOLD) -> SearchOut:
     svc.capture_or_404(capture_id)
     svc.library().key()  # a library without its key cannot be searched: say so before any work
     refs = read_references(svc.reference_pool, photos)
-    matches = audited_rank(svc.library(), refs, [capture_id], who.who, top=top, threshold=threshold)
+    matches = audited_rank(svc.library(), refs, [capture_id], who.who, top=top, match_threshold=threshold)
     return SearchOut(
         threshold=threshold, references=[ReferenceOut(name=r.path, faces_in_photo=r.faces_in_photo) for r in refs],
         matches=[MatchOut.of(m) for m in matches])
