@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from gigaface.output.atomic import write_bytes
+from gigaface.atomic import write_bytes
 from gigaface.process import configure_process
 
 from .data import MissingData

@@ -39,7 +39,7 @@ from gigaface.engine.detector import CenterFace
 from gigaface.engine.plan import settings_for
 from gigaface.references import detect_whole
 from gigaface.engine.source import as_rgb8, open_sequential
-from gigaface.output.atomic import temporary_beside, write_bytes
+from gigaface.atomic import temporary_beside, write_bytes
 from gigaface.output.streamed_image import write_streamed
 
 __all__ = ["Cell", "Mosaic", "Planted", "build_mosaic", "load_mosaic"]

@@ -14,7 +14,7 @@ import pytest
 
 from gigaface.library import audit_chain
 from gigaface.library.store import Library
-from gigaface.search import local_user
+from gigaface.library.audit_chain import local_user
 from bench.harness import run_cli
 
 BROKEN = 3  # gigaface audit's exit code for a broken chain

@@ -39,7 +39,7 @@ SEED = 20250601
 KILLS = 3
 # 15 faces of 40-110 px on a 3000 x 2000 crowd: a full scan takes seconds on two cores.
 FACES = [(200 + 560 * (i % 5), 220 + 600 * (i // 5), 40 + 5 * i) for i in range(15)]
-# Temporary outputs: .DEST.gigaface-XXXXXXXX (gigaface.output.atomic), or .gigaface-XXXXXXXX as before.
+# Temporary outputs: .DEST.gigaface-XXXXXXXX (gigaface.atomic), or .gigaface-XXXXXXXX as before.
 TEMP = re.compile(r"^\.(.+\.)?gigaface-[a-z0-9_]{8}")
 WORKER = [sys.executable, "-m", "gigaface.service.worker"]
 
@@ -292,7 +292,7 @@ def test_killed_service_jobs_resume_to_complete_pyramids(scene, tmp_path):
 def test_only_dead_writers_temporaries_are_removed(tmp_path):
     """A sweep removes a killed writer's temporary for this output, and nothing else: not a
     live writer's (it holds the lock), not another output's, not a user's own file."""
-    from gigaface.output.atomic import remove_leftovers, temporary_beside
+    from gigaface.atomic import remove_leftovers, temporary_beside
 
     final = tmp_path / "out.jpg"
     dead = tmp_path / ".out.jpg.gigaface-abcd1234.jpg"

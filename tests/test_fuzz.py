@@ -19,7 +19,6 @@ import zlib
 from pathlib import Path
 from urllib.parse import quote
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
 

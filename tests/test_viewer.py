@@ -8,7 +8,6 @@ Screenshots of each state go to test-artifacts/ at the repository root, for a pe
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time

@@ -21,7 +21,8 @@ from gigaface.library.store import Library
 from gigaface.engine.plan import settings_for
 from gigaface.engine.reporter import Reporter
 from gigaface.ingest import ScanResult, scan_path
-from gigaface.search import DEFAULT_MATCH_THRESHOLD, KEEP_MATCH_THRESHOLD, Match, audited_rank, local_user
+from gigaface.search import DEFAULT_MATCH_THRESHOLD, KEEP_MATCH_THRESHOLD, Match, audited_rank
+from gigaface.library.audit_chain import local_user
 from gigaface.references import Reference, reference
 from gigaface.engine.source import DEFAULT_MAX_PIXELS
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from gigaface.errors import GigafaceError
-from gigaface.library.audit_chain import local_user  # noqa: F401 - callers name it search.local_user
 from gigaface.library.records import Face
 from gigaface.library.store import Library
 from gigaface.output.contact_sheet import Cell, write_contact_sheet

@@ -12,7 +12,8 @@ from gigaface.api import references
 from gigaface.cli.console import err, out
 from gigaface.cli.options import at_least, output_file
 from gigaface.library.store import Library
-from gigaface.search import DEFAULT_MATCH_THRESHOLD, audited_rank, check_match_threshold, contact_sheet, local_user
+from gigaface.search import DEFAULT_MATCH_THRESHOLD, audited_rank, check_match_threshold, contact_sheet
+from gigaface.library.audit_chain import local_user
 
 
 def find(db: str = typer.Argument(..., help="Library file."),

@@ -14,7 +14,8 @@ from gigaface.cli.console import err, out, when
 from gigaface.cli.options import positive
 from gigaface.errors import GigafaceError
 from gigaface.library.store import Library
-from gigaface.search import DEFAULT_MATCH_THRESHOLD, local_user
+from gigaface.search import DEFAULT_MATCH_THRESHOLD
+from gigaface.library.audit_chain import local_user
 
 AUDIT_BROKEN_EXIT = 3  # `gigaface audit` found the log's chain broken (2 stays "you gave something wrong")
 

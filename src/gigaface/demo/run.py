@@ -23,7 +23,8 @@ from gigaface.progress import BarReporter
 from gigaface.engine.plan import settings_for
 from gigaface.engine.reporter import Reporter
 from gigaface.ingest import scan_path
-from gigaface.search import KEEP_MATCH_THRESHOLD, audited_rank, contact_sheet, local_user
+from gigaface.search import KEEP_MATCH_THRESHOLD, audited_rank, contact_sheet
+from gigaface.library.audit_chain import local_user
 
 
 def _corners(boxes) -> np.ndarray:

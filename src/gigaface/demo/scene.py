@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from skimage import data as skdata
 
-from gigaface.output.atomic import write_bytes
+from gigaface.atomic import write_bytes
 from gigaface.output.streamed_image import write_streamed
 
 __all__ = ["DemoScene", "build_stadium"]

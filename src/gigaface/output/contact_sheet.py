@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from gigaface.errors import GigafaceError
-from gigaface.output.atomic import temporary_beside
+from gigaface.atomic import temporary_beside
 
 CELL_W, CELL_H, PAD = 160, 200, 8
 MARKED, PLAIN = (40, 160, 60), (150, 150, 150)  # frame colours, RGB

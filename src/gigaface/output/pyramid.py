@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import pyvips
 
-from gigaface.output.atomic import temporary_beside
+from gigaface.atomic import temporary_beside
 from gigaface.errors import GigafaceError
 from gigaface.engine.frames import Frame, panorama_size
 from gigaface.engine.source import as_rgb8, error_text, open_sequential

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyvips
 
-from gigaface.output.atomic import temporary_beside
+from gigaface.atomic import temporary_beside
 
 __all__ = ["write_streamed"]
 

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import numpy as np
 import pyvips
 
-from gigaface.output.atomic import temporary_beside
+from gigaface.atomic import temporary_beside
 from gigaface.errors import GigafaceError
 from gigaface.engine.source import as_rgb8, error_text, loader_of, open_sequential, open_shrunk
 

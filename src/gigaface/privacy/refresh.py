@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable
 from gigaface.engine.source import open_sequential
 from gigaface.errors import GigafaceError
 from gigaface.library.files import CaptureFiles, capture_files
-from gigaface.library.store import CaptureRecord, Library
+from gigaface.library.store import Library
+from gigaface.library.records import CaptureRecord
 from gigaface.output.pyramid import build_pyramid, composed, remove_pyramid
 from gigaface.privacy import consent
 from gigaface.privacy.anonymise import anonymise, blurred

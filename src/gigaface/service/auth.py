@@ -13,7 +13,7 @@ from fastapi.security import HTTPBearer
 from starlette.datastructures import Headers
 
 from gigaface.library.tokens import verify
-from gigaface.search import local_user
+from gigaface.library.audit_chain import local_user
 from gigaface.service.state import Service
 
 # `gigaface view`'s per-run secret travels in this header. A custom header also makes any

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
-from gigaface.library.store import AuditEntry, Face
+from gigaface.library.records import AuditEntry, Face
 from gigaface.search import Match
 
 

@@ -11,7 +11,8 @@ from fastapi import HTTPException, Request
 
 from gigaface.engine.source import DEFAULT_MAX_PIXELS
 from gigaface.errors import GigafaceError
-from gigaface.library.store import CaptureRecord, Library
+from gigaface.library.store import Library
+from gigaface.library.records import CaptureRecord
 from gigaface.privacy.refresh import refresh_outputs
 from gigaface.privacy.retention import Purged, purge
 from gigaface.references import ReferencePool

@@ -22,7 +22,8 @@ from gigaface.engine.reporter import Reporter
 from gigaface.ingest import is_capture_of, scan_path
 from gigaface.library.files import capture_files, owner_only, private_folder
 from gigaface.library.locks import capture_lock
-from gigaface.library.store import CaptureRecord, Library
+from gigaface.library.store import Library
+from gigaface.library.records import CaptureRecord
 from gigaface.privacy.refresh import build_outputs
 
 PROGRESS_EVERY = 0.5  # s between progress writes: readers poll the row

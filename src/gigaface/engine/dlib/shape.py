@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gigaface.atomic import temporary_beside
 from gigaface.engine.dlib.format import DlibReader, reals_from
 from gigaface.errors import GigafaceError
 
@@ -135,8 +136,6 @@ def _load_cached(key: str) -> ShapeModel | None:
 
 
 def _store_cached(key: str, model: ShapeModel) -> ShapeModel:
-    from gigaface.output.atomic import temporary_beside
-
     final = cache_path(key)
     try:
         os.makedirs(os.path.dirname(final), exist_ok=True)

@@ -18,7 +18,7 @@ from gigaface.engine.plan import settings_for
 from gigaface.errors import GigafaceError
 from gigaface import ingest
 from gigaface.library.files import capture_files, private_folder, uploads_folder
-from gigaface.library.store import CaptureRecord
+from gigaface.library.records import CaptureRecord
 from gigaface.privacy.retention import remove
 from gigaface.service.auth import Access, Admin, Viewer
 from gigaface.service.policies import body_limit

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 
-from gigaface.library.store import Face
+from gigaface.library.records import Face
 from gigaface.service.auth import Viewer
 from gigaface.service.schemas import ERRORS, CaptureId, FaceOut, FacePage, RecordId
 from gigaface.service.state import Service, service_of

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Response, UploadFile
 
-from gigaface.library.store import Consent
+from gigaface.library.records import Consent
 from gigaface.privacy import consent
 from gigaface.privacy.consent import revealed
 from gigaface.privacy.erasure import MAX_FORGET_THRESHOLD, forget
