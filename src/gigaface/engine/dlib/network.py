@@ -121,7 +121,7 @@ def _read_con(r: DlibReader) -> Layer:
     version = r.expect_string("con_4", "con_5", "con_6")
     params = r.tensor()
     filters, rows, cols, sy, sx, py, px = (r.integer() for _ in range(7))
-    w_shape, _bias_shape = r.alias_tensor(), r.alias_tensor()  # the bias is as long as outputs
+    w_shape, b_shape = r.alias_tensor(), r.alias_tensor()
     for _ in range(4):
         r.real()  # learning-rate and weight-decay multipliers
     use_bias = r.boolean() if version != "con_4" else True
