@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 from bench.data import MissingData, shared_path
+from bench.harness import run_cli
+from gigaface.demo.scene import build_stadium
 from gigaface.process import configure_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,3 +35,15 @@ def detector():
     from gigaface.engine.detector import CenterFace
 
     return CenterFace()
+
+
+@pytest.fixture(scope="session")
+def stadium(tmp_path_factory):
+    """A 1.5-MP stadium, scanned once for the governance tests of the CLI and the service;
+    each test works on its own copy of the library."""
+    folder = tmp_path_factory.mktemp("governance")
+    built = build_stadium(folder, megapixels=1.5, occupancy=0.4)
+    db = folder / "lib.db"
+    done = run_cli("scan", built.panorama, "--db", db, "--quiet")
+    assert done.returncode == 0, done.stderr
+    return built, db

@@ -188,7 +188,7 @@ def test_killed_scans_resume_to_the_same_faces(scene, tmp_path):
     (capture,) = Library(str(db)).captures.all()
     assert capture.stage == "done"
     # SQLite's own -wal/-shm may stay beside the library, its key, and the capture's scan
-    # lock (scan_lock.py: the files folder holds it); nothing else may.
+    # lock (library/locks.py: the files folder holds it); nothing else may.
     leftovers = {p.name for p in tmp_path.iterdir()} - {"crowd.jpg", "lib.db", "lib.db-wal", "lib.db-shm",
                                                          "lib.db.key", "lib.db.files"}
     assert leftovers == set()

@@ -15,23 +15,11 @@ import cv2
 import numpy as np
 import pytest
 
-from gigaface.demo.scene import build_stadium
 from gigaface.errors import GigafaceError
 from gigaface.library.store import Library
 from bench.harness import run_cli
 from tests.conftest import shared_data
 from tests.helpers import drop_column, iou, read_image
-
-
-@pytest.fixture(scope="module")
-def stadium(tmp_path_factory):
-    """A 1.5-MP stadium, scanned once; each test works on its own copy of the library."""
-    folder = tmp_path_factory.mktemp("governance")
-    built = build_stadium(folder, megapixels=1.5, occupancy=0.4)
-    db = folder / "lib.db"
-    done = run_cli("scan", built.panorama, "--db", db, "--quiet")
-    assert done.returncode == 0, done.stderr
-    return built, db
 
 
 @pytest.fixture

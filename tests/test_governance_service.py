@@ -4,6 +4,7 @@ asked to be forgotten."""
 from __future__ import annotations
 
 import math
+import shutil
 import time
 
 import cv2
@@ -11,19 +12,22 @@ import numpy as np
 import pytest
 
 from gigaface.library.store import Library
-from bench.harness import make_token, run_cli
+from bench.harness import make_token
 from tests.helpers import iou
 from tests.inprocess import App
-from tests.test_governance import detail, stadium  # noqa: F401  (the scanned stadium fixture)
+from tests.test_governance import detail
 
 TILE = 254
 
 
 @pytest.fixture(scope="module")
-def site(stadium):  # noqa: F811
+def site(stadium):
     built, db = stadium
-    db = db.parent / "served.db"
-    assert run_cli("scan", built.panorama, "--db", db, "--quiet").returncode == 0
+    served = db.parent / "served.db"  # the CLI's scan, in a library of the service's own
+    Library(str(db)).flush_deleted()
+    shutil.copy(db, served)
+    shutil.copy(str(db) + ".key", str(served) + ".key")
+    db = served
     admin, viewer = make_token(db, "admin"), make_token(db, "viewer")
     with App(db, public=True, token=admin) as server:
         capture = server.wait_for(1)  # the CLI's scan gets its pyramids and exports from the service

@@ -149,7 +149,7 @@ def scan_path(library: Library, path: str, settings: Settings, *, detector: Dete
               discard_on_error: bool = True, frames_anywhere: bool = False) -> ScanResult:
     """Scan one image (or manifest) into the library; see the module docstring for stages.
 
-    One process scans a capture at a time (scan_lock.py): a second scan of it waits, saying
+    One process scans a capture at a time (library/locks.py): a second scan of it waits, saying
     so through `reporter.note`, then finds it scanned. Bad input found mid-way (a truncated
     file) deletes the half-scanned capture, unless `discard_on_error` is False: the service
     keeps it, to show the error on it."""

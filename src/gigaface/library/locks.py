@@ -1,5 +1,5 @@
 """One writer per capture: the lock that the CLI's and the Python API's scans (through
-`scan_job.scan_path`) and the service's job worker all take before working on a capture.
+`ingest.scan_path`) and the service's job worker all take before working on a capture.
 
 Two scans of one capture at once undo each other's work (one merges while the other
 restarts, and both end `done` with no faces), so the second waits for the first and then

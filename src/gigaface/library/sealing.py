@@ -3,7 +3,7 @@
 Face templates and face crops are biometric data (a crop re-embeds into a working
 template), so the SQLite file holds both only encrypted; a copied library without its key
 can still be listed (captures, boxes, quality) but not searched, and shows no face. The
-key also keys the audit log's chain (index.py), so its rows cannot be rewritten unseen.
+key also keys the audit log's chain (library/audit_chain.py), so its rows cannot be rewritten unseen.
 
 Where the key comes from, first found wins:
     1. `gigaface --key-file PATH ...` (sets GIGAFACE_KEY_FILE for this process and its workers)

@@ -3,7 +3,7 @@
 Their embeddings and crops are deleted for good (secure_delete zeroes the freed pages),
 the faces stay as bare boxes marked `erased`, so every export and pyramid blurs them from
 then on, and any consent that matches them is withdrawn. The caller rebuilds the files
-of the captures named in the report (`job_worker.stale` + a job).
+of the captures named in the report (`privacy.refresh.refresh_outputs`).
 """
 from __future__ import annotations
 

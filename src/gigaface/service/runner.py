@@ -1,4 +1,4 @@
-"""The service's job runner: one capture's job at a time, each in a `job_worker` process.
+"""The service's job runner: one capture's job at a time, each in a `service.worker` process.
 
 The queue is the library's `jobs` table, so it survives a restart: at start-up, jobs left
 `running` by a server that stopped are queued again, and their scan resumes from the last
