@@ -85,7 +85,7 @@ def descriptor_speeds(chips: np.ndarray, repeat: int, log=print) -> list[dict]:
     from gigaface.errors import GigafaceError
 
     rows = [{"runtime": "dlib-bin", "precision": "f32", "batch": 16, "threads": 1,
-             "ms_per_face": best_ms(lambda: describe.embed(chips[:16]), max(1, repeat // 2)) / 16,
+             "ms_per_face": best_ms(lambda: describe.embed_with_dlib(chips[:16]), max(1, repeat // 2)) / 16,
              "load": os.getloadavg()[0]}]
     log(f"  {rows[-1]}")
     for runtime, precision in (("onnxruntime", "f32"), ("openvino", "f32"), ("openvino", "bf16")):

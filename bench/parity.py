@@ -148,7 +148,7 @@ def embedding_variants(faces: list[Face], points: np.ndarray, dlib_chips: np.nda
            "opencv_dlib_mapping_from_dlib_landmarks": np.stack([chipping.chip_opencv(f.region, p, dlib_mapping=True)
                                                                  for f, p in zip(faces, points)]),
            "numpy_landmarks_and_chip": own_chips}
-    e = {"dlib": describe.embed(dlib_chips), "onnx_f32": onnx.embed(dlib_chips)}
+    e = {"dlib": describe.embed_with_dlib(dlib_chips), "onnx_f32": onnx.embed(dlib_chips)}
     try:
         e["openvino_bf16"] = Descriptor("openvino", threads=2, batch=16, precision="bf16").embed(dlib_chips)
     except GigafaceError as exc:

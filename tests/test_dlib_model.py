@@ -137,12 +137,22 @@ def test_model_is_built_once_per_file_content(net_bytes, tmp_path):
 
 def test_onnx_descriptor_equals_dlib_on_real_chips(real_faces, descriptor):
     cut = np.stack([describe.cut_chip(region, box, np.zeros((5, 2))).chip for region, box in real_faces])
-    ours, theirs = descriptor.embed(cut), describe.embed(cut)
+    ours, theirs = descriptor.embed(cut), describe.embed_with_dlib(cut)
     assert np.abs(ours - theirs).max() < 1e-4
     d_ours = np.linalg.norm(ours[:, None] - ours[None], axis=2)
     d_theirs = np.linalg.norm(theirs[:, None] - theirs[None], axis=2)
     assert np.abs(d_ours - d_theirs).max() < 1e-4
     assert ((d_ours <= 0.6) == (d_theirs <= 0.6)).all()
+
+
+def test_the_scan_embeds_with_the_onnx_descriptor(real_faces, descriptor):
+    """describe.embed (the scan's, the reference photos') is our graph, not dlib-bin: its
+    vectors are exactly the onnxruntime descriptor's, and dlib's within parity."""
+    cut = np.stack([describe.cut_chip(region, box, np.zeros((5, 2))).chip for region, box in real_faces])
+    scanned = describe.embed(cut)
+    assert np.array_equal(scanned, descriptor.embed(cut))
+    assert not np.array_equal(scanned, describe.embed_with_dlib(cut))  # the two runtimes round apart
+    assert np.abs(scanned - describe.embed_with_dlib(cut)).max() < 1e-4
 
 
 def test_descriptor_refuses_chips_of_the_wrong_shape(descriptor):
@@ -232,7 +242,7 @@ def test_chips_equal_dlibs_on_real_faces_small_and_large(real_faces):
 def test_whole_alignment_without_dlib_gives_dlibs_embedding(real_faces, descriptor):
     regions, boxes = [r for r, _ in real_faces], [b for _, b in real_faces]
     own, _ = chips.aligned_chips(regions, boxes)
-    theirs = describe.embed(np.stack([describe.cut_chip(r, b, np.zeros((5, 2))).chip for r, b in real_faces]))
+    theirs = describe.embed_with_dlib(np.stack([describe.cut_chip(r, b, np.zeros((5, 2))).chip for r, b in real_faces]))
     assert np.linalg.norm(descriptor.embed(own) - theirs, axis=1).max() < 1e-4
 
 

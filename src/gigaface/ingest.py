@@ -38,7 +38,6 @@ from gigaface.library.records import CaptureRecord, Face
 from gigaface.library.store import Library
 
 DESCRIBE_NATIVE_MAX = 320  # px: larger faces are described from a downscaled read
-EMBED_BATCH = 8
 
 
 @dataclass
@@ -125,7 +124,7 @@ def describe_faces(library: Library, capture: CaptureRecord, settings: Settings,
                 big_enough = max(face.box[2], face.box[3]) >= settings.min_embed
                 batch.append(describing.Region(region, rbox, lms, big_enough, exact))
                 ids.append(face.id)
-                if len(batch) >= EMBED_BATCH:
+                if len(batch) >= describing.EMBED_BATCH:
                     flush()
     flush()
     drain(0)
