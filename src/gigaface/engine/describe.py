@@ -19,9 +19,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from gigaface import process
 from gigaface.errors import GigafaceError
-from gigaface.process import peak_rss_mb
+from gigaface.process import configure_process, peak_rss_mb
 
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
@@ -188,12 +187,13 @@ def describe_regions(regions: list[Region]) -> list[tuple[dict, np.ndarray | Non
 
 def init_worker(parent: int) -> None:
     """Set up a worker process that describes faces: one BLAS thread, exit with the parent."""
-    # dlib's BLAS would start a thread per core in every worker; the pool already uses
-    # every core (measured 45 ms a face with them, 38 ms without, on 2 cores).
+    # A BLAS would start a thread per core in every worker; the pool already uses every core
+    # (measured with dlib-bin's descriptor: 45 ms a face with them, 38 ms without, on 2 cores;
+    # the descriptor session is single-threaded for the same reason).
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    process.configure_process()
+    configure_process()
     shape_predictor()
     descriptor()
 
