@@ -88,43 +88,49 @@ def descriptor_speeds(chips: np.ndarray, repeat: int, log=print) -> list[dict]:
              "ms_per_face": best_ms(lambda: describe.embed_with_dlib(chips[:16]), max(1, repeat // 2)) / 16,
              "load": os.getloadavg()[0]}]
     log(f"  {rows[-1]}")
-    for runtime, precision in (("onnxruntime", "f32"), ("openvino", "f32"), ("openvino", "bf16")):
+    for runtime in runtimes():
         for threads in (1, 2):
             for batch in (1, 16, 64):
                 try:
-                    d = Descriptor(runtime, threads=threads, batch=batch, precision=precision)
+                    d = Descriptor(runtime, threads=threads, batch=batch)
                 except GigafaceError as exc:
-                    log(f"  {runtime} {precision}: {exc}")
+                    log(f"  {runtime}: {exc}")
                     break
                 ms = best_ms(lambda: d.embed(chips), repeat) / len(chips)
-                rows.append({"runtime": runtime, "precision": precision, "batch": batch, "threads": threads,
-                             "ms_per_face": ms, "load": os.getloadavg()[0]})
+                rows.append({"runtime": runtime.backend, "precision": runtime.precision, "batch": batch,
+                             "threads": threads, "ms_per_face": ms, "load": os.getloadavg()[0]})
                 log(f"  {rows[-1]}")
     return rows
 
 
-class OpenVinoCenterFace:
-    """CenterFace's prepared graph compiled by OpenVINO, behind gigaface's Detector protocol."""
+def runtimes() -> list:
+    """onnxruntime f32, and OpenVINO f32 and bf16 where this machine has them."""
+    from gigaface.engine.runtime import choose
+    from gigaface.errors import GigafaceError
 
-    def __init__(self, precision: str, threads: int, tile: int = 640):
-        import io
+    found = [choose("onnxruntime")]
+    for precision in ("f32", "bf16"):
+        try:
+            found.append(choose("openvino", precision))
+        except GigafaceError:
+            pass
+    return found
 
+
+class LaneCenterFace:
+    """CenterFace's prepared graph on one lane of a runtime, behind gigaface's Detector protocol."""
+
+    def __init__(self, runtime, threads: int, tile: int = 640):
         from gigaface.engine.detector import prepared_model
-        from gigaface.engine.embedder import openvino_core
+        from gigaface.engine.runtime import compile_lanes
 
-        ov, core = openvino_core()
         self.tile = tile
-        compiled = core.compile_model(ov.convert_model(io.BytesIO(prepared_model(1, tile, tile))), "CPU",
-                                      {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision,
-                                       "PERFORMANCE_HINT": "LATENCY"})
-        self.outputs = compiled.outputs
-        self.request = compiled.create_infer_request()
+        (self.run,) = compile_lanes(prepared_model(1, tile, tile), runtime, 1, threads, (1, tile, tile, 3))
         self.buffer = np.zeros((1, tile, tile, 3), np.uint8)
 
     def infer(self, tile: np.ndarray) -> list[np.ndarray]:
         self.buffer[0] = tile
-        result = self.request.infer({0: self.buffer})
-        return [result[o][0].copy() for o in self.outputs]
+        return [o[0] for o in self.run(self.buffer)]
 
     def detect_tiles(self, jobs, fill, threshold: float = 0.35):
         from gigaface.engine.detector import decode
@@ -136,20 +142,6 @@ class OpenVinoCenterFace:
         return out
 
 
-class OrtCenterFace:
-    """The same prepared graph in one onnxruntime session of `threads` threads."""
-
-    def __init__(self, threads: int, tile: int = 640):
-        from gigaface.engine.detector import _Stream, prepared_model
-
-        self.tile = tile
-        self.stream = _Stream(prepared_model(1, tile, tile), 1, tile, threads, ["CPUExecutionProvider"])
-
-    def infer(self, tile: np.ndarray) -> list[np.ndarray]:
-        self.stream.tiles[0] = tile
-        return [o[0] for o in self.stream.infer(1)]
-
-
 def real_tiles() -> list[np.ndarray]:
     from bench.data import shared_path
     from gigaface.engine.source import as_rgb8, open_sequential
@@ -159,35 +151,31 @@ def real_tiles() -> list[np.ndarray]:
 
 
 def detector_speeds(repeat: int, log=print) -> dict:
-    from gigaface.errors import GigafaceError
     from gigaface.engine.plan import settings_for
     from gigaface.engine.detect import detect_image
     from bench.data import shared_path
 
     tiles = real_tiles()
-    reference = OrtCenterFace(1)
+    ort = runtimes()[0]
+    reference = LaneCenterFace(ort, 1)
     ref_maps = [reference.infer(t) for t in tiles]
     photo = str(shared_path(*CROWD))
-    ref_dets = detect_image(photo, settings_for("balanced"))
+    ref_dets = detect_image(photo, settings_for("balanced"), reference)
     rows, agreement = [], {}
-    engines = [("onnxruntime", "f32", th, lambda th=th: OrtCenterFace(th)) for th in (1, 2)]
-    engines += [("openvino", p, th, lambda p=p, th=th: OpenVinoCenterFace(p, th)) for p in ("f32", "bf16") for th in (1, 2)]
-    for runtime, precision, threads, make in engines:
-        try:
-            engine = make()
-        except GigafaceError as exc:
-            log(f"  CenterFace {runtime}: {exc}")
-            continue
-        rows.append({"runtime": runtime, "precision": precision, "threads": threads,
-                     "ms_per_tile": best_ms(lambda: engine.infer(tiles[0]), repeat), "load": os.getloadavg()[0]})
-        log(f"  {rows[-1]}")
-        if runtime == "openvino" and threads == 2:
+    for runtime in runtimes():
+        for threads in (1, 2):
+            engine = LaneCenterFace(runtime, threads)
+            rows.append({"runtime": runtime.backend, "precision": runtime.precision, "threads": threads,
+                         "ms_per_tile": best_ms(lambda: engine.infer(tiles[0]), repeat), "load": os.getloadavg()[0]})
+            log(f"  {rows[-1]}")
+        if runtime != ort:
             maps = [engine.infer(t) for t in tiles]
-            agreement[precision] = {"max_abs_heatmap": float(max(np.abs(m[0] - r[0]).max() for m, r in zip(maps, ref_maps))),
-                                    "max_abs_any_output": float(max(np.abs(a - b).max() for m, r in zip(maps, ref_maps)
-                                                                    for a, b in zip(m, r))),
-                                    **same_detections(detect_image(photo, settings_for("balanced"), engine), ref_dets)}
-            log(f"  {precision} vs onnxruntime: {agreement[precision]}")
+            agreement[f"{runtime.backend} {runtime.precision}"] = {
+                "max_abs_heatmap": float(max(np.abs(m[0] - r[0]).max() for m, r in zip(maps, ref_maps))),
+                "max_abs_any_output": float(max(np.abs(a - b).max() for m, r in zip(maps, ref_maps)
+                                                for a, b in zip(m, r))),
+                **same_detections(detect_image(photo, settings_for("balanced"), engine), ref_dets)}
+            log(f"  {runtime} vs onnxruntime: {agreement[f'{runtime.backend} {runtime.precision}']}")
     return {"tiles": rows, "openvino_vs_onnxruntime": agreement, "crowd_photo": "/".join(CROWD),
             "faces_onnxruntime": int(len(ref_dets))}
 

@@ -117,7 +117,7 @@ def full_scan(mosaic: Mosaic, db: Path, preset: str = "balanced") -> dict:
         "wall_s": round(wall, 1), "detect_s": summary["detect_seconds"], "describe_s": summary["describe_seconds"],
         "mp_per_s": round(mp / max(summary["detect_seconds"], 1e-9), 2),
         "embedded_per_s": round(summary["embedded"] / max(summary["describe_seconds"], 1e-9), 1),
-        "peak_main_mb": summary["peak_rss_mb"]["main"], "peak_worker_mb": summary["peak_rss_mb"]["worker"],
+        "peak_main_mb": summary["peak_rss_mb"], "runtime": " ".join(summary["runtime"].values()),
         "ap": round(ev.ap, 4), "db": str(db),
     }
 

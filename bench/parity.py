@@ -136,9 +136,10 @@ def embedding_variants(faces: list[Face], points: np.ndarray, dlib_chips: np.nda
     from gigaface.engine import chips as chipping
     from gigaface.engine import describe
     from gigaface.engine.embedder import Descriptor
+    from gigaface.engine.runtime import choose
     from gigaface.errors import GigafaceError
 
-    onnx = Descriptor("onnxruntime", threads=2, batch=16)
+    onnx = Descriptor(choose("onnxruntime"), threads=2, batch=16)
     t = time.perf_counter()
     own_chips, own_points = chipping.aligned_chips([f.region for f in faces], [f.box for f in faces])
     log(f"  numpy landmarks and chips: {(time.perf_counter() - t) / len(faces) * 1e3:.2f} ms a face")
@@ -149,10 +150,11 @@ def embedding_variants(faces: list[Face], points: np.ndarray, dlib_chips: np.nda
                                                                  for f, p in zip(faces, points)]),
            "numpy_landmarks_and_chip": own_chips}
     e = {"dlib": describe.embed_with_dlib(dlib_chips), "onnx_f32": onnx.embed(dlib_chips)}
-    try:
-        e["openvino_bf16"] = Descriptor("openvino", threads=2, batch=16, precision="bf16").embed(dlib_chips)
-    except GigafaceError as exc:
-        log(f"  OpenVINO bf16 left out: {exc}")
+    for precision in ("f32", "bf16"):
+        try:
+            e[f"openvino_{precision}"] = Descriptor(choose("openvino", precision), threads=2, batch=16).embed(dlib_chips)
+        except GigafaceError as exc:
+            log(f"  OpenVINO {precision} left out: {exc}")
     for name, c in cut.items():
         e[f"chip:{name}"] = onnx.embed(c)
     return {"embeddings": e, "chips": cut, "own_points": own_points}

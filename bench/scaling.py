@@ -15,7 +15,7 @@ def run(sizes: list[float], work: Path, preset: str = "balanced", log=print) -> 
         row = full_scan(mosaic, work / f"scaling-{size:g}mp.db", preset)
         rows.append(row)
         log(f"{row['megapixels']} MP: {row['wall_s']} s (detect {row['detect_s']} s, describe {row['describe_s']} s), "
-            f"{row['faces']:,} faces, peak {row['peak_main_mb']} MB main / {row['peak_worker_mb']} MB worker")
+            f"{row['faces']:,} faces, peak {row['peak_main_mb']} MB")
     return rows
 
 
@@ -33,7 +33,8 @@ def plot(rows: list[dict], out: Path) -> Path:
     left.set(xlabel="panorama (megapixels)", ylabel="seconds", title="Time: linear in size")
     left.legend()
     right.plot(mp, [r["peak_main_mb"] for r in rows], "o-", label="scan process")
-    right.plot(mp, [r["peak_worker_mb"] for r in rows], "s-", label="one describe worker")
+    if all("peak_worker_mb" in r for r in rows):  # results from before describing ran in-process
+        right.plot(mp, [r["peak_worker_mb"] for r in rows], "s-", label="one describe worker")
     for r in rows:  # memory follows the band width, so say how wide each panorama is
         right.annotate(f"{int(r['size'].split('x')[0]):,} px wide", (r["megapixels"], r["peak_main_mb"]),
                        textcoords="offset points", xytext=(-30, 8), fontsize=7)

@@ -319,8 +319,8 @@ def test_thresholds_and_days_are_checked(scanned, tmp_path, command, args, needl
 
 # The old code took --workers -3, and "refused" every image for --max-pixels -1 as over the
 # limit: the message must name the option's own bound.
-@pytest.mark.parametrize("args, needle", [(["--workers", "-3"], "--workers is at least 1"),
-                                          (["--workers", "0"], "--workers is at least 1"),
+@pytest.mark.parametrize("args, needle", [(["--threads", "-3"], "--threads is at least 1"),
+                                          (["--threads", "0"], "--threads is at least 1"),
                                           (["--max-pixels", "-1"], "--max-pixels is at least 1")])
 def test_scan_refuses_counts_under_one(tmp_path, args, needle):
     image = write_image(tmp_path / "crowd.png", crowd(300, 200, [(150, 100, 60)]))

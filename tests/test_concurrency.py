@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,12 +27,14 @@ def small_image(tmp_path_factory):
 
 
 def _scan_command(image, db) -> list[str]:
-    return [*CLI, "scan", str(image), "--db", str(db), "--quiet", "--json", "--workers", "1"]
+    return [*CLI, "scan", str(image), "--db", str(db), "--quiet", "--json", "--threads", "1"]
 
 
 def _scan_pair(image, db) -> list[subprocess.CompletedProcess]:
     """Two real scans of one image into one (new) library, started together."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # PYTHONFAULTHANDLER: a scan that hangs is stopped with SIGABRT, which prints where each
+    # of its threads stood, so the failure says why.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
     procs = [subprocess.Popen(_scan_command(image, db), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env) for _ in range(2)]
     done = []
@@ -39,9 +42,12 @@ def _scan_pair(image, db) -> list[subprocess.CompletedProcess]:
         try:
             out, err = proc.communicate(timeout=240)
         except subprocess.TimeoutExpired:
+            stacks = []
             for p in procs:
-                p.kill()
-            raise
+                if p.poll() is None:
+                    p.send_signal(signal.SIGABRT)
+                stacks.append(p.communicate()[1])
+            pytest.fail("a scan hung:\n" + "\n---\n".join(stacks))
         done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
     return done
 
@@ -86,7 +92,7 @@ def test_twenty_concurrent_pairs_of_scans_never_lose_a_face(small_image, tmp_pat
 
 def test_a_second_scan_waits_for_the_first_and_says_so(small_image, tmp_path):
     db = tmp_path / "lib.db"
-    first = run_cli("scan", small_image, "--db", db, "--quiet", "--workers", "1")
+    first = run_cli("scan", small_image, "--db", db, "--quiet", "--threads", "1")
     assert first.returncode == 0, first.stderr
     # This test process plays the first scan: it holds capture 1's lock.
     with capture_lock(str(db), 1):

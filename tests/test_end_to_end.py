@@ -253,7 +253,7 @@ def test_python_api(tmp_path):
     reference = write_image(tmp_path / "astronaut.png", astronaut())
     db = tmp_path / "lib.db"
 
-    cap = gigaface.scan(str(image), db=str(db), workers=1)
+    cap = gigaface.scan(str(image), db=str(db), threads=1)
     faces = cap.faces
     assert len(faces) == 3
     assert all(isinstance(f, gigaface.Face) and f.embedded for f in faces)
@@ -273,7 +273,7 @@ def test_python_api(tmp_path):
 
     again = gigaface.open_capture(str(db))
     assert again.id == cap.id and len(again.faces) == 3
-    rescanned = gigaface.scan(str(image), db=str(db), workers=1)
+    rescanned = gigaface.scan(str(image), db=str(db), threads=1)
     assert rescanned.result.skipped and rescanned.id == cap.id
 
 

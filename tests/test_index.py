@@ -6,6 +6,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -16,7 +17,8 @@ from gigaface.library.store import Library
 from gigaface.engine.plan import settings_for
 from gigaface.ingest import scan_path
 from bench.harness import CLI, run_cli
-from tests.helpers import background, crowd, face_patch, paste_centred, write_image
+from tests.conftest import shared_data
+from tests.helpers import background, crowd, face_patch, paste_centred, read_image, write_image
 
 
 # --- opening ------------------------------------------------------------------------------
@@ -255,46 +257,23 @@ def test_killed_scan_resumes_to_the_same_faces(tmp_path, stage):
             np.testing.assert_allclose(ea, eb, atol=1e-4)
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                continue
-    return found
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find the worker processes")
-def test_workers_exit_when_the_scan_is_killed(tmp_path):
-    """kill -9 of the scan alone must not leave its embedding workers waiting forever."""
-    image = _big_crowd(tmp_path / "big.jpg")
-    db = tmp_path / "lib.db"
-    # No pipes: orphaned workers would hold them open and hang the test instead of failing it.
-    proc = subprocess.Popen([*CLI, "scan", str(image), "--db", str(db), "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not _reached(db, "describe"):
-            assert proc.poll() is None, "scan ended before it could be interrupted"
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        workers = [c for c in _children(proc.pid) if "spawn_main" in open(f"/proc/{c}/cmdline").read()]
-        assert workers, "the describe stage runs in worker processes"
-        os.kill(proc.pid, signal.SIGKILL)  # the scan only, not its process group
-        proc.wait()
-        deadline = time.monotonic() + 15
-        while any(os.path.exists(f"/proc/{w}") and "Z" not in open(f"/proc/{w}/stat").read().split()[2] for w in workers):
-            assert time.monotonic() < deadline, "embedding workers outlived their scan"
-            time.sleep(0.2)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def test_the_python_api_runs_from_a_plain_script(tmp_path):
+    """Four lines in a script, no `if __name__ == "__main__":` guard: the scan spawns no
+    worker process that would import the script again (BrokenProcessPool before)."""
+    group = read_image(shared_data("face_recognition_examples", "obama2.jpg"))
+    photo = tmp_path / "two_people.jpg"
+    write_image(photo, np.concatenate([group, group[:, ::-1]], axis=1))
+    script = tmp_path / "script.py"
+    script.write_text(f"""import gigaface
+cap = gigaface.scan({str(photo)!r}, db={str(tmp_path / "api.db")!r})
+print(len(cap.faces))
+print(cap.find({str(shared_data("face_recognition_examples", "obama.jpg"))!r})[0].distance)
+""")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    faces, distance = done.stdout.split()
+    assert int(faces) == 2 and float(distance) < 0.6
 
 
 # --- what makes two files one capture -------------------------------------------------------

@@ -15,6 +15,7 @@ from gigaface.process import configure_process
 from gigaface.engine import describe as describing
 from gigaface.privacy.anonymise import anonymise as _anonymise
 from gigaface.engine.detector import CenterFace
+from gigaface.engine.runtime import choose
 from gigaface.errors import GigafaceError
 from gigaface.library.records import CaptureRecord, Face
 from gigaface.library.store import Library
@@ -86,20 +87,25 @@ def blur_image(library: Library, capture: CaptureRecord, out: str, keep: list[st
 
 
 def scan(path: str, db: str = "gigaface.db", preset: str = "balanced", min_face: float | None = None,
-         min_embed: float | None = None, resume: bool = False, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-         reporter: Reporter | None = None, frames_anywhere: bool = False) -> Capture:
+         min_embed: float | None = None, resume: bool = False, threads: int | None = None,
+         max_pixels: int = DEFAULT_MAX_PIXELS, reporter: Reporter | None = None, frames_anywhere: bool = False,
+         runtime: str | None = None, precision: str | None = None) -> Capture:
     """Scan an image (or a camera-array manifest .json) into the library at `db`. Another
-    scan of the same capture (any process) is waited for, then found done."""
+    scan of the same capture (any process) is waited for, then found done. Everything runs
+    in this process (threads, no worker processes), so a plain script or a notebook cell
+    needs no `if __name__ == "__main__":` guard. `runtime`: auto, onnxruntime or openvino."""
     configure_process()
     settings = settings_for(preset, min_face, min_embed=min_embed)
-    if workers is not None and workers < 1:
-        raise GigafaceError(f"workers is at least 1 (got {workers})")
+    if threads is not None and threads < 1:
+        raise GigafaceError(f"threads is at least 1 (got {threads})")
     if max_pixels < 1:
         raise GigafaceError(f"max_pixels is at least 1 (got {max_pixels})")
+    chosen = choose(runtime, precision)
     library = Library(db, create=True)
-    with describing.EmbeddingPool(workers) as pool:
-        result = scan_path(library, path, settings, pool=pool, resume=resume, reporter=reporter,
-                           max_pixels=max_pixels, frames_anywhere=frames_anywhere)
+    with describing.Describer(chosen, threads) as describer:
+        result = scan_path(library, path, settings, detector=CenterFace(settings.tile, runtime=chosen),
+                           describer=describer, resume=resume, reporter=reporter, max_pixels=max_pixels,
+                           frames_anywhere=frames_anywhere)
     return Capture(library, result.capture, result)
 
 

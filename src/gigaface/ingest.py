@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,7 +64,7 @@ def is_capture_of(path: str, capture: CaptureRecord) -> bool:
 
 # --- description ------------------------------------------------------------------------
 def describe_faces(library: Library, capture: CaptureRecord, settings: Settings,
-                   pool: describing.EmbeddingPool | None, reporter: Reporter, max_pixels: int) -> int:
+                   describer: describing.Describer | None, reporter: Reporter, max_pixels: int) -> int:
     """Quality, crop and (for faces big enough) embedding of every face not yet described."""
     pending = library.faces.undescribed(capture.id)
     reporter.stage("describe", len(pending))
@@ -85,11 +86,11 @@ def describe_faces(library: Library, capture: CaptureRecord, settings: Settings,
         if not batch:
             return
         work = list(batch)
-        future = pool.submit(work) if pool else _done(describing.describe_regions(work))
+        future = describer.submit(work) if describer else _done(describing.describe_regions(work))
         in_flight.append((future, list(ids)))
         batch.clear()
         ids.clear()
-        drain(2 * (pool.workers if pool else 0) + 1)
+        drain(describer.workers if describer else 0)
 
     by_frame: dict[int, list[Face]] = {}
     for face in pending:
@@ -132,7 +133,7 @@ def describe_faces(library: Library, capture: CaptureRecord, settings: Settings,
 
 
 class _done:
-    """A finished future, for embedding in-process when there is no pool."""
+    """A finished future, for describing in the caller's thread when there is no describer."""
 
     def __init__(self, value):
         self.value = value
@@ -143,7 +144,7 @@ class _done:
 
 # --- the job ----------------------------------------------------------------------------
 def scan_path(library: Library, path: str, settings: Settings, *, detector: Detector | None = None,
-              pool: describing.EmbeddingPool | None = None, resume: bool = False,
+              describer: describing.Describer | None = None, resume: bool = False,
               reporter: Reporter | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
               discard_on_error: bool = True, frames_anywhere: bool = False) -> ScanResult:
     """Scan one image (or manifest) into the library; see the module docstring for stages.
@@ -163,7 +164,7 @@ def scan_path(library: Library, path: str, settings: Settings, *, detector: Dete
                 capture = library.captures.get(capture.id)  # as the scan we waited for left it
             except GigafaceError:
                 continue  # that scan failed and discarded the capture: make it again
-            return _scan_locked(library, capture, path, frames, settings, detector, pool, resume, reporter,
+            return _scan_locked(library, capture, path, frames, settings, detector, describer, resume, reporter,
                                 max_pixels, discard_on_error)
 
 
@@ -201,7 +202,7 @@ def add_capture(library: Library, path: str, settings: Settings,
 
 
 def _scan_locked(library: Library, capture: CaptureRecord, path: str, frames: list[Frame], settings: Settings,
-                 detector: Detector | None, pool, resume: bool, reporter: Reporter, max_pixels: int,
+                 detector: Detector | None, describer, resume: bool, reporter: Reporter, max_pixels: int,
                  discard_on_error: bool) -> ScanResult:
     """scan_path's work on a capture whose lock this process holds."""
     started = time.perf_counter()
@@ -219,7 +220,7 @@ def _scan_locked(library: Library, capture: CaptureRecord, path: str, frames: li
         reporter.note(f"resuming capture {capture.id} at stage '{capture.stage}'")
 
     try:
-        result = _run_stages(library, capture, frames, settings, detector, pool, reporter, max_pixels)
+        result = _run_stages(library, capture, frames, settings, detector, describer, reporter, max_pixels)
     except GigafaceError:
         if discard_on_error:
             library.captures.delete(capture.id)
@@ -232,7 +233,7 @@ def _scan_locked(library: Library, capture: CaptureRecord, path: str, frames: li
 
 
 def _run_stages(library: Library, capture: CaptureRecord, frames: list[Frame], settings: Settings,
-                detector: Detector | None, pool, reporter: Reporter, max_pixels: int) -> ScanResult:
+                detector: Detector | None, describer, reporter: Reporter, max_pixels: int) -> ScanResult:
     result = ScanResult(capture, 0, 0, 0.0, skipped=False)
     t0 = time.perf_counter()
     if capture.stage == "detect":
@@ -267,7 +268,8 @@ def _run_stages(library: Library, capture: CaptureRecord, frames: list[Frame], s
         capture = library.captures.get(capture.id)
     t1 = time.perf_counter()
     if capture.stage == "describe":
-        result.described = describe_faces(library, capture, settings, pool, reporter, max_pixels)
+        with nullcontext(describer) if describer else describing.Describer() as describer:
+            result.described = describe_faces(library, capture, settings, describer, reporter, max_pixels)
     result.describe_seconds = time.perf_counter() - t1
     result.faces = library.faces.count(capture.id)
     result.stored = library.faces.count(capture.id, include_unlisted=True)

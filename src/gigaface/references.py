@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -23,6 +24,7 @@ from gigaface.engine.detector import CenterFace
 from gigaface.engine.plan import settings_for
 from gigaface.engine.source import as_rgb8, error_text, open_sequential, probe
 from gigaface.errors import GigafaceError
+from gigaface.process import configure_process
 
 REFERENCE_MAX_PIXELS = 100_000_000   # refused before decoding
 # What a reference photo is shrunk to before detection: a selfie's face stays hundreds of
@@ -196,9 +198,23 @@ _worker_detector: CenterFace | None = None
 
 
 def _init_reference_worker(parent: int) -> None:
+    """One BLAS thread, exit with the parent, models loaded before the first photo."""
     global _worker_detector
-    describing.init_worker(parent)
+    # The pool's workers together use the cores; a BLAS would start a thread per core in each.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    configure_process()
+    describing.shape_predictor()
+    describing.descriptor()
     _worker_detector = CenterFace(streams=1)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose server was killed (kill -9) would otherwise wait forever for work."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _reference_in_worker(path: str, spare: str) -> Reference:

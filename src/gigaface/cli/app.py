@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from gigaface import process
-from gigaface.cli import blur, demo, find, governance, listing, scan, serve, tokens
+from gigaface.cli import blur, demo, doctor, find, governance, listing, scan, serve, tokens
 from gigaface.errors import GigafaceError
 from gigaface.paths import FULL, NOT_WRITABLE, folder_of, os_reason, sqlite_write_problem
 
@@ -24,14 +24,25 @@ for command in (scan.scan, listing.captures, listing.faces, find.find, blur.blur
 app.add_typer(tokens.token_app, name="token")
 app.add_typer(governance.consent_app, name="consent")
 for command in (governance.forget, governance.audit, governance.purge, governance.retention,
-                serve.serve, serve.view):
+                serve.serve, serve.view, doctor.doctor):
     app.command()(command)
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from gigaface import __version__
+        from gigaface.engine.runtime import choose
+
+        print(f"gigaface {__version__} (models run on {choose()}; `gigaface doctor` says more)")
+        raise typer.Exit()
 
 
 @app.callback()
 def options(key_file: Optional[str] = typer.Option(
         None, "--key-file", help="The key that encrypts the library's embeddings (default: $GIGAFACE_KEY,"
-        " $GIGAFACE_KEY_FILE, or LIBRARY.key beside the library, made when the library is created).")) -> None:
+        " $GIGAFACE_KEY_FILE, or LIBRARY.key beside the library, made when the library is created)."),
+        version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                     help="Print the version and the inference runtime, then exit.")) -> None:
     """Find every face in a gigapixel crowd image, and find one person among them."""
     process.configure_process()  # the one place a command sets up its process
     if key_file is not None:

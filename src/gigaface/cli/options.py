@@ -51,3 +51,22 @@ def data_folder(path: str) -> str:
     if not os.path.isdir(real):
         raise GigafaceError(f"--data-dir {path}: no such folder")
     return real
+
+
+def use_runtime(runtime: str | None, precision: str | None):
+    """The runtime this command runs its models on (`--runtime`, `--precision`), checked now;
+    exported to the environment so that the processes it starts (the service's jobs and
+    reference workers) run on the same one."""
+    from gigaface.engine.runtime import PRECISION_ENV, RUNTIME_ENV, choose
+
+    chosen = choose(runtime, precision)
+    if runtime:
+        os.environ[RUNTIME_ENV] = runtime
+    if precision:
+        os.environ[PRECISION_ENV] = precision
+    return chosen
+
+
+def runtime_text(runtime: dict) -> str:
+    """'openvino cpu bf16' from a Runtime's to_dict(), as summaries print it."""
+    return f"{runtime['runtime']} {runtime['device']} {runtime['precision']}"

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from gigaface.cli.console import err, out
-from gigaface.cli.options import at_least
+from gigaface.cli.options import at_least, runtime_text, use_runtime
 from gigaface.engine import describe as describing
 from gigaface.engine.detector import CenterFace
 from gigaface.engine.plan import PRESETS, settings_for
@@ -32,14 +32,17 @@ def scan(
     min_embed: Optional[float] = typer.Option(None, "--min-embed", help="Faces smaller than this (px) are measured and cropped but not embedded (default 20)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted scan from its last finished band."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse larger images (decompression bombs)."),
-    workers: Optional[int] = typer.Option(None, help="Processes computing embeddings (default: one per core)."),
+    threads: Optional[int] = typer.Option(None, "--threads", "--workers", help="Threads describing faces (default: one per core)."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="Inference runtime: auto, onnxruntime or openvino (default: $GIGAFACE_RUNTIME, else auto)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto, f32 or bf16 (openvino on CPUs that have it; default: $GIGAFACE_PRECISION, else auto)."),
     frames_anywhere: bool = typer.Option(False, "--frames-anywhere", help="Let a manifest name frames outside its own folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Find every face in IMAGE... and store them in the library."""
     settings = settings_for(preset, min_face, min_embed=min_embed)
-    at_least(1, max_pixels=max_pixels, workers=workers)
+    at_least(1, max_pixels=max_pixels, threads=threads)
+    chosen = use_runtime(runtime, precision)
     for path in images:  # every input is checked before the library is touched
         frames_of(path, max_pixels, frames_anywhere)
     files_folder_was_there = os.path.exists(files_root(db))
@@ -49,10 +52,10 @@ def scan(
         for path in images:
             if library.is_own_file(path):
                 raise GigafaceError(f"{path}: is the library itself, not an image")
-        detector = CenterFace(settings.tile)
-        with describing.EmbeddingPool(workers) as pool:
-            summaries = _scan_all(library, images, settings, detector, pool, resume, max_pixels, frames_anywhere,
-                                  quiet, as_json)
+        detector = CenterFace(settings.tile, runtime=chosen)
+        with describing.Describer(chosen, threads) as describer:
+            summaries = _scan_all(library, images, settings, detector, describer, resume, max_pixels,
+                                  frames_anywhere, quiet, as_json)
     except GigafaceError:
         # A damaged image found mid-decode: a library this command created and left
         # empty (and the key and files folder made for it) would be half-written files.
@@ -62,7 +65,8 @@ def scan(
             _remove_made([db + "-wal", db + "-shm", *library.made, *folder])
         raise
     for s in summaries:
-        s["peak_rss_mb"] = {"main": round(peak_rss_mb()), "worker": round(pool.peak_rss_mb())}
+        s["peak_rss_mb"] = round(peak_rss_mb())
+        s["runtime"] = chosen.to_dict()
     _print_summaries(summaries, as_json)
 
 
@@ -75,7 +79,8 @@ def _print_summaries(summaries: list[dict], as_json: bool) -> None:
             out.print(f"capture {s['capture']}: {s['source']} already scanned with these settings: {s['faces']:,} faces")
         else:
             out.print(f"capture {s['capture']}: {s['faces']:,} faces in {s['width']}x{s['height']} "
-                      f"({s['width'] * s['height'] / 1e6:,.0f} MP) in {s['seconds']:.1f} s; peak memory {peak_rss_mb():,.0f} MB")
+                      f"({s['width'] * s['height'] / 1e6:,.0f} MP) in {s['seconds']:.1f} s on {runtime_text(s['runtime'])};"
+                      f" peak memory {s['peak_rss_mb']:,} MB")
 
 
 def _remove_made(paths: list[str]) -> None:
@@ -90,12 +95,12 @@ def _bars_wanted(quiet: bool, as_json: bool) -> bool:
     return not quiet and not as_json and err.is_terminal
 
 
-def _scan_all(library, images, settings, detector, pool, resume, max_pixels, frames_anywhere, quiet,
+def _scan_all(library, images, settings, detector, describer, resume, max_pixels, frames_anywhere, quiet,
               as_json) -> list[dict]:
     summaries = []
     for path in images:
         with BarReporter(Path(path).name, err) if _bars_wanted(quiet, as_json) else QuietReporter() as reporter:
-            result = scan_path(library, path, settings, detector=detector, pool=pool, resume=resume,
+            result = scan_path(library, path, settings, detector=detector, describer=describer, resume=resume,
                                reporter=reporter, max_pixels=max_pixels, frames_anywhere=frames_anywhere)
         cap = result.capture
         megapixels = cap.width * cap.height / 1e6

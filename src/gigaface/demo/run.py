@@ -50,9 +50,10 @@ def run_demo(out_dir: str, size: float, preset: str, bars: Console | None, out: 
     library = Library(str(folder / "library.db"), create=True)
     settings = settings_for(preset)
     detector = CenterFace(settings.tile)
-    with describing.EmbeddingPool() as pool:
+    with describing.Describer(detector.runtime) as describer:
         with BarReporter(scene.panorama.name, bars) if bars is not None else Reporter() as reporter:
-            result = scan_path(library, str(scene.panorama), settings, detector=detector, pool=pool, reporter=reporter)
+            result = scan_path(library, str(scene.panorama), settings, detector=detector, describer=describer,
+                               reporter=reporter)
         t1 = time.perf_counter()
         refs = references([str(scene.reference)], detector)
         matches = audited_rank(library, refs, [result.capture.id], local_user(), top=12)
@@ -65,7 +66,6 @@ def run_demo(out_dir: str, size: float, preset: str, bars: Console | None, out: 
         blurred = blur_image(library, result.capture, anonymised, [str(scene.reference)], "blur", KEEP_MATCH_THRESHOLD,
                              detector=detector)
         blur_seconds = time.perf_counter() - t2
-        peak_worker = pool.peak_rss_mb()
 
     truth = json.loads(Path(scene.truth).read_text())
     faces = library.faces.all(result.capture.id)
@@ -87,7 +87,8 @@ def run_demo(out_dir: str, size: float, preset: str, bars: Console | None, out: 
     kept = result.stored - blurred
     table.add_row("anonymised copy", f"{anonymised}  ({blurred:,} faces blurred, {kept} kept because they match "
                                      f"the reference at distance <= {KEEP_MATCH_THRESHOLD}; {blur_seconds:.1f} s)")
-    table.add_row("peak memory", f"{peak_main:,.0f} MB scanning process, {peak_worker:,.0f} MB largest embedding worker")
+    table.add_row("runtime", str(detector.runtime))
+    table.add_row("peak memory", f"{peak_main:,.0f} MB")
     table.add_row("library", str(folder / "library.db"))
     out.print(table)
 

@@ -1,26 +1,23 @@
 """Describe a face: dlib 5-point alignment, a 150x150 chip, a quality record, a 128-d embedding.
 
 The models are the files that `face-recognition-models` installs. Landmarks and the chip are
-dlib's; the descriptor is dlib's network read from its .dat and run by onnxruntime
-(engine/embedder.py), a few ms a face instead of dlib-bin's 75. A pool of worker processes
-aligns, embeds and measures faces while the main process reads the pixels around them.
+dlib's; the descriptor is dlib's network read from its .dat and run on gigaface's runtime
+(engine/embedder.py, engine/runtime.py), about a millisecond a face instead of dlib-bin's 75.
 """
 from __future__ import annotations
 
 import importlib.util
-import multiprocessing
 import os
-import threading
-import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
 import cv2
 import numpy as np
 
+from gigaface.engine.embedder import Descriptor
+from gigaface.engine.runtime import Runtime, choose
 from gigaface.errors import GigafaceError
-from gigaface.process import configure_process, peak_rss_mb
 
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
@@ -125,24 +122,23 @@ def thumbnail(region: np.ndarray, box: tuple[float, float, float, float]) -> byt
     return data.tobytes()
 
 
-EMBED_BATCH = 8  # chips a descriptor call takes; the scan hands over regions in batches of this size
+EMBED_BATCH = 32  # faces the scan hands over at a time: two of the descriptor's CPU batches
 
 
-@lru_cache(maxsize=1)
-def descriptor():
-    """This process's descriptor: dlib's network read from its .dat and run by onnxruntime on
-    one thread (the pool runs one process per core). Parity with dlib: bench/results/parity.json,
-    at most 4.5e-7 per component over 374 real faces; 25x faster than dlib-bin a face."""
-    from gigaface.engine.embedder import Descriptor
-
-    return Descriptor("onnxruntime", threads=1, batch=EMBED_BATCH)
+@lru_cache(maxsize=4)
+def descriptor(batch: int = 1, runtime: Runtime | None = None, threads: int = 1):
+    """A descriptor of this process: dlib's network read from its .dat and run on `runtime`
+    (`choose()`'s when None). Parity with dlib-bin: bench/results/parity.json (f32: at most
+    4.5e-7 a component over 374 real faces)."""
+    return Descriptor(runtime or choose(), threads=threads, batch=batch)
 
 
 def embed(chips: np.ndarray) -> np.ndarray:
-    """(n, 150, 150, 3) uint8 chips -> (n, 128) float32 embeddings, in this process."""
+    """(n, 150, 150, 3) uint8 chips -> (n, 128) float32 embeddings, in this process: one
+    chip (a reference photo) at a time, more in the descriptor's batches."""
     if len(chips) == 0:
         return np.zeros((0, 128), np.float32)
-    return descriptor().embed(np.ascontiguousarray(chips))
+    return descriptor(1 if len(chips) == 1 else None).embed(np.ascontiguousarray(chips))
 
 
 def embed_with_dlib(chips: np.ndarray) -> np.ndarray:
@@ -165,7 +161,8 @@ class Region:
     scale: float = 1.0  # of `pixels` relative to the source, so quality reports source pixels
 
 
-def describe_regions(regions: list[Region]) -> list[tuple[dict, np.ndarray | None, bytes]]:
+def describe_regions(regions: list[Region], descriptor: Descriptor | None = None
+                     ) -> list[tuple[dict, np.ndarray | None, bytes]]:
     """(quality, embedding or None, JPEG crop) for each region."""
     qualities, crops, chips = [], [], []
     vectors: list[np.ndarray | None] = [None] * len(regions)
@@ -179,56 +176,37 @@ def describe_regions(regions: list[Region]) -> list[tuple[dict, np.ndarray | Non
         q["size"] = round(max(r.box[2], r.box[3]) / r.scale, 1)
         qualities.append(q)
         crops.append(crop)
-    if chips:  # one batched call: ~10% faster a face than one call each
-        embedded = iter(embed(np.stack(chips)))
+    if chips:
+        embedded = iter(descriptor.embed(np.stack(chips)) if descriptor else embed(np.stack(chips)))
         vectors = [next(embedded) if r.embed else None for r in regions]
     return list(zip(qualities, vectors, crops))
 
 
-def init_worker(parent: int) -> None:
-    """Set up a worker process that describes faces: one BLAS thread, exit with the parent."""
-    # A BLAS would start a thread per core in every worker; the pool already uses every core
-    # (measured with dlib-bin's descriptor: 45 ms a face with them, 38 ms without, on 2 cores;
-    # the descriptor session is single-threaded for the same reason).
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    configure_process()
-    shape_predictor()
-    descriptor()
+class Describer:
+    """Describes face regions in this process, one batch behind the caller.
 
+    Landmarks and the chip are dlib's (about 1 ms a face, holding the GIL); the descriptor
+    runs batched on every core and releases the GIL, as do the caller's pixel reads. One
+    worker thread takes the batches, so the scan reads the next faces' pixels meanwhile.
+    Worker processes are not needed any more (measured in the note of issue 12: the same
+    faces a second on 2 cores as two processes each with a descriptor of their own), and
+    without them the Python API works from a plain script: nothing is spawned.
+    """
 
-def _exit_with_parent(parent: int) -> None:
-    """A worker whose scan was killed (kill -9) would otherwise wait forever for work."""
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
-
-
-class EmbeddingPool:
-    """Describes face regions in worker processes; `submit` returns a future of a list."""
-
-    def __init__(self, workers: int | None = None):
-        self.workers = max(1, workers or os.cpu_count() or 1)
-        self.peak_mb = 0.0
-        # spawn, not fork: the parent holds onnxruntime threads and a prefetch thread.
-        self.executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=init_worker, initargs=(os.getpid(),))
+    def __init__(self, runtime: Runtime | None = None, threads: int | None = None):
+        self.runtime = runtime or choose()
+        self.threads = max(1, threads or os.cpu_count() or 1)
+        self.descriptor = Descriptor(self.runtime, threads=self.threads)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="describe")
+        self.workers = 1  # batches in flight beyond the one being filled
 
     def submit(self, regions: list[Region]) -> Future:
-        return self.executor.submit(describe_regions, regions)
-
-    def peak_rss_mb(self) -> float:
-        """The largest peak resident memory among the live workers."""
-        pids = list(getattr(self.executor, "_processes", None) or {})
-        self.peak_mb = max([self.peak_mb] + [peak_rss_mb(pid) for pid in pids])
-        return self.peak_mb
+        return self.executor.submit(describe_regions, regions, self.descriptor)
 
     def close(self) -> None:
-        self.peak_rss_mb()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> "EmbeddingPool":
+    def __enter__(self) -> "Describer":
         return self
 
     def __exit__(self, *exc) -> None:

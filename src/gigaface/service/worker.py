@@ -15,7 +15,6 @@ import sys
 import time
 
 from gigaface import process
-from gigaface.engine import describe as describing
 from gigaface.engine.plan import Settings
 from gigaface.errors import GigafaceError
 from gigaface.engine.reporter import Reporter
@@ -92,9 +91,8 @@ def _scan(library: Library, capture: CaptureRecord, reporter: JobReporter) -> Ca
             raise GigafaceError(f"{frame.path}: the image is gone")
     if not is_capture_of(capture.source, capture):
         raise GigafaceError(f"{capture.source}: the file changed since it was added; add it again")
-    with describing.EmbeddingPool() as pool:
-        result = scan_path(library, capture.source, Settings.from_dict(capture.settings), pool=pool, resume=True,
-                           reporter=reporter, discard_on_error=False)
+    result = scan_path(library, capture.source, Settings.from_dict(capture.settings), resume=True,
+                       reporter=reporter, discard_on_error=False)
     return result.capture
 
 
