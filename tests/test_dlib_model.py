@@ -6,7 +6,7 @@ import dlib
 import numpy as np
 import pytest
 
-from gigaface.engine import chips, describe
+from gigaface.engine import chips, describe, model_cache
 from gigaface.engine.dlib import network as dlib_net
 from gigaface.engine.dlib import shape as dlib_shape
 from gigaface.engine.dlib.format import DlibReader
@@ -186,23 +186,38 @@ def test_truncated_shape_predictor_is_one_clear_error(shape_bytes, cut):
     assert "\n" not in str(err.value) and "short.dat" in str(err.value)
 
 
-def test_shape_predictor_cache_holds_the_same_model(shape_model, tmp_path, monkeypatch):
+def test_the_model_cache_holds_what_was_built_and_rebuilds_a_damaged_entry(tmp_path, monkeypatch):
+    """Built once; a second process (here: a cleared memory) reads the same bytes from the
+    cache; an entry damaged on disk is built again, never handed to a runtime."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert dlib_shape._load_cached("0" * 64) is None
-    dlib_shape._store_cached("0" * 64, shape_model)
-    assert [p.name for p in (tmp_path / "gigaface").iterdir()] == [f"shape-predictor-{'0' * 64}.npz"]
-    again = dlib_shape._load_cached("0" * 64)
+    builds = []
+
+    def build() -> bytes:
+        builds.append(1)
+        return b"model bytes" * 100
+
+    assert model_cache.derived(b"source", "test-model", build, (__name__,)) == b"model bytes" * 100
+    (entry,) = (tmp_path / "gigaface").iterdir()
+    monkeypatch.setattr(model_cache, "_BUILT", {})
+    assert model_cache.derived(b"source", "test-model", build, (__name__,)) == b"model bytes" * 100
+    assert len(builds) == 1
+    entry.write_bytes(entry.read_bytes()[:-5] + b"xxxxx")  # a flipped byte in the digest
+    monkeypatch.setattr(model_cache, "_BUILT", {})
+    assert model_cache.derived(b"source", "test-model", build, (__name__,)) == b"model bytes" * 100
+    assert len(builds) == 2
+    other = model_cache.derived(b"another source", "test-model", lambda: b"other", (__name__,))
+    assert other == b"other" and len(list((tmp_path / "gigaface").iterdir())) == 2
+
+
+def test_the_cached_shape_predictor_is_the_models(shape_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(dlib_shape, "_MODELS", {})
+    dlib_shape.shape_model()
+    monkeypatch.setattr(dlib_shape, "_MODELS", {})
+    monkeypatch.setattr(model_cache, "_BUILT", {})
+    again = dlib_shape.shape_model()  # from the cache file
     for name in ("initial", "split_a", "split_b", "thresholds", "leaves", "anchors", "deltas"):
         assert np.array_equal(getattr(shape_model, name), getattr(again, name))
-
-
-def test_damaged_cache_is_read_again_from_the_model_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    path = dlib_shape.cache_path("1" * 64)
-    (tmp_path / "gigaface").mkdir()
-    with open(path, "wb") as f:
-        f.write(b"not an npz")
-    assert dlib_shape._load_cached("1" * 64) is None
 
 
 def test_landmarks_equal_dlibs_on_real_faces(real_faces):

@@ -12,12 +12,12 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
 
 from gigaface.engine.detections import Detections
+from gigaface.engine.model_cache import derived, read_model_file
 from gigaface.engine.runtime import Lane, Runtime, choose, compile_lanes
 from gigaface.errors import GigafaceError
 
@@ -49,12 +49,19 @@ def model_path() -> str:
     return str(path)
 
 
-@lru_cache(maxsize=8)
 def prepared_model(batch: int, height: int, width: int) -> bytes:
-    """The CenterFace graph with a fixed input shape and weights removed from its inputs."""
+    """The CenterFace graph with a fixed input shape and weights removed from its inputs
+    (built once, then read from the model cache: engine/model_cache.py)."""
+    path = model_path()
+    source = read_model_file(path, "detection model")
+    return derived(source, f"centerface-{batch}x{height}x{width}",
+                   lambda: _prepare(source, batch, height, width), (__name__,))
+
+
+def _prepare(source: bytes, batch: int, height: int, width: int) -> bytes:
     import onnx
 
-    model = onnx.load(model_path())
+    model = onnx.load_from_string(source)
     graph = model.graph
     used = {name for node in graph.node for name in node.input}
     for init in [i for i in graph.initializer if i.name not in used]:
@@ -64,13 +71,13 @@ def prepared_model(batch: int, height: int, width: int) -> bytes:
         graph.input.remove(value)
     (image_input,) = list(graph.input)
     # Take tiles as they come from the image, uint8 NHWC, and convert inside the graph,
-    # where onnxruntime does it in optimised native code.
+    # where the runtime does it in optimised native code.
     graph.input.remove(image_input)
     graph.input.insert(0, onnx.helper.make_tensor_value_info(
         TILES_INPUT, onnx.TensorProto.UINT8, [batch, height, width, 3]))
     graph.node.insert(0, onnx.helper.make_node("Cast", [TILES_INPUT], ["tiles_float"], to=onnx.TensorProto.FLOAT))
     graph.node.insert(1, onnx.helper.make_node("Transpose", ["tiles_float"], [image_input.name], perm=[0, 3, 1, 2]))
-    # Output shapes in the file are for the 32x32 input; let onnxruntime infer them.
+    # Output shapes in the file are for the 32x32 input; let the runtime infer them.
     for out in graph.output:
         for dim in out.type.tensor_type.shape.dim:
             dim.dim_param = "?"

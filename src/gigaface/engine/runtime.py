@@ -175,7 +175,15 @@ def _openvino_lanes(model: bytes, runtime: Runtime, lanes: int, threads: int,
             return [np.array(result[o]) for o in outputs]  # copies: the request reuses its buffers
         return run
 
-    return [lane(compiled.create_infer_request()) for _ in range(lanes)]
+    runs = [lane(compiled.create_infer_request()) for _ in range(lanes)]
+    # Each lane's first call from this one thread: OpenVINO's bindings set up their numpy
+    # access lazily, and two lanes doing that at once from two threads deadlock (pybind11's
+    # call_once waits for the GIL that the other thread holds while it waits on the same
+    # once-guard: seen as a `gigaface find` hung for minutes).
+    warm = np.zeros(tuple(compiled.inputs[0].shape), np.uint8)
+    for run in runs:
+        run(warm)
+    return runs
 
 
 def describe_machine() -> dict:

@@ -10,13 +10,13 @@ checked against it layer by layer.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from gigaface.engine.dlib.format import DlibReader
+from gigaface.engine.model_cache import derived, read_model_file
 from gigaface.errors import GigafaceError
 
 MODEL_NAME = "dlib_face_recognition_resnet_model_v1.dat"
@@ -222,23 +222,18 @@ def _sizes(layer: Layer) -> tuple:
     return ()
 
 
-_MODELS: dict[str, bytes] = {}
-
-
 def model_bytes(path: str | None = None) -> bytes:
-    """The descriptor as a serialised ONNX model, built once per file content per process."""
+    """The descriptor as a serialised ONNX model, built once per file content (then read
+    from the model cache: engine/model_cache.py)."""
     from gigaface.engine.describe import model_file
-    from gigaface.engine.dlib.graph import build_model
+    from gigaface.engine.dlib import graph
 
     path = path or model_file(MODEL_NAME)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise GigafaceError(f"cannot read the face descriptor model {path}: {exc.strerror}") from None
-    key = hashlib.sha256(data).hexdigest()
-    if key not in _MODELS:
+    data = read_model_file(path, "face descriptor model")
+
+    def build() -> bytes:
         layers = read_layers(data, path)
         check_architecture(layers, path)
-        _MODELS[key] = build_model(layers).SerializeToString()
-    return _MODELS[key]
+        return graph.build_model(layers).SerializeToString()
+
+    return derived(data, "dlib-descriptor", build, (__name__, graph.__name__))

@@ -14,14 +14,13 @@ added one tree after the other.
 from __future__ import annotations
 
 import hashlib
-import os
-import zipfile
+import io
 from dataclasses import dataclass
 
 import numpy as np
 
-from gigaface.atomic import temporary_beside
 from gigaface.engine.dlib.format import DlibReader, reals_from
+from gigaface.engine.model_cache import derived, read_model_file
 from gigaface.errors import GigafaceError
 
 MODEL_NAME = "shape_predictor_5_face_landmarks.dat"
@@ -107,44 +106,22 @@ _MODELS: dict[str, ShapeModel] = {}
 
 def shape_model(path: str | None = None) -> ShapeModel:
     """The shape predictor in `path` (default: the installed 5-point model), read once per
-    file content per process and kept in a per-user cache folder between processes."""
+    file content per process and kept in the model cache between processes."""
     from gigaface.engine.describe import model_file
 
     path = path or model_file(MODEL_NAME)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise GigafaceError(f"cannot read the landmark model {path}: {exc.strerror}") from None
+    data = read_model_file(path, "landmark model")
     key = hashlib.sha256(data).hexdigest()
     if key not in _MODELS:
-        _MODELS[key] = _load_cached(key) or _store_cached(key, read_shape_model(data, path))
+        def build() -> bytes:
+            arrays = io.BytesIO()
+            model = read_shape_model(data, path)
+            np.savez(arrays, **{name: getattr(model, name) for name in ShapeModel.__dataclass_fields__})
+            return arrays.getvalue()
+
+        with np.load(io.BytesIO(derived(data, "shape-predictor", build, (__name__,)))) as z:
+            _MODELS[key] = ShapeModel(**{name: z[name] for name in ShapeModel.__dataclass_fields__})
     return _MODELS[key]
-
-
-def cache_path(key: str) -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "gigaface", f"shape-predictor-{key}.npz")
-
-
-def _load_cached(key: str) -> ShapeModel | None:
-    try:
-        with np.load(cache_path(key)) as z:
-            return ShapeModel(**{name: z[name] for name in ShapeModel.__dataclass_fields__})
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-        return None  # absent or unreadable: read the .dat again (the cache is only for speed)
-
-
-def _store_cached(key: str, model: ShapeModel) -> ShapeModel:
-    final = cache_path(key)
-    try:
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        with temporary_beside(final, suffix=".npz") as tmp:
-            np.savez(tmp, **{name: getattr(model, name) for name in ShapeModel.__dataclass_fields__})
-            os.replace(tmp, final)
-    except OSError:
-        pass  # a read-only home: every process reads the .dat itself
-    return model
 
 
 def intensity(rgb: np.ndarray) -> np.ndarray:
