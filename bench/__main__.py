@@ -8,6 +8,7 @@
     python -m bench --sections load --size 40 --load-clients 4 --load-seconds 30
     python -m bench --sections privacy       # labelled faces left sharp by the anonymiser (15 min)
     python -m bench --sections search --search-sizes 10000,100000   # one person among N faces
+    python -m bench --sections wider,identity --precision f32   # the same on f32, saved apart
     python -m bench --report-only            # rewrite the report from saved results
 
 Each section saves its results as JSON under bench/results/ as soon as it finishes, so
@@ -17,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from gigaface.atomic import write_bytes
+from gigaface.engine.runtime import PRECISION_ENV, RUNTIME_ENV, choose
 from gigaface.process import configure_process
 
 from .data import MissingData
@@ -73,7 +76,17 @@ def run_section(name: str, args, results: Path, plots: Path) -> None:
         print(f"{name}: skipped: {exc}")
     value["seconds"] = round(time.perf_counter() - started, 1)
     value["command"] = " ".join(["python -m bench"] + sys.argv[1:])
-    save_json(results / f"{name}.json", value)
+    value["runtime"] = str(choose())
+    save_json(results / f"{name}{runtime_suffix(args)}.json", value)
+
+
+def runtime_suffix(args) -> str:
+    """Results of a runtime asked for by name sit beside those of the default (auto) one:
+    `wider@openvino-f32.json` beside `wider.json`, for the report to compare."""
+    if not (args.runtime or args.precision):
+        return ""
+    chosen = choose()
+    return f"@{chosen.backend}-{chosen.precision}"
 
 
 def mosaic_results_name(size: float) -> str:
@@ -127,7 +140,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=HERE / "out", help="where mosaics and libraries go")
     parser.add_argument("--report", type=Path, default=HERE / "report.md")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from saved results")
+    parser.add_argument("--runtime", help="run the models on this runtime (auto, onnxruntime, openvino); results "
+                                          "are saved apart, as NAME@RUNTIME-PRECISION.json")
+    parser.add_argument("--precision", help="f32 or bf16 (openvino), results saved apart as for --runtime")
     args = parser.parse_args()
+    if args.runtime:
+        os.environ[RUNTIME_ENV] = args.runtime
+    if args.precision:
+        os.environ[PRECISION_ENV] = args.precision
+    print(f"models run on {choose()}", flush=True)
     # Results and plots sit beside the report and are committed with it; the bulky mosaics
     # and libraries stay in --work.
     results, plots = args.report.parent / "results", args.report.parent / "plots"
