@@ -197,3 +197,80 @@ def test_every_preset_scans_a_jpeg(tmp_path, detector, preset, min_face):
     for cx, cy, s in faces:
         assert sum(iou(expected_box(cx, cy, s), f.box) > 0.5 for f in found) == 1, (cx, cy, s)
     assert len(found) == len(faces)
+
+
+@pytest.mark.parametrize("preset", ["fast", "balanced"])
+def test_column_stripes_find_what_full_width_bands_find(tmp_path, detector, monkeypatch, preset):
+    """A wide image read in column stripes (each stripe's tiles from its own walk down the
+    image) gives the faces full-width bands give, faces on the stripes' seams included;
+    a scan interrupted between stripes resumes to the same faces."""
+    from gigaface.engine import detect
+
+    width, height = 2600, 900
+    settings = settings_for(preset)
+    native = next(p for p in plan_passes(width, height, settings) if p.scale == 1.0)
+    faces = [(native.core * k + dx, 200 + 230 * (k % 3), 24 + 9 * k) for k, dx in enumerate((0, 3, -4, 1), start=1)]
+    faces += [(130, 700, 40), (2450, 120, 90)]
+    path = write_image(tmp_path / "wide.jpg", crowd(width, height, faces, seed=9), Q=92)
+    full = detect.detect_image(str(path), settings, detector, blur_too=True)
+    monkeypatch.setattr(detect, "STRIPE_BYTES", native.core * (native.core + 2 * native.margin) * 3)  # a column each
+    assert len(detect.stripes(width, native)) == len(tile_columns(width, native)) > 3
+    striped = detect.detect_image(str(path), settings, detector, blur_too=True)
+    assert len(striped) == len(full) >= len(faces)
+    np.testing.assert_allclose(striped.boxes[np.lexsort(striped.boxes.T)], full.boxes[np.lexsort(full.boxes.T)],
+                               atol=1e-3)
+    library = Library(str(tmp_path / "lib.db"), create=True)
+    result = scan_path(library, str(path), settings, detector=detector)
+    assert result.tiles == count_tiles(frames_of(str(path), 10**9)[1], settings)
+    assert sorted(f.box for f in library.faces.all(result.capture.id, include_unlisted=True)) == sorted(
+        tuple(float(v) for v in (b[0], b[1], b[2] - b[0], b[3] - b[1])) for b in striped.boxes)
+
+
+_BAND_MEMORY = """
+import sys
+import numpy as np
+from gigaface.process import configure_process, peak_rss_mb
+configure_process()
+from gigaface.engine import detect
+from gigaface.engine.detections import Detections
+from gigaface.engine.plan import plan_passes, settings_for
+from gigaface.engine.source import probe
+
+class Blind:  # cuts every tile, finds nothing: the reading alone is measured
+    tile = 640
+    def detect_tiles(self, tiles, fill, score_threshold):
+        out = np.empty((640, 640, 3), np.uint8)
+        for t in tiles:
+            fill(t, out)
+        return [Detections.empty() for _ in tiles]
+
+info = probe(sys.argv[1])
+settings = settings_for("balanced")
+before = peak_rss_mb()
+for p in plan_passes(info.width, info.height, settings):
+    for _ in detect.detect_bands(info, p, Blind(), settings):
+        pass
+print(peak_rss_mb() - before)
+"""
+
+
+def test_memory_of_the_detect_stage_stays_flat_as_the_image_widens(tmp_path):
+    """Reading a 60,000-px-wide JPEG takes little more memory than a 15,000-px one: bands
+    are cut into column stripes. Full-width bands held two native bands of 115 MB each at
+    60,000 px (measured: 274 MB more than at 15,000 px; with stripes 114 MB, most of it
+    libvips' own decoded lines, which a sequential JPEG always needs)."""
+    import subprocess
+    import sys
+
+    import pyvips
+
+    grown = {}
+    for width in (15_000, 60_000):
+        noise = pyvips.Image.gaussnoise(width, 1300, mean=128, sigma=30).cast("uchar")
+        path = tmp_path / f"{width}.jpg"
+        noise.bandjoin([noise, noise]).write_to_file(str(path), Q=80)
+        done = subprocess.run([sys.executable, "-c", _BAND_MEMORY, str(path)], capture_output=True, text=True,
+                              timeout=240)
+        assert done.returncode == 0, done.stderr
+        grown[width] = float(done.stdout.split()[-1])
+    assert grown[60_000] - grown[15_000] < 200, grown

@@ -25,12 +25,12 @@ import numpy as np
 
 from gigaface.engine import describe as describing
 from gigaface.engine.content_key import capture_key, legacy_capture_key
-from gigaface.engine.detect import count_tiles, detect_bands
+from gigaface.engine.detect import count_tiles, detect_bands, units
 from gigaface.engine.detector import CenterFace, Detector
 from gigaface.engine.frames import Frame, panorama_size
 from gigaface.engine.manifest import frames_of
 from gigaface.engine.merge import merge, outside_erased
-from gigaface.engine.plan import Settings, plan_passes, tile_columns
+from gigaface.engine.plan import Settings, plan_passes
 from gigaface.engine.reporter import Reporter
 from gigaface.engine.source import DEFAULT_MAX_PIXELS, RowWindow, load_scaled, probe
 from gigaface.errors import GigafaceError
@@ -245,9 +245,7 @@ def _run_stages(library: Library, capture: CaptureRecord, frames: list[Frame], s
             for pi, p in enumerate(plan_passes(frame.width, frame.height, settings)):
                 skip = {b for (f, q, b) in done if f == fi and q == pi}
                 if skip:
-                    image_h = round(frame.height * p.scale)
-                    cols = len(tile_columns(round(frame.width * p.scale), p))
-                    reporter.advance(len([b for b in skip if b * p.core < image_h]) * cols)
+                    reporter.advance(sum(tiles for unit, tiles in units(frame.width, frame.height, p) if unit in skip))
                 for band, tiles, dets in detect_bands(info, p, detector, settings, skip):
                     dets = dets.transformed(1.0, frame.x, frame.y)
                     library.captures.finish_band(capture.id, fi, pi, band, dets)

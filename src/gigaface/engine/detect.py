@@ -1,8 +1,10 @@
 """The detect stage: every band of every pass of a frame through the detector, tiles cut
-from full-width bands, faces kept by the tile and size range that own them."""
+from bands (full-width, or of a column stripe for very wide images), faces kept by the tile
+and size range that own them."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -15,54 +17,113 @@ from gigaface.engine.plan import Pass, Settings, plan_passes, tile_columns
 from gigaface.engine.source import DEFAULT_MAX_PIXELS, Band, ImageInfo, bands, load_scaled, probe
 
 
+# A band's pixels are at most this many bytes: a wider image is read in column stripes, each
+# a band-by-band walk of its own (a JPEG is decoded once more for each). Measured at 60,000 px
+# wide: full-width native bands held 2 x 115 MB, beside libvips' own ~190 MB of decoded lines,
+# which no reader can avoid for a sequential JPEG (and a JPEG is at most 65,535 px wide).
+STRIPE_BYTES = 48 << 20
+
+
+@dataclass(frozen=True)
+class Stripe:
+    """Tile columns of one pass read together, top to bottom."""
+    index: int
+    columns: list[tuple[int, int]]  # (core_x0, core_x1) at pass scale
+
+    @property
+    def x0(self) -> int:
+        return self.columns[0][0]
+
+    @property
+    def x1(self) -> int:
+        return self.columns[-1][1]
+
+
+def stripes(width: int, p: Pass) -> list[Stripe]:
+    """The pass's tile columns grouped so that each stripe's band fits STRIPE_BYTES."""
+    up = round(p.scale) if p.upscale_tiles else 1
+    band_rows = (p.core + 2 * p.margin) // up
+    columns = tile_columns(width, p)
+    per_column = (p.core // up) * band_rows * 3
+    per_stripe = max(1, min(len(columns), STRIPE_BYTES // max(1, per_column)))
+    count = -(-len(columns) // per_stripe)
+    per_stripe = -(-len(columns) // count)  # as even as the columns allow
+    return [Stripe(i, columns[i * per_stripe : (i + 1) * per_stripe]) for i in range(count)]
+
+
+def units(width: int, height: int, p: Pass) -> list[tuple[int, int]]:
+    """(unit id, tiles) of each unit of work of one pass over a frame of this native size:
+    a band of a stripe. Ids are what detect_bands yields and a library stores as done."""
+    w, h = round(width * p.scale), round(height * p.scale)
+    count = -(-h // p.core)
+    return [(s.index * count + band, len(s.columns) * p.looks) for s in stripes(w, p) for band in range(count)]
+
+
 def detect_bands(info: ImageInfo, p: Pass, detector: Detector, settings: Settings,
                  skip: set[int] = frozenset()) -> Iterator[tuple[int, int, Detections]]:
-    """(band index, tiles run, detections in native frame pixels) for each band of one pass,
-    down to the settings' detection floor (the blur point)."""
+    """(unit id, tiles run, detections in native frame pixels) for each band of each stripe
+    of one pass, down to the settings' detection floor (the blur point)."""
     up = round(p.scale) if p.upscale_tiles else 1  # tiles enlarged one by one from native rows
     image, scale = load_scaled(info, 1.0 if up > 1 else p.scale)
     width, height = image.width * up, image.height * up  # the pass's pixel grid
-    columns = tile_columns(width, p)
     count = (height + p.core - 1) // p.core
-    start = next((i for i in range(count) if i not in skip), count)
-    T = p.tile
-    for band in bands(image, p.core // up, p.margin // up, start=start, path=info.path):
-        if band.index in skip:
+    for stripe in stripes(width, p):
+        ids = range(stripe.index * count, (stripe.index + 1) * count)
+        start = next((i - ids[0] for i in ids if i not in skip), count)
+        if start == count:
             continue
-        core_top, core_bottom = band.core_top * up, band.core_bottom * up
-        oy = core_top - p.margin
-
-        def fill(look: tuple[tuple[int, int], bool], out: np.ndarray, band=band, oy=oy) -> None:
-            (x0, _), mirrored = look
-            ox = x0 - p.margin
-            if up == 1:
-                cut_tile(band, ox, oy, out)
-            else:
-                small = np.empty((T // up, T // up, 3), np.uint8)
-                cut_tile(band, ox // up, oy // up, small)
-                cv2.resize(small, (T, T), dst=out, interpolation=cv2.INTER_LINEAR)
-            if mirrored:
-                out[:] = out[:, ::-1]
-
-        looks = [(column, mirrored) for column in columns for mirrored in ((False, True) if p.flip else (False,))]
-        found = []
-        for ((cx0, cx1), mirrored), dets in zip(looks, detector.detect_tiles(looks, fill, settings.detect_score_threshold)):
-            if not len(dets):
+        if stripe.index:  # a sequential reader reads once, top to bottom: a new one per stripe
+            image, scale = load_scaled(info, 1.0 if up > 1 else p.scale)
+        # The stripe's columns and margins, in the rows read (native for an upscaled pass)
+        left = max(0, (stripe.x0 - p.margin) // up)
+        right = min(image.width, -(-(stripe.x1 + p.margin) // up))
+        view = image if (left, right) == (0, image.width) else image.crop(left, 0, right - left, image.height)
+        for band in bands(view, p.core // up, p.margin // up, start=start, path=info.path):
+            unit = ids[band.index]
+            if unit in skip:
                 continue
-            if mirrored:
-                dets = dets.mirrored(T)
-            dets = dets.transformed(1.0, cx0 - p.margin, oy)
-            cx, cy = dets.centres[:, 0], dets.centres[:, 1]
-            native_sizes = dets.sizes / (scale * up)
-            keep = ((cx >= cx0) & (cx < cx1) & (cy >= core_top) & (cy < core_bottom)
-                    & (native_sizes >= p.min_size) & (native_sizes < p.max_size))
-            found.append(dets.select(keep).reweighted(p.weight))
-        dets = Detections.concat(found)
-        native = dets.clipped(width, height).transformed(1.0 / (scale * up))
-        # Faces that will be listed outrank the rest, so a low-scoring box seen only to be
-        # blurred never suppresses one; among them, NMS keeps what it kept before.
-        keep = nms_indices(dets, settings.nms_iou, cell=2 * p.margin, first=settings.listed(native.scores, native.sizes))
-        yield band.index, len(looks), native.select(keep)
+            yield unit, len(stripe.columns) * p.looks, _detect_band(band, left, stripe, p, up, scale, width, height,
+                                                                   detector, settings)
+
+
+def _detect_band(band: Band, left: int, stripe: Stripe, p: Pass, up: int, scale: float, width: int, height: int,
+                 detector: Detector, settings: Settings) -> Detections:
+    """The faces one band of a stripe owns, in native frame pixels."""
+    core_top, core_bottom = band.core_top * up, band.core_bottom * up
+    oy = core_top - p.margin
+    T = p.tile
+
+    def fill(look: tuple[tuple[int, int], bool], out: np.ndarray) -> None:
+        (x0, _), mirrored = look
+        ox = x0 - p.margin
+        if up == 1:
+            cut_tile(band, ox - left, oy, out)
+        else:
+            small = np.empty((T // up, T // up, 3), np.uint8)
+            cut_tile(band, ox // up - left, oy // up, small)
+            cv2.resize(small, (T, T), dst=out, interpolation=cv2.INTER_LINEAR)
+        if mirrored:
+            out[:] = out[:, ::-1]
+
+    looks = [(column, mirrored) for column in stripe.columns for mirrored in ((False, True) if p.flip else (False,))]
+    found = []
+    for ((cx0, cx1), mirrored), dets in zip(looks, detector.detect_tiles(looks, fill, settings.detect_score_threshold)):
+        if not len(dets):
+            continue
+        if mirrored:
+            dets = dets.mirrored(T)
+        dets = dets.transformed(1.0, cx0 - p.margin, oy)
+        cx, cy = dets.centres[:, 0], dets.centres[:, 1]
+        native_sizes = dets.sizes / (scale * up)
+        keep = ((cx >= cx0) & (cx < cx1) & (cy >= core_top) & (cy < core_bottom)
+                & (native_sizes >= p.min_size) & (native_sizes < p.max_size))
+        found.append(dets.select(keep).reweighted(p.weight))
+    dets = Detections.concat(found)
+    native = dets.clipped(width, height).transformed(1.0 / (scale * up))
+    # Faces that will be listed outrank the rest, so a low-scoring box seen only to be
+    # blurred never suppresses one; among them, NMS keeps what it kept before.
+    keep = nms_indices(dets, settings.nms_iou, cell=2 * p.margin, first=settings.listed(native.scores, native.sizes))
+    return native.select(keep)
 
 
 def cut_tile(band: Band, ox: int, oy: int, out: np.ndarray) -> None:
@@ -92,9 +153,5 @@ def detect_image(path: str, settings: Settings, detector: Detector | None = None
 
 
 def count_tiles(frames: list[Frame], settings: Settings) -> int:
-    total = 0
-    for frame in frames:
-        for p in plan_passes(frame.width, frame.height, settings):
-            w, h = round(frame.width * p.scale), round(frame.height * p.scale)
-            total += -(-w // p.core) * -(-h // p.core) * p.looks
-    return total
+    return sum(tiles for frame in frames for p in plan_passes(frame.width, frame.height, settings)
+               for _, tiles in units(frame.width, frame.height, p))
