@@ -142,6 +142,13 @@ class _done:
         return self.value
 
 
+def _seeds(library: Library, capture_id: int, frame_index: int, frame: Frame) -> np.ndarray:
+    """Centres (frame pixels) of the faces found in a frame so far: where a seeded pass looks.
+    Read from the library, so that a resumed scan looks where the first one would have."""
+    frame_of, dets = library.captures.detections(capture_id)
+    return dets.select(frame_of == frame_index).centres - [frame.x, frame.y]
+
+
 # --- the job ----------------------------------------------------------------------------
 def scan_path(library: Library, path: str, settings: Settings, *, detector: Detector | None = None,
               describer: describing.Describer | None = None, resume: bool = False,
@@ -246,7 +253,8 @@ def _run_stages(library: Library, capture: CaptureRecord, frames: list[Frame], s
                 skip = {b for (f, q, b) in done if f == fi and q == pi}
                 if skip:
                     reporter.advance(sum(tiles for unit, tiles in units(frame.width, frame.height, p) if unit in skip))
-                for band, tiles, dets in detect_bands(info, p, detector, settings, skip):
+                seeds = _seeds(library, capture.id, fi, frame) if p.seeded else None
+                for band, tiles, dets in detect_bands(info, p, detector, settings, skip, seeds):
                     dets = dets.transformed(1.0, frame.x, frame.y)
                     library.captures.finish_band(capture.id, fi, pi, band, dets)
                     result.tiles += tiles

@@ -60,9 +60,12 @@ def units(width: int, height: int, p: Pass) -> list[tuple[int, int]]:
 
 
 def detect_bands(info: ImageInfo, p: Pass, detector: Detector, settings: Settings,
-                 skip: set[int] = frozenset()) -> Iterator[tuple[int, int, Detections]]:
-    """(unit id, tiles run, detections in native frame pixels) for each band of each stripe
-    of one pass, down to the settings' detection floor (the blur point)."""
+                 skip: set[int] = frozenset(), seeds: np.ndarray | None = None
+                 ) -> Iterator[tuple[int, int, Detections]]:
+    """(unit id, tiles planned, detections in native frame pixels) for each band of each
+    stripe of one pass, down to the settings' detection floor (the blur point). A seeded pass
+    runs only the tiles near `seeds`, the (N, 2) centres in native frame pixels of faces the
+    passes before it found (`seeded_tiles`)."""
     up = round(p.scale) if p.upscale_tiles else 1  # tiles enlarged one by one from native rows
     image, scale = load_scaled(info, 1.0 if up > 1 else p.scale)
     width, height = image.width * up, image.height * up  # the pass's pixel grid
@@ -82,13 +85,37 @@ def detect_bands(info: ImageInfo, p: Pass, detector: Detector, settings: Setting
             unit = ids[band.index]
             if unit in skip:
                 continue
-            yield unit, len(stripe.columns) * p.looks, _detect_band(band, left, stripe, p, up, scale, width, height,
+            columns = stripe.columns
+            if p.seeded:
+                columns = seeded_tiles(columns, band.core_top * up, band.core_bottom * up, scale * up,
+                                       np.zeros((0, 2)) if seeds is None else seeds)
+            yield unit, len(stripe.columns) * p.looks, _detect_band(band, left, columns, p, up, scale, width, height,
                                                                    detector, settings)
 
 
-def _detect_band(band: Band, left: int, stripe: Stripe, p: Pass, up: int, scale: float, width: int, height: int,
-                 detector: Detector, settings: Settings) -> Detections:
-    """The faces one band of a stripe owns, in native frame pixels."""
+# How far beyond a tile's core (native pixels) a face found by an earlier pass makes a seeded
+# pass look in that tile. Tiny faces sit in crowds: on the WIDER images, running the 2x pass
+# only on tiles with a face of score >= 0.15 found at native scale within their core kept
+# 15-19 % of its tiles and lost no face of 10-32 px (bench/report.md, section 1).
+SEED_GROW = 32
+
+
+def seeded_tiles(columns: list[tuple[int, int]], core_top: int, core_bottom: int, scale: float,
+                 seeds: np.ndarray) -> list[tuple[int, int]]:
+    """The tile columns of one band (pass pixels) whose core, grown by SEED_GROW native
+    pixels, holds a seed (native pixels)."""
+    if not len(seeds):
+        return []
+    x, y = seeds[:, 0] * scale, seeds[:, 1] * scale
+    grow = SEED_GROW * scale
+    rows = (y >= core_top - grow) & (y < core_bottom + grow)
+    x = x[rows]
+    return [(x0, x1) for x0, x1 in columns if ((x >= x0 - grow) & (x < x1 + grow)).any()]
+
+
+def _detect_band(band: Band, left: int, columns: list[tuple[int, int]], p: Pass, up: int, scale: float, width: int,
+                 height: int, detector: Detector, settings: Settings) -> Detections:
+    """The faces one band of a stripe owns in the tiles of `columns`, in native frame pixels."""
     core_top, core_bottom = band.core_top * up, band.core_bottom * up
     oy = core_top - p.margin
     T = p.tile
@@ -105,7 +132,7 @@ def _detect_band(band: Band, left: int, stripe: Stripe, p: Pass, up: int, scale:
         if mirrored:
             out[:] = out[:, ::-1]
 
-    looks = [(column, mirrored) for column in stripe.columns for mirrored in ((False, True) if p.flip else (False,))]
+    looks = [(column, mirrored) for column in columns for mirrored in ((False, True) if p.flip else (False,))]
     found = []
     for ((cx0, cx1), mirrored), dets in zip(looks, detector.detect_tiles(looks, fill, settings.detect_score_threshold)):
         if not len(dets):
@@ -145,8 +172,10 @@ def detect_image(path: str, settings: Settings, detector: Detector | None = None
     settings = settings if blur_too else settings.listing_only()
     info = probe(path, max_pixels)
     detector = detector or CenterFace(settings.tile)
-    found = [dets for p in plan_passes(info.width, info.height, settings)
-             for _, _, dets in detect_bands(info, p, detector, settings)]
+    found: list[Detections] = []
+    for p in plan_passes(info.width, info.height, settings):
+        seeds = Detections.concat(found).centres if p.seeded else None
+        found += [dets for _, _, dets in detect_bands(info, p, detector, settings, seeds=seeds)]
     dets = Detections.concat(found)
     frame = Frame(path, 0, 0, info.width, info.height)
     return merge([frame], np.zeros(len(dets), np.int64), dets, settings)[1]

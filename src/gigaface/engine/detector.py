@@ -132,6 +132,7 @@ class CenterFace:
         runs = compile_lanes(model, self.runtime, count, threads, (self.batch, tile, tile, 3))
         self.streams = [_Stream(run, self.batch, tile) for run in runs]
         self._lanes = ThreadPoolExecutor(count, thread_name_prefix="centerface") if count > 1 else None
+        self.tiles_run = 0  # tiles inferred so far (a seeded pass runs fewer than it plans)
 
     def detect(self, tiles: np.ndarray, score_threshold: float = 0.35) -> list[Detections]:
         """(N, tile, tile, 3) uint8 RGB tiles -> one Detections per tile, in tile pixels."""
@@ -148,6 +149,7 @@ class CenterFace:
         Letting each lane cut its own tiles keeps one tile per lane in memory.
         """
         results: list[Detections | None] = [None] * len(tiles)
+        self.tiles_run += len(tiles)
         lock = threading.Lock()
         cursor = iter(range(0, len(tiles), self.batch))
 

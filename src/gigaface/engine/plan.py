@@ -32,8 +32,11 @@ class Pass:
     # passes they are put on one scale before the merge ranks them (fitted on WIDER FACE).
     weight: float = 1.0
     # Read the image at native scale and enlarge each tile on its own: the band in memory
-    # stays native-sized. For the pass that looks for tiny faces only to blur them.
+    # stays native-sized. For the pass that looks for tiny faces.
     upscale_tiles: bool = False
+    # Look only in tiles near faces the passes before this one found (detect.seeded_tiles):
+    # small faces are in crowds, and most of a panorama is not.
+    seeded: bool = False
 
     @property
     def core(self) -> int:
