@@ -189,6 +189,40 @@ def test_search_ranks_the_person_and_keeps_no_photo(site):
     assert set(glob.glob(ram)) | _files(site["folder"]) == before
 
 
+def test_search_pages_through_one_ranking_of_the_library(site, monkeypatch):
+    api = site["server"].client
+    photo = [("photos", ("me.jpg", photo_bytes(150), "image/jpeg"))]
+    whole = api.post("/api/search", params={"limit": 4}, files=photo)
+    assert whole.status_code == 200, whole.text
+    whole = whole.json()
+    assert whole["searched"] == 4 and [m["rank"] for m in whole["matches"]] == [1, 2, 3, 4]
+    assert {m["capture"] for m in whole["matches"]} == {site["capture"]["id"]}
+    index = site["server"].app.state.service.index.index
+    ranked = []
+    real = index._rank
+    monkeypatch.setattr(index, "_rank", lambda *a, **kw: ranked.append(a[1]) or real(*a, **kw))
+    pages = [api.post("/api/search", params={"offset": o, "limit": 2}, files=photo).json() for o in (0, 2, 4)]
+    assert [m["face_id"] for p in pages for m in p["matches"]] == [m["face_id"] for m in whole["matches"]]
+    assert [m["rank"] for m in pages[1]["matches"]] == [3, 4] and pages[2]["matches"] == []
+    assert ranked == []   # each page sliced from the first search's ranking
+    assert r_timing(api.post("/api/search", params={"limit": 1}, files=photo)) >= 0
+    narrowed = api.post("/api/search", params={"capture": site["capture"]["id"]}, files=photo).json()
+    assert [m["face_id"] for m in narrowed["matches"]] == [m["face_id"] for m in whole["matches"]]
+    assert api.post("/api/search", params={"capture": 987}, files=photo).status_code == 404
+    per_capture = api.post(f"/api/captures/{site['capture']['id']}/search", params={"offset": 2, "limit": 2},
+                           files=photo).json()
+    assert [m["rank"] for m in per_capture["matches"]] == [3, 4]
+    both = api.post(f"/api/captures/{site['capture']['id']}/search", params={"limit": 2, "top": 3}, files=photo)
+    assert both.status_code == 422
+
+
+def r_timing(response) -> float:
+    """The ranking's share of a search, from its Server-Timing header."""
+    assert response.status_code == 200, response.text
+    parts = dict(p.strip().split(";dur=")[:2] for p in response.headers["server-timing"].split(","))
+    return float(parts["rank"].split(";")[0])
+
+
 def test_search_errors(site):
     api = site["server"].client
     cid = site["capture"]["id"]
