@@ -13,12 +13,14 @@ is kept beside it.
 
 Each measurement runs in a fresh process, so `rss_mb` (its VmHWM) is its own:
 - cold: `gigaface find`'s path without the photo: open the library, load its blocks into
-  a one-shot index, rank the first query, read its 20 faces, audit it (`cold_s`);
+  a one-shot index, rank the first query, read its 20 faces, audit it (`cold_s`); and the
+  real command with a photo (`cli_s`, and what it takes beyond the smallest library's);
 - warm: the service's path: a `LibraryIndex` loaded once (`load_s`, and the IVF build in
   its own thread beyond EXACT_UP_TO, `ivf_build_s`), then 100 queries through
   `audited_rank` (p50/p99, recall against float32 exact search);
-- ivf (beyond 10^5 faces): the same queries through an IVF index forced at this size, so
-  the choice of EXACT_UP_TO rests on both measured side by side.
+- other (from 10^5 faces): the same with the other method forced (IVF where the policy
+  is exact, exact where it is IVF), so the choice of EXACT_UP_TO rests on both measured
+  side by side at each size.
 The 10^7 row is an estimate from the largest measured size (see `estimate`).
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.harness import run_cli
 from gigaface.engine.detections import Detections
 from gigaface.engine.frames import Frame
 from gigaface.library.records import CaptureRecord
@@ -42,7 +45,7 @@ from gigaface.library.store import Library
 from gigaface.process import configure_process, peak_rss_mb
 from gigaface.references import Reference
 from gigaface.search import audited_rank
-from gigaface.search_index import EXACT_UP_TO, EmbeddingIndex, LibraryIndex
+from gigaface.search_index import EXACT_UP_TO, LibraryIndex
 
 HERE = Path(__file__).resolve().parent
 DIM = 128
@@ -168,31 +171,45 @@ def measure(work: Path, faces: int, how: str) -> dict:
         return {"cold_s": round(time.perf_counter() - started, 3), "cold_rss_mb": round(peak_rss_mb()),
                 "cold_index": first.method}
     lib = Library(str(p["db"]))
-    if how == "warm":
-        warm = LibraryIndex(str(p["db"]))
-        started = time.perf_counter()
-        warm.synced(lib)
-        load_s = time.perf_counter() - started
-        warm.wait()
-        built = time.perf_counter() - started - load_s
-        rank = lambda q: audited_rank(lib, person(q), None, "bench", top=TOP, index=warm)   # noqa: E731
-        extra = {"load_s": round(load_s, 2), "ivf_build_s": round(built, 1) if warm.index.method == "ivf" else None}
-    else:   # the IVF forced at this size, searched alone
-        index = EmbeddingIndex.of(lib.faces.blocks(), exact_up_to=0)
-        started = time.perf_counter()
-        index.build_ann(lib.faces.block)
-        extra = {"ivf_build_s": round(time.perf_counter() - started, 1)}
-        rank = lambda q: index.search(q, limit=TOP)   # noqa: E731
+    # The service's index: at this size as the library's policy has it (warm), or with the
+    # other method forced, to compare them at one size.
+    policy = {"warm": EXACT_UP_TO, "ivf": 0, "exact": 10**12}[how]
+    warm = LibraryIndex(str(p["db"]), exact_up_to=policy)
+    started = time.perf_counter()
+    warm.synced(lib)
+    load_s = time.perf_counter() - started
+    warm.wait()
+    built = time.perf_counter() - started - load_s
+    extra = {"load_s": round(load_s, 2), "ivf_build_s": round(built, 1) if warm.index.method == "ivf" else None}
     times, found, method = [], [], None
     for q in queries:
         q = np.array(q)   # a fresh array each time, as a new request's would be
         started = time.perf_counter()
-        got = rank(q)
+        got = audited_rank(lib, person(q), None, "bench", top=TOP, index=warm)
         times.append((time.perf_counter() - started) * 1000)
-        ids = np.array([m.face.id for m in got]) if how == "warm" else got.ids
         method = got.method
-        found.append(ids[:10])
+        found.append(np.array([m.face.id for m in got[:10]]))
     return {**_timings(times), **_recall(found, truth), "rss_mb": round(peak_rss_mb()), "index": method, **extra}
+
+
+def cli_seconds(work: Path, faces: int, runs: int = 2) -> float:
+    """The real `gigaface find LIBRARY --photo PHOTO --json`, wall clock, best of `runs`;
+    the photo is skimage's astronaut (her face is no one in the library)."""
+    import cv2
+    import skimage.data
+
+    photo = work / "search-photo.jpg"
+    if not photo.exists():
+        cv2.imwrite(str(photo), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        done = run_cli("find", paths(work, faces)["db"], "--photo", photo, "--json",
+                       "--sheet", work / "search-matches.png", timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"gigaface find failed: {done.stderr[-1000:]}")
+        best = min(best, time.perf_counter() - started)
+    return round(best, 2)
 
 
 def _run(work: Path, faces: int, how: str) -> dict:
@@ -208,14 +225,16 @@ def run(work: Path, sizes: list[int]) -> dict:
     for faces in sizes:
         p = library(work, faces)   # made here, so the measured processes only open it
         row = {"faces": faces, **_run(work, faces, "warm"), **_run(work, faces, "cold"),
-               "load_average": [round(x, 2) for x in os.getloadavg()]}
-        if faces >= IVF_FROM:
-            ivf = _run(work, faces, "ivf")
-            row["ivf"] = {k: ivf[k] for k in ("p50_ms", "p99_ms", "recall_at_1", "recall_at_10", "recall_of_person",
-                                              "rss_mb", "ivf_build_s")}
+               "cli_s": cli_seconds(work, faces), "load_average": [round(x, 2) for x in os.getloadavg()]}
+        if faces >= IVF_FROM:   # the other method at this size, for the choice of EXACT_UP_TO
+            other = _run(work, faces, "ivf" if row["index"] == "exact" else "exact")
+            row["other"] = {k: other[k] for k in ("index", "p50_ms", "p99_ms", "recall_at_1", "recall_at_10",
+                                                  "recall_of_person", "rss_mb", "load_s", "ivf_build_s")}
         row["library"] = json.loads(p["json"].read_text())
         rows.append(row)
         print(f"search: {row}", flush=True)
+    for row in rows:   # what the library's size adds to the command, over the smallest measured
+        row["cli_beyond_smallest_s"] = round(row["cli_s"] - rows[0]["cli_s"], 2)
     return {"rows": rows, "estimate_1e7": estimate(rows), "exact_up_to": EXACT_UP_TO, "dim": DIM, "views": VIEWS,
             "noise": NOISE, "capture": CAPTURE, "queries": QUERIES, "top": TOP, "cores": os.cpu_count()}
 
@@ -230,16 +249,18 @@ def estimate(rows: list[dict], faces: int = 10_000_000) -> dict | None:
     top = max(rows, key=lambda r: r["faces"])
     n, scale = top["faces"], faces / top["faces"]
     out = {"from_faces": n, "faces": faces,
-           "exact_p50_ms": round(top["p50_ms"] * scale, 1) if top["index"] == "exact" else None,
            "templates_mb": round(faces * (2 * DIM + 8) / 1e6),
            "rss_mb": round(top["rss_mb"] + (scale - 1) * n * (2 * DIM + 8) / 1e6),
            "library_build_s": round(top["library"]["build_s"] * scale),
            "sealed_mb": round(top["library"]["sealed_mb"] * scale),
            "cold_s": round(top["cold_s"] * scale, 1)}
-    ivf = top.get("ivf")
-    if ivf:
+    ivf = top if top["index"] == "ivf" else top.get("other")
+    if ivf and ivf.get("ivf_build_s"):
         out["ivf_build_s"] = round(ivf["ivf_build_s"] * scale * np.sqrt(scale))
         out["ivf_p50_ms"] = round(ivf["p50_ms"] * np.sqrt(scale), 2)   # a 16th of the lists, each sqrt(N) long
+    exact = top if top["index"] == "exact" else top.get("other")
+    if exact:
+        out["exact_p50_ms"] = round(exact["p50_ms"] * scale, 1)
     return out
 
 
@@ -248,7 +269,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faces", type=int, required=True)
     parser.add_argument("--work", type=Path, default=HERE / "out")
-    parser.add_argument("--measure", choices=("warm", "cold", "ivf"), default="warm")
+    parser.add_argument("--measure", choices=("warm", "cold", "ivf", "exact"), default="warm")
     args = parser.parse_args()
     print(json.dumps(measure(args.work, args.faces, args.measure)))
 

@@ -39,7 +39,7 @@ import numpy as np
 from gigaface.library.sealed_blocks import Block
 from gigaface.library.store import Library
 
-EXACT_UP_TO = 1_000_000
+EXACT_UP_TO = 200_000
 # IVF: lists ~4 sqrt(N) (faiss' guidance), each trained on ~40 faces; a query probes a
 # 16th of them (recall@1 1.00 from a 128th at 10^6; the rest buys recall@10 and margin).
 PROBED_SHARE = 1 / 16
@@ -105,7 +105,9 @@ class EmbeddingIndex:
         """A block's faces; a block id held already is skipped (its content never changes)."""
         if block.vectors.shape[1:] != (self.dim,):
             raise ValueError(f"block {block.id}: {block.vectors.shape[1:]} embeddings in a {self.dim}-d index")
-        ids = np.ascontiguousarray(block.ids, np.int64)
+        # A copy: the block's ids are a view of its whole unsealed message, which would
+        # stay in memory beside the index (measured: +245 MB at 10^6 faces).
+        ids = np.array(block.ids, np.int64)
         with self._lock:
             if block.id in self._blocks:
                 return
@@ -276,24 +278,10 @@ class EmbeddingIndex:
             held = sorted(self._blocks)
             n = self._store.ntotal
         try:
-            nlist = 2 ** max(4, round(math.log2(4 * math.sqrt(max(n, 1)))))
-            ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(self.dim), self.dim, nlist,
-                                                faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_L2)
-            sample, need = [], TRAIN_PER_LIST * nlist
-            for b in np.random.default_rng(seed).permutation(held):
-                if need <= 0:
-                    break
-                block = _load(loader, int(b))
-                if block is not None:
-                    sample.append(block.vectors.astype(np.float32))
-                    need -= len(block.ids)
-            ivf.train(np.concatenate(sample))
-            del sample
-            built: dict[int, np.ndarray] = {}
-            for b in held:
-                block = _load(loader, b)
-                if block is not None:
-                    built[b] = _add(ivf, block)
+            ivf = _filled_ivf(self.dim, held, loader, n, seed)
+            if ivf is None:   # a block went while it was read: the next search asks again
+                return
+            ivf, built = ivf
             with self._lock:
                 for block in self._building.values():   # added meanwhile
                     if block.id in self._blocks and block.id not in built:
@@ -301,8 +289,7 @@ class EmbeddingIndex:
                 stale = [ids for b, ids in built.items() if b not in self._blocks]   # removed meanwhile
                 if stale:
                     ivf.remove_ids(faiss.IDSelectorBatch(np.concatenate(stale)))
-                # Held but not loadable: gone from the library since the last sync.
-                for b in set(self._blocks) - set(built):
+                for b in set(self._blocks) - set(built):   # gone from the library since the last sync
                     del self._blocks[b]
                 self._ivf, self._flat, self._trained_on = ivf, None, n
                 self._changed()
@@ -311,8 +298,62 @@ class EmbeddingIndex:
                 self._building = None
 
 
+def _filled_ivf(dim: int, held: list[int], loader: Callable[[int], Block], n: int, seed: int):
+    """An IVF over the blocks `held`, its lists sized exactly: one pass assigns each face
+    to a list, the lists are allocated, a second pass copies each block's float16 codes
+    in. Filled face by face, faiss grows each list by doubling: 1.2 GB at 10^6 faces
+    beside the exact index, against 0.26 GB of codes. Returns (ivf, {block id: face
+    ids}), or None when a block could not be read twice."""
+    import faiss
+
+    nlist = 2 ** max(4, round(math.log2(4 * math.sqrt(max(n, 1)))))
+    quantizer = faiss.IndexFlatL2(dim)
+    # Not by residual: the codes are the blocks' own float16, so probing every list is an
+    # exact search, and a block is copied in, not encoded again.
+    ivf = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_L2, False)
+    sample, need = [], TRAIN_PER_LIST * nlist
+    for b in np.random.default_rng(seed).permutation(held):
+        if need <= 0:
+            break
+        block = _load(loader, int(b))
+        if block is not None:
+            sample.append(block.vectors.astype(np.float32))
+            need -= len(block.ids)
+    if not sample:
+        return None
+    ivf.train(np.concatenate(sample))
+    del sample
+    lists: dict[int, np.ndarray] = {}
+    for b in held:
+        block = _load(loader, b)
+        if block is not None:
+            lists[b] = quantizer.assign(block.vectors.astype(np.float32), 1).ravel()
+    counts = np.bincount(np.concatenate(list(lists.values())) if lists else np.empty(0, np.int64), minlength=nlist)
+    for list_no, count in enumerate(counts):
+        ivf.invlists.resize(list_no, int(count))
+    filled = np.zeros(nlist, np.int64)
+    built: dict[int, np.ndarray] = {}
+    for b, assigned in lists.items():
+        block = _load(loader, b)
+        if block is None:
+            return None
+        order = np.argsort(assigned, kind="stable")
+        ranked = assigned[order]
+        ids = np.ascontiguousarray(block.ids[order], np.int64)
+        codes = np.ascontiguousarray(block.vectors[order], "<f2").view(np.uint8).reshape(len(ids), 2 * dim)
+        starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+        for start, end in zip(starts, np.r_[starts[1:], len(ranked)]):
+            list_no = int(ranked[start])
+            ivf.invlists.update_entries(list_no, int(filled[list_no]), int(end - start),
+                                        faiss.swig_ptr(ids[start:end]), faiss.swig_ptr(codes[start:end]))
+            filled[list_no] += end - start
+        built[b] = np.array(block.ids, np.int64)
+    ivf.ntotal = int(counts.sum())
+    return ivf, built
+
+
 def _add(ivf, block: Block) -> np.ndarray:
-    ids = np.ascontiguousarray(block.ids, np.int64)
+    ids = np.array(block.ids, np.int64)
     ivf.add_with_ids(np.asarray(block.vectors, np.float32), ids)
     return ids
 
