@@ -341,6 +341,9 @@ def _load_section(section: dict, title: str) -> str:
         ranking = (f" Of a search, the ranking alone (its `Server-Timing`: the index, the faces read, the audit row) "
                    f"took p50 {search['rank_p50_ms']} / p99 {search['rank_p99_ms']} ms under the load"
                    + (f" ({q['rank_p50_ms']} / {q['rank_p99_ms']} ms with no scan)" if "rank_p50_ms" in q else "")
+                   + (f", of which the index p50 {search['index_p50_ms']} / p99 {search['index_p99_ms']} ms"
+                      if "index_p50_ms" in search else "")
+                   + (f" ({', '.join(f'{n} {m}' for m, n in search['methods'].items())})" if search.get("methods") else "")
                    + "; the rest is reading and embedding the photo.")
     if section["config"].get("server_rss_mb"):
         ranking += f" The server's peak memory: {section['config']['server_rss_mb']:,} MB."

@@ -5,6 +5,7 @@ and erasure (who is forgotten) all use `person_embedding` and `distances`.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -69,9 +70,11 @@ class Ranking(list):
     """Matches in rank order (a list, as it always was), and what a page needs besides:
     how many faces were ranked in all, and how (exact or ivf)."""
 
-    def __init__(self, matches: Iterable[Match] = (), searched: int = 0, method: str = "exact"):
+    def __init__(self, matches: Iterable[Match] = (), searched: int = 0, method: str = "exact",
+                 index_ms: float = 0.0):
         super().__init__(matches)
         self.searched, self.method = searched, method
+        self.index_ms = index_ms   # in the index (loading or syncing it, and ranking)
 
 
 def rank(library: Library, refs: list[Reference], capture_ids: list[int] | None = None,
@@ -83,16 +86,18 @@ def rank(library: Library, refs: list[Reference], capture_ids: list[int] | None 
     process passes its warm `index`; without one the library's blocks are loaded for
     this search alone."""
     target = person_embedding(refs)
+    started = time.perf_counter()
     held = index.synced(library) if index is not None else loaded(library, capture_ids)
     if only_matches:
         hits = held.within(target, match_threshold, capture_ids)
     else:
         hits = held.search(target, capture_ids, offset=offset, limit=top)
+    index_ms = (time.perf_counter() - started) * 1000
     faces = {f.id: f for f in library.faces.by_id([int(i) for i in hits.ids])}
     # A face erased between the ranking and this read is left out, not shown.
     found = [(int(i), float(d)) for i, d in zip(hits.ids, hits.distances) if int(i) in faces and not faces[int(i)].erased]
     return Ranking([Match(offset + k + 1, faces[i], d, d <= match_threshold) for k, (i, d) in enumerate(found)],
-                   hits.total, hits.method)
+                   hits.total, hits.method, index_ms)
 
 
 def audited_rank(library: Library, refs: list[Reference], capture_ids: list[int] | None, who: str,

@@ -61,6 +61,12 @@ class Hits:
     method: str             # "exact" or "ivf"
 
 
+@dataclass(frozen=True)
+class _Scope:
+    faces: int
+    bits: np.ndarray   # bit i: face id i is in the captures searched
+
+
 class EmbeddingIndex:
     """(face id, template) of a library's blocks; thread-safe."""
 
@@ -76,6 +82,7 @@ class EmbeddingIndex:
         self._lock = threading.RLock()
         self._pages: OrderedDict[int, tuple] = OrderedDict()   # (query, captures, exact, ranking)
         self._page_key = 0
+        self._scopes: dict[frozenset[int], _Scope] = {}
 
     @classmethod
     def of(cls, blocks: Iterable[Block], **kw) -> EmbeddingIndex:
@@ -152,6 +159,7 @@ class EmbeddingIndex:
 
     def _changed(self) -> None:
         self._pages.clear()
+        self._scopes.clear()
 
     # --- search --------------------------------------------------------------------------
     def search(self, query: np.ndarray, captures: Iterable[int] | None = None, offset: int = 0,
@@ -163,7 +171,7 @@ class EmbeddingIndex:
         wanted = None if captures is None else frozenset(int(c) for c in captures)
         with self._lock:
             allowed = self._allowed(wanted)
-            total = self._store.ntotal if allowed is None else len(allowed)
+            total = self._store.ntotal if allowed is None else allowed.faces
             depth = total if limit is None else min(total, offset + limit)
             cached = self._cached(q, wanted, exact, depth)
             if cached is None:
@@ -199,7 +207,7 @@ class EmbeddingIndex:
         wanted = None if captures is None else frozenset(int(c) for c in captures)
         with self._lock:
             allowed = self._allowed(wanted)
-            total = self._store.ntotal if allowed is None else len(allowed)
+            total = self._store.ntotal if allowed is None else allowed.faces
             k = 64
             while True:
                 hits = self._rank(q, min(k, total), allowed, total, exact=True)
@@ -215,11 +223,21 @@ class EmbeddingIndex:
             raise ValueError(f"a {self.dim}-d query, not {np.shape(query)}")
         return q
 
-    def _allowed(self, wanted: frozenset[int] | None) -> np.ndarray | None:
+    def _allowed(self, wanted: frozenset[int] | None) -> _Scope | None:
+        """The faces of the wanted captures, as a bitmap over face ids for faiss; kept
+        until the index changes (made anew, 10^6 faces cost ~10 ms a search)."""
         if wanted is None:
             return None
-        parts = [ids for capture, ids in self._blocks.values() if capture in wanted]
-        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+        scope = self._scopes.get(wanted)
+        if scope is None:
+            parts = [ids for capture, ids in self._blocks.values() if capture in wanted]
+            ids = np.concatenate(parts) if parts else np.empty(0, np.int64)
+            bitmap = np.zeros(int(ids.max(initial=-1)) + 1, bool)
+            bitmap[ids] = True
+            scope = self._scopes[wanted] = _Scope(len(ids), np.packbits(bitmap, bitorder="little"))
+            while len(self._scopes) > _PAGES_KEPT:
+                self._scopes.pop(next(iter(self._scopes)))
+        return scope
 
     def _ann_depth(self, total: int, exact: bool) -> int:
         """How deep a ranking the IVF answers (0: none, exact search). Its probed lists
@@ -229,7 +247,7 @@ class EmbeddingIndex:
             return 0
         return int(min(ANN_MAX_K, total * PROBED_SHARE / 4))
 
-    def _rank(self, q: np.ndarray, k: int, allowed: np.ndarray | None, total: int, exact: bool) -> Hits:
+    def _rank(self, q: np.ndarray, k: int, allowed: _Scope | None, total: int, exact: bool) -> Hits:
         import faiss
 
         if k == 0:
@@ -242,12 +260,9 @@ class EmbeddingIndex:
         else:
             params = faiss.SearchParameters()
         if allowed is not None:
-            bitmap = np.zeros(int(allowed.max(initial=-1)) + 1, bool)
-            bitmap[allowed] = True
-            bits = np.packbits(bitmap, bitorder="little")
             # Its size is in bytes, not ids (given ids, it reads past the bitmap). Held in
-            # locals for the search: `params.sel` keeps no Python reference to either.
-            selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
+            # a local for the search: `params.sel` keeps no Python reference to it.
+            selector = faiss.IDSelectorBitmap(len(allowed.bits), faiss.swig_ptr(allowed.bits))
             params.sel = selector
         squared, ids = self._store.search(q[None], k, params=params)
         ids, squared = ids[0], squared[0]
