@@ -88,6 +88,9 @@ class Target:
     # beforehand, /api/search over every capture but the one being scanned.
     search_path: str = ""
     search_params: dict = field(default_factory=lambda: {"top": 20})
+    # More photos of the person, each search picking one: the server keeps a ranking per
+    # query for paging, so one photo sent again and again would measure that cache.
+    variants: list[bytes] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.search_path = self.search_path or f"/api/captures/{self.capture}/search"
@@ -113,6 +116,23 @@ def prepare(url: str, token: str, capture: int, photo: bytes, scan: int | None =
         matches = r.json()["matches"]
         target.top_face = matches[0]["face_id"] if matches else None
     return target
+
+
+def photo_variants(photo: bytes, count: int = 64) -> list[bytes]:
+    """The photo cropped a few pixels differently and scaled by up to 6%: the same person,
+    each a query of its own (more of them than the server keeps rankings for)."""
+    import cv2
+    import numpy as np
+
+    image = cv2.imdecode(np.frombuffer(photo, np.uint8), cv2.IMREAD_COLOR)
+    h, w = image.shape[:2]
+    out = []
+    for i in range(count):
+        dx, dy, scale = 2 * (i % 4), 2 * (i // 4 % 4), 0.94 + 0.03 * (i // 16)
+        crop = image[dy:h - (6 - dx) // 2, dx:w - (6 - dy) // 2]
+        crop = cv2.resize(crop, (round(crop.shape[1] * scale), round(crop.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+        out.append(cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes())
+    return out
 
 
 def wait_for_index(target: Target, want: str, timeout: float = 600) -> str:
@@ -207,7 +227,8 @@ def _client(target: Target, index: int, rec: _Recorder, start: float, deadline: 
             if kind == "search":
                 sample = _timed(client, "search", start, lambda body: _check_search(target, body), "POST",
                                 target.search_path, params=target.search_params,
-                                files={"photos": ("reference.jpg", target.photo, "image/jpeg")})
+                                files={"photos": ("reference.jpg", rng.choice(target.variants or [target.photo]),
+                                                  "image/jpeg")})
             elif kind == "faces":
                 filters = rng.choice(FACE_FILTERS)
                 total = target.totals[_filter_key(filters)]
@@ -418,6 +439,7 @@ def run(work: Path, size: float = 100, clients: int = 8, seconds: float = 90, ma
                                          "search_params": {"capture": [*before_ids, listed["id"]], "limit": 20}}
             target = prepare(server.url, viewer, listed["id"], photo, **many)
             if faces:   # a warm server: the first search loaded the library; its IVF builds in a thread
+                target.variants = photo_variants(photo)
                 warmed = time.perf_counter()
                 index_ready = wait_for_index(target, want="ivf" if faces > EXACT_UP_TO else "exact")
                 log(f"index: {index_ready} {time.perf_counter() - warmed:.0f} s after the first search")
