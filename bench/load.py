@@ -22,6 +22,7 @@ scan to finish has a deadline. `drive` is also what tests/test_load.py runs, sho
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -88,9 +89,14 @@ class Target:
     # beforehand, /api/search over every capture but the one being scanned.
     search_path: str = ""
     search_params: dict = field(default_factory=lambda: {"top": 20})
-    # More photos of the person, each search picking one: the server keeps a ranking per
-    # query for paging, so one photo sent again and again would measure that cache.
+    # More photos of the person, the searches taking them in turn: the server keeps its
+    # last 32 rankings for paging, so one photo sent again and again (or 64 picked at
+    # random: half of them hits) would measure that cache, not the ranking.
     variants: list[bytes] = field(default_factory=list)
+    turn: itertools.count = field(default_factory=itertools.count)
+
+    def search_photo(self) -> bytes:
+        return self.variants[next(self.turn) % len(self.variants)] if self.variants else self.photo
 
     def __post_init__(self) -> None:
         self.search_path = self.search_path or f"/api/captures/{self.capture}/search"
@@ -227,8 +233,7 @@ def _client(target: Target, index: int, rec: _Recorder, start: float, deadline: 
             if kind == "search":
                 sample = _timed(client, "search", start, lambda body: _check_search(target, body), "POST",
                                 target.search_path, params=target.search_params,
-                                files={"photos": ("reference.jpg", rng.choice(target.variants or [target.photo]),
-                                                  "image/jpeg")})
+                                files={"photos": ("reference.jpg", target.search_photo(), "image/jpeg")})
             elif kind == "faces":
                 filters = rng.choice(FACE_FILTERS)
                 total = target.totals[_filter_key(filters)]
