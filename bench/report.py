@@ -295,7 +295,10 @@ def _load_section(section: dict, title: str) -> str:
     for name, e in load["endpoints"].items():
         q = quiet["endpoints"].get(name) if quiet else None
         before = "–" if q is None else f"{q['p50_ms']:.0f} / {q['p99_ms']:.0f}"
-        lines.append(f"| {LOAD_NAMES.get(name, name)} | {e['count']:,} | {e['errors']} | {e['p50_ms']:.0f} "
+        label = LOAD_NAMES.get(name, name)
+        if name == "search" and faces:
+            label = f"search (`POST {section['config']['search']}`, the photo's 64 variants in turn)"
+        lines.append(f"| {label} | {e['count']:,} | {e['errors']} | {e['p50_ms']:.0f} "
                      f"| {e['p90_ms']:.0f} | {e['p99_ms']:.0f} | {e['max_ms']:.0f} | {e['per_s']:.1f} "
                      f"| {before} |")
     samples = [s for e in load["endpoints"].values() for s in e["error_samples"]]
