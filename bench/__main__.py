@@ -8,7 +8,8 @@
     python -m bench --sections load --size 40 --load-clients 4 --load-seconds 30
     python -m bench --sections load --load-faces 1000000   # searches over 10^6 faces while it scans
     python -m bench --sections privacy       # labelled faces left sharp by the anonymiser (15 min)
-    python -m bench --sections search --search-sizes 10000,100000   # one person among N faces
+    python -m bench --sections search        # one person among 10^4, 10^5, 10^6 faces (4 min; libraries made once)
+    python -m bench --sections search --search-sizes 10000,100000   # other sizes
     python -m bench --report-only            # rewrite the report from saved results
 
 Each section saves its results as JSON under bench/results/ as soon as it finishes, so

@@ -8,23 +8,27 @@ library's block ids with its own before each search: blocks written by a scan ar
 blocks gone are dropped (an erasure rewrites a block under a new id; purge and capture
 deletion remove it), so an erased face never comes back, not even from a warm index.
 
-Measured on this 2-core machine (bench/search.py; 128-d identity clusters, 5 views a
-person; python -m bench --sections search), one query, top 20:
+Measured on this 2-core machine, shared (load average 1.8-3.0; bench/search.py, `python -m
+bench --sections search`: 128-d identity clusters, 5 views a person, 100 queries through
+`audited_rank`, top 20, recall against exact float32):
 
-    10^6 faces, faiss flat over float16 (exact)     p50 8 ms, p99 8-18 ms, 264 MB
-    10^6 faces, numpy float32 GEMV (exact)          p50 26 ms, 512 MB (186 ms with the machine loaded)
-    10^6 faces, faiss IVF 4096 lists fp16, 256 probed  p50 1.2 ms, recall@1 1.00, @10 0.78; built in 15 s
-    2x10^5 faces, faiss HNSW M=32 fp16, ef 128      p50 1.0 ms, recall@1 1.00, @10 0.95; built in 175 s
+    10^5 faces, exact: faiss flat scan of float16   p50 1.4-6.8 ms, p99 2.7-27 ms, 136 MB
+    10^5 faces, IVF 1024 lists, 64 probed            p50 0.7 ms, recall@1 1.00, @10 0.76; built in 3 s
+    10^6 faces, exact                                 p50 10-25 ms, p99 13-137 ms (as the load varied), 368 MB
+    10^6 faces, IVF 4096 lists, 256 probed            p50 3.2 ms, p99 7.9 ms, recall@1 1.00, @10 0.80,
+                                                      the person's own 5 faces 1.00; built in 54 s, 645 MB peak
+    10^6 faces, numpy float32 GEMV (exact)            p50 26 ms quiet (186 ms loaded), 512 MB
+    2x10^5 faces, faiss HNSW M=32 fp16, ef 128        p50 1.0 ms, recall@1 1.00, @10 0.95; built in 175 s
 
-So exact search, faiss' flat scan of float16 codes (SIMD-decoded as it goes: it reads
-half of what float32 would, and nothing is converted in numpy), up to EXACT_UP_TO faces;
-beyond, an IVF index over the same float16 codes. IVF over HNSW: it builds in seconds
-rather than many minutes, so it is rebuilt in memory from the sealed blocks (nothing but
-the blocks is stored), takes new faces by assigning them to a list (no graph to repair),
-costs 8 bytes a face beyond the codes (HNSW: 256 at M=32), and with every list probed it
-is exact again, for erasure. Its recall@10 is the lower one: places 6-10 of a query are
-strangers at nearly equal distances, which only an exact scan ranks; the person's own
-faces (recall@1, and every face under the match threshold) it finds.
+So exact search, faiss' flat scan of the float16 codes (SIMD-decoded as it goes: half the
+bytes of float32, nothing converted in numpy), up to EXACT_UP_TO faces, where its p99
+stays in tens of ms however loaded the machine; beyond, an IVF over the same codes. IVF
+over HNSW: it builds in seconds to a minute rather than many minutes, so it is rebuilt in
+memory from the sealed blocks (nothing but the blocks is stored), takes new faces by
+assigning them to a list (no graph to repair), costs 8 bytes a face beyond the codes
+(HNSW: 256 at M=32), and with every list probed it is exact again, for erasure. Its
+recall@10 is the lower one: places 6-10 of a query are strangers at nearly equal
+distances, which only an exact scan orders; the person's own faces it finds.
 """
 from __future__ import annotations
 
@@ -282,8 +286,8 @@ class EmbeddingIndex:
     def build_ann(self, loader: Callable[[int], Block], seed: int = 0) -> None:
         """An IVF index over the blocks held now, filled from `loader(block_id)` (the
         library's sealed blocks, read again: no second copy of the templates in memory),
-        then swapped in with what changed meanwhile. Seconds at 10^6 faces: call it off
-        the search path."""
+        then swapped in with what changed meanwhile. A minute at 10^6 faces on 2 cores:
+        call it off the search path."""
         import faiss
 
         with self._lock:
