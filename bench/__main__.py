@@ -6,8 +6,10 @@
     python -m bench --sections identity      # one section; the report keeps the others' last results
     python -m bench --sections load          # searches and face listings on a server while it scans (6 min)
     python -m bench --sections load --size 40 --load-clients 4 --load-seconds 30
+    python -m bench --sections load --load-faces 1000000   # searches over 10^6 faces while it scans
     python -m bench --sections privacy       # labelled faces left sharp by the anonymiser (15 min)
-    python -m bench --sections search --search-sizes 10000,100000   # one person among N faces
+    python -m bench --sections search        # one person among 10^4, 10^5, 10^6 faces (4 min; libraries made once)
+    python -m bench --sections search --search-sizes 10000,100000   # other sizes
     python -m bench --sections wider,identity --precision f32   # the same on f32, saved apart
     python -m bench --report-only            # rewrite the report from saved results
 
@@ -64,8 +66,9 @@ def run_section(name: str, args, results: Path, plots: Path) -> None:
         elif name == "load":
             from . import load
 
-            value = load.run(args.work, size=args.size, clients=args.load_clients, seconds=args.load_seconds)
-            name = load_results_name(args.size)
+            value = load.run(args.work, size=args.size, clients=args.load_clients, seconds=args.load_seconds,
+                             faces=args.load_faces)
+            name = load_results_name(args.size, args.load_faces)
         else:
             from . import scaling
 
@@ -94,8 +97,9 @@ def mosaic_results_name(size: float) -> str:
     return "mosaic" if size == 100 else f"mosaic-{size:g}mp"
 
 
-def load_results_name(size: float) -> str:
-    return "load" if size == 100 else f"load-{size:g}mp"
+def load_results_name(size: float, faces: int = 0) -> str:
+    name = "load" if size == 100 else f"load-{size:g}mp"
+    return f"{name}-{faces}faces" if faces else name
 
 
 def run_mosaic(args, plots: Path) -> dict:
@@ -132,6 +136,8 @@ def main() -> None:
                         help="gigaface presets in the side-by-side on the mosaic")
     parser.add_argument("--load-clients", type=int, default=8, help="concurrent clients in the load section")
     parser.add_argument("--load-seconds", type=float, default=90, help="how long the load section's load lasts")
+    parser.add_argument("--load-faces", type=int, default=0,
+                        help="the load section starts from the search section's library of this many faces")
     parser.add_argument("--privacy-images", type=int, default=30,
                         help="WIDER images the privacy section anonymises (default 30)")
     parser.add_argument("--search-sizes", default="10000,100000,1000000",

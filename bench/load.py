@@ -3,6 +3,7 @@ holds the CPU.
 
     python -m bench --sections load               # the default: a 100 MP stadium, 8 clients, 90 s
     python -m bench --sections load --size 40 --load-clients 4 --load-seconds 30
+    python -m bench --sections load --load-faces 1000000   # searches over 10^6 faces beforehand
     python -m bench.load --size 40 --seconds 30   # the same without writing results
 
 A fresh library gets an admin and a viewer token and a real server (the `gigaface serve`
@@ -21,10 +22,12 @@ scan to finish has a deadline. `drive` is also what tests/test_load.py runs, sho
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
 import random
+import shutil
 import sys
 import tempfile
 import threading
@@ -37,6 +40,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from bench.harness import LOOPBACK, JobNotDone, Server, make_token, wait_for
+from gigaface.library.store import Library
+from gigaface.process import peak_rss_mb
+from gigaface.search_index import EXACT_UP_TO
 
 STAGES = ("queued", "detect", "merge", "describe", "pyramid", "export", "done")
 # The big stadium is sparsely seated: a full one has ~220 faces per MP, which would take the
@@ -79,6 +85,21 @@ class Target:
     scan: int | None = None         # the capture whose job runs during the load
     totals: dict[str, int] = field(default_factory=dict)   # faces per filter
     top_face: int | None = None     # the search's first match
+    # Where searches go: the listed capture by default; with a library of many faces
+    # beforehand, /api/search over every capture but the one being scanned.
+    search_path: str = ""
+    search_params: dict = field(default_factory=lambda: {"top": 20})
+    # More photos of the person, the searches taking them in turn: the server keeps its
+    # last 32 rankings for paging, so one photo sent again and again (or 64 picked at
+    # random: half of them hits) would measure that cache, not the ranking.
+    variants: list[bytes] = field(default_factory=list)
+    turn: itertools.count = field(default_factory=itertools.count)
+
+    def search_photo(self) -> bytes:
+        return self.variants[next(self.turn) % len(self.variants)] if self.variants else self.photo
+
+    def __post_init__(self) -> None:
+        self.search_path = self.search_path or f"/api/captures/{self.capture}/search"
 
 
 def _filter_key(params: dict) -> str:
@@ -86,20 +107,52 @@ def _filter_key(params: dict) -> str:
 
 
 def prepare(url: str, token: str, capture: int, photo: bytes, scan: int | None = None,
-            timeout: float = 120) -> Target:
+            timeout: float = 120, search_path: str = "", search_params: dict | None = None) -> Target:
     """Ask each kind of request once, before the load, for the answers to check it against."""
-    target = Target(loopback_only(url), token, capture, photo, scan)
+    target = Target(loopback_only(url), token, capture, photo, scan, search_path=search_path,
+                    search_params=search_params or {"top": 20})
     with httpx.Client(base_url=url, headers=_auth(token), timeout=timeout) as client:
         for params in FACE_FILTERS:
             r = client.get(f"/api/captures/{capture}/faces", params={**params, "limit": 1})
             r.raise_for_status()
             target.totals[_filter_key(params)] = r.json()["total"]
-        r = client.post(f"/api/captures/{capture}/search", params={"top": 20},
+        r = client.post(target.search_path, params=target.search_params,
                         files={"photos": ("reference.jpg", photo, "image/jpeg")})
         r.raise_for_status()
         matches = r.json()["matches"]
         target.top_face = matches[0]["face_id"] if matches else None
     return target
+
+
+def photo_variants(photo: bytes, count: int = 64) -> list[bytes]:
+    """The photo cropped a few pixels differently and scaled by up to 6%: the same person,
+    each a query of its own (more of them than the server keeps rankings for)."""
+    import cv2
+    import numpy as np
+
+    image = cv2.imdecode(np.frombuffer(photo, np.uint8), cv2.IMREAD_COLOR)
+    h, w = image.shape[:2]
+    out = []
+    for i in range(count):
+        dx, dy, scale = 2 * (i % 4), 2 * (i // 4 % 4), 0.94 + 0.03 * (i // 16)
+        crop = image[dy:h - (6 - dx) // 2, dx:w - (6 - dy) // 2]
+        crop = cv2.resize(crop, (round(crop.shape[1] * scale), round(crop.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+        out.append(cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes())
+    return out
+
+
+def wait_for_index(target: Target, want: str, timeout: float = 600) -> str:
+    """Search now and then until the server's index ranks as `want` (its IVF built)."""
+    deadline = time.perf_counter() + timeout
+    with httpx.Client(base_url=target.url, headers=_auth(target.token), timeout=120) as client:
+        while True:
+            r = client.post(target.search_path, params=target.search_params,
+                            files={"photos": ("reference.jpg", target.photo, "image/jpeg")})
+            r.raise_for_status()
+            method = server_timing(r).get("method", "")
+            if method == want or time.perf_counter() > deadline:
+                return method
+            time.sleep(2)
 
 
 def _auth(token: str) -> dict[str, str]:
@@ -113,6 +166,9 @@ class Sample:
     at: float           # s since the load started
     seconds: float
     error: str | None
+    rank_ms: float | None = None    # a search's ranking alone, from its Server-Timing header...
+    index_ms: float | None = None   # ...and the index's part of it
+    method: str | None = None       # exact or ivf
 
 
 class _Recorder:
@@ -149,7 +205,22 @@ def _timed(client: httpx.Client, endpoint: str, start: float, check, method: str
     except ValueError as exc:  # not JSON
         error = f"bad body: {exc}"[:200]
     t1 = time.perf_counter()
-    return Sample(endpoint, t0 - start, t1 - t0, error)
+    timing = server_timing(r) if error is None else {}
+    return Sample(endpoint, t0 - start, t1 - t0, error, timing.get("rank"), timing.get("index"),
+                  timing.get("method"))
+
+
+def server_timing(response: httpx.Response) -> dict:
+    """A search's Server-Timing header as {name: ms}, and `method`: how the index ranked."""
+    found: dict = {}
+    for part in response.headers.get("server-timing", "").split(","):
+        name, _, rest = part.strip().partition(";dur=")
+        if rest:
+            dur, _, desc = rest.partition(";desc=")
+            found[name] = float(dur)
+            if desc:
+                found["method"] = desc.strip('"')
+    return found
 
 
 def _client(target: Target, index: int, rec: _Recorder, start: float, deadline: float,
@@ -161,8 +232,8 @@ def _client(target: Target, index: int, rec: _Recorder, start: float, deadline: 
             kind = rng.choices(names, weights)[0]
             if kind == "search":
                 sample = _timed(client, "search", start, lambda body: _check_search(target, body), "POST",
-                                f"/api/captures/{target.capture}/search", params={"top": 20},
-                                files={"photos": ("reference.jpg", target.photo, "image/jpeg")})
+                                target.search_path, params=target.search_params,
+                                files={"photos": ("reference.jpg", target.search_photo(), "image/jpeg")})
             elif kind == "faces":
                 filters = rng.choice(FACE_FILTERS)
                 total = target.totals[_filter_key(filters)]
@@ -302,10 +373,19 @@ def _stats(group: list[Sample], elapsed: float) -> dict:
     ms = sorted(s.seconds * 1000 for s in group)
     errors = [s.error for s in group if s.error is not None]
     samples = list(dict.fromkeys(errors))[:3]
-    return {"count": len(group), "errors": len(errors), "error_samples": samples,
-            "p50_ms": round(percentile(ms, 50), 1), "p90_ms": round(percentile(ms, 90), 1),
-            "p99_ms": round(percentile(ms, 99), 1), "max_ms": round(ms[-1], 1) if ms else math.nan,
-            "per_s": round(len(group) / elapsed, 2) if elapsed > 0 else math.nan}
+    stats = {"count": len(group), "errors": len(errors), "error_samples": samples,
+             "p50_ms": round(percentile(ms, 50), 1), "p90_ms": round(percentile(ms, 90), 1),
+             "p99_ms": round(percentile(ms, 99), 1), "max_ms": round(ms[-1], 1) if ms else math.nan,
+             "per_s": round(len(group) / elapsed, 2) if elapsed > 0 else math.nan}
+    for part in ("rank", "index"):   # a search's ranking alone, without reading and embedding its photo
+        ms = sorted(getattr(s, f"{part}_ms") for s in group if getattr(s, f"{part}_ms") is not None)
+        if ms:
+            stats.update({f"{part}_p50_ms": round(percentile(ms, 50), 1), f"{part}_p99_ms": round(percentile(ms, 99), 1),
+                          f"{part}_max_ms": round(ms[-1], 1)})
+    methods = [s.method for s in group if s.method]
+    if methods:
+        stats["methods"] = {m: methods.count(m) for m in sorted(set(methods))}
+    return stats
 
 
 def outcome(api: httpx.Client, capture: int, timeout: float, every: float = 0.5) -> dict:
@@ -331,7 +411,9 @@ def stadium(work: Path, megapixels: float, occupancy: float):
 
 
 def run(work: Path, size: float = 100, clients: int = 8, seconds: float = 90, max_requests: int = 50_000,
-        think: float = 0.0, baseline: float = 10, finish_timeout: float = 1800, log=print) -> dict:
+        think: float = 0.0, baseline: float = 10, finish_timeout: float = 1800, faces: int = 0, log=print) -> dict:
+    """`faces`: start from bench/search.py's synthetic library of that many faces (its
+    searches then rank them all, with the listed capture's, while the big one is scanned)."""
     work.mkdir(parents=True, exist_ok=True)
     load_average = {"start": os.getloadavg()}   # anything else running on the machine shows here
     t0 = time.perf_counter()
@@ -342,6 +424,13 @@ def run(work: Path, size: float = 100, clients: int = 8, seconds: float = 90, ma
     photo = small.reference.read_bytes()
     with tempfile.TemporaryDirectory(dir=work, prefix="load-library-") as folder:
         db = Path(folder) / "library.db"
+        if faces:
+            from bench import search
+
+            made = search.library(work, faces)["db"]
+            shutil.copy(made, db)
+            shutil.copy(f"{made}.key", f"{db}.key")
+            before_ids = [c.id for c in Library(str(db)).captures.all()]
         admin, viewer = make_token(db, "admin"), make_token(db, "viewer")
         with Server(db, "--host", LOOPBACK, "--data-dir", work) as server, httpx.Client(base_url=server.url, headers=_auth(admin), timeout=120) as api:
             t = time.perf_counter()
@@ -351,7 +440,14 @@ def run(work: Path, size: float = 100, clients: int = 8, seconds: float = 90, ma
             if listed["state"] != "done":
                 raise RuntimeError(f"the small scan did not finish: {listed}")
             log(f"small capture: {listed['faces']} faces in {time.perf_counter() - t:.0f} s")
-            target = prepare(server.url, viewer, listed["id"], photo)
+            many = {} if not faces else {"search_path": "/api/search",
+                                         "search_params": {"capture": [*before_ids, listed["id"]], "limit": 20}}
+            target = prepare(server.url, viewer, listed["id"], photo, **many)
+            if faces:   # a warm server: the first search loaded the library; its IVF builds in a thread
+                target.variants = photo_variants(photo)
+                warmed = time.perf_counter()
+                index_ready = wait_for_index(target, want="ivf" if faces > EXACT_UP_TO else "exact")
+                log(f"index: {index_ready} {time.perf_counter() - warmed:.0f} s after the first search")
             quiet = None
             if baseline > 0:  # one client of each kind with nothing else running, for scale
                 quiet = drive(target, clients=2, seconds=baseline, max_requests=max_requests, seed=1)
@@ -376,10 +472,12 @@ def run(work: Path, size: float = 100, clients: int = 8, seconds: float = 90, ma
             done = outcome(api, target.scan, finish_timeout, every=2)
             scan_s = time.perf_counter() - scan_started
             log(f"scan {done['state']}: {done['faces']} faces, {scan_s:.0f} s from adding it")
+            server_rss = peak_rss_mb(server.process.pid)
         server_log = server.output()
     problems = [l for l in server_log.splitlines() if "error" in l.lower() or "traceback" in l.lower()]
     config = {"size_mp": size, "clients": clients, "seconds": seconds, "max_requests": max_requests,
-              "think_s": think, "roles": [dict(r) for r in ROLES], "health_every_s": 0.5}
+              "think_s": think, "roles": [dict(r) for r in ROLES], "health_every_s": 0.5,
+              "library_faces": faces, "search": target.search_path, "server_rss_mb": round(server_rss)}
     images = {"listed": image_row(small.width, small.height, faces=listed["faces"]),
               "scanned": image_row(big.width, big.height, planted=big.faces, occupancy=round(big_occupancy(size), 3))}
     return section(config, images, quiet, loaded, before, after, done, scan_s, load_average, problems)
@@ -416,8 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=50_000)
     parser.add_argument("--think", type=float, default=0.0, help="mean pause between a client's requests, s")
     parser.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / "out")
+    parser.add_argument("--faces", type=int, default=0,
+                        help="start from the search benchmark's synthetic library of this many faces")
     args = parser.parse_args(argv)
-    result = run(args.work, args.size, args.clients, args.seconds, args.max_requests, args.think)
+    result = run(args.work, args.size, args.clients, args.seconds, args.max_requests, args.think, faces=args.faces)
     print(json.dumps(result, indent=1, default=float))
     return 0 if result["load"]["errors"] == 0 and result["scan"]["state"] == "done" else 1
 

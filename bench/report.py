@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ def write_report(results: Path, out: Path, plots: Path) -> Path:
     parts.append(_scaling(scaling, plots, out.parent))
     parts.append(_loads(loads))
     parts.append(_privacy(_load(results, "privacy")))
+    parts.append(_search(_load(results, "search")))
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text("\n".join(p for p in parts if p))
     tmp.replace(out)
@@ -104,9 +106,11 @@ def _pct(x: float, digits: int = 1) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f} %"
 
 
-def _load_order(path: Path) -> float:
-    """load.json (100 MP) and load-<size>mp.json, by size."""
-    return 100.0 if path.stem == "load" else float(path.stem.split("-")[1][:-2])
+def _load_order(path: Path) -> tuple[float, int]:
+    """load.json (100 MP), load-<size>mp.json and their -<N>faces runs, by size then faces."""
+    size = re.search(r"-([\d.]+)mp", path.stem)
+    faces = re.search(r"-(\d+)faces", path.stem)
+    return (float(size.group(1)) if size else 100.0, int(faces.group(1)) if faces else 0)
 
 
 def _summary(wider, identity, mosaic, scaling, bigger: list[dict], loads: list[dict], privacy: dict | None = None) -> str:
@@ -317,8 +321,11 @@ def _loads(sections: list[dict]) -> str:
     title = "6. Load: searches and face listings while a scan runs"
     if not sections:
         return f"## {title}\n\nNot run yet.\n"
-    return "\n".join(_load_section(s, title if i == 0 else f"{title} ({s['images']['scanned']['megapixels']} MP)")
-                     for i, s in enumerate(sections))
+    def named(s: dict) -> str:
+        faces = s.get("config", {}).get("library_faces")
+        return (f"{title} ({s['images']['scanned']['megapixels']} MP"
+                + (f", a library of {faces:,} faces beforehand)" if faces else ")"))
+    return "\n".join(_load_section(s, title if i == 0 else named(s)) for i, s in enumerate(sections))
 
 
 def _load_section(section: dict, title: str) -> str:
@@ -341,10 +348,18 @@ def _load_section(section: dict, title: str) -> str:
         f"length and every search's first match are checked against the same request before the load.\n",
         "| endpoint | requests | errors | p50 ms | p90 ms | p99 ms | max ms | per s | p50 / p99 ms, no scan |",
         "|---|---|---|---|---|---|---|---|---|"]
+    faces = section["config"].get("library_faces")
+    if faces:
+        lines.insert(2, f"Here the library held {faces:,} synthetic faces (the search section's) before the scans, and "
+                        f"the searches go to `{section['config']['search']}` over them and the small capture's (not the "
+                        "capture being scanned, whose faces would change the first match).\n")
     for name, e in load["endpoints"].items():
         q = quiet["endpoints"].get(name) if quiet else None
         before = "–" if q is None else f"{q['p50_ms']:.0f} / {q['p99_ms']:.0f}"
-        lines.append(f"| {LOAD_NAMES.get(name, name)} | {e['count']:,} | {e['errors']} | {e['p50_ms']:.0f} "
+        label = LOAD_NAMES.get(name, name)
+        if name == "search" and faces:
+            label = f"search (`POST {section['config']['search']}`, the photo's 64 variants in turn)"
+        lines.append(f"| {label} | {e['count']:,} | {e['errors']} | {e['p50_ms']:.0f} "
                      f"| {e['p90_ms']:.0f} | {e['p99_ms']:.0f} | {e['max_ms']:.0f} | {e['per_s']:.1f} "
                      f"| {before} |")
     samples = [s for e in load["endpoints"].values() for s in e["error_samples"]]
@@ -384,7 +399,19 @@ def _load_section(section: dict, title: str) -> str:
         tails = (f" Face pages: p99 {quiet_pages['p99_ms']:.0f} ms with no scan and two clients, {pages['p99_ms']:.0f} ms "
                  f"under the load, with {load['clients'] // 2} browsing clients that never pause and the scan and "
                  "the searches' workers holding both cores.")
-    lines += ["", f"What it shows: {verdict}; {progress}. " + LOAD_READING.format(pace=pace, tails=tails), ""]
+    ranking = ""
+    if search and "rank_p50_ms" in search:
+        q = quiet["endpoints"].get("search", {}) if quiet else {}
+        ranking = (f" Of a search, the ranking alone (its `Server-Timing`: the index, the faces read, the audit row) "
+                   f"took p50 {search['rank_p50_ms']} / p99 {search['rank_p99_ms']} ms under the load"
+                   + (f" ({q['rank_p50_ms']} / {q['rank_p99_ms']} ms with no scan)" if "rank_p50_ms" in q else "")
+                   + (f", of which the index p50 {search['index_p50_ms']} / p99 {search['index_p99_ms']} ms"
+                      if "index_p50_ms" in search else "")
+                   + (f" ({', '.join(f'{n} {m}' for m, n in search['methods'].items())})" if search.get("methods") else "")
+                   + "; the rest is reading and embedding the photo.")
+    if section["config"].get("server_rss_mb"):
+        ranking += f" The server's peak memory: {section['config']['server_rss_mb']:,} MB."
+    lines += ["", f"What it shows: {verdict}; {progress}. " + LOAD_READING.format(pace=pace, tails=tails) + ranking, ""]
     return "\n".join(lines)
 
 
@@ -423,4 +450,48 @@ def _privacy(section) -> str:
         "native rows, so the band in memory is no wider than the native pass's. Faces seen only at the blur point "
         "are stored as boxes, never described, so the describe stage costs what it did.\n",
     ]
+    return "\n".join(lines)
+
+
+def _search(section) -> str:
+    title = "8. Search: one person among 10^4 to 10^6 faces"
+    if (msg := _ran(section, title)):
+        return msg
+    rows = section["rows"]
+    lines = [
+        f"## {title}\n",
+        f"`{section['command']}` ({section['seconds']:.0f} s). Synthetic libraries made through the library's own "
+        f"writes ({section['capture']:,} faces a capture, templates sealed in blocks as a scan leaves them): "
+        f"identity clusters of {section['views']} views a person in {section['dim']}-d. {section['queries']} queries, "
+        f"top {section['top']}, each a fresh view of a stored person; recall against an exact float32 ranking of the "
+        "original vectors (*person*: the person's own faces among the first five). **Warm**: the service's path "
+        "(`audited_rank` over a `LibraryIndex` loaded once; includes reading the 20 faces and the audit row; RSS is "
+        "the process's peak, the IVF's build included). **Cold**: `gigaface find`'s path less the photo (open, load "
+        f"every block into a one-shot index, rank, audit). Exact search up to {section['exact_up_to']:,} faces, IVF "
+        "beyond; *other* is the same with the other method forced at that size.\n",
+        "| faces | index | warm p50 / p99 ms | recall@1 / @10 / person | RSS MB | load s | IVF build s | cold s "
+        "| cold RSS MB | `find` s (+ over the smallest) | other | other p50 / p99 ms | other recall@1 / @10 / person "
+        "| other RSS MB | load average |",
+        "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---|",
+    ]
+    for r in rows:
+        o = r.get("other")
+        build = r["ivf_build_s"] if r["index"] == "ivf" else (o or {}).get("ivf_build_s")
+        lines.append(
+            f"| {r['faces']:,} | {r['index']} | {r['p50_ms']:.1f} / {r['p99_ms']:.1f} | "
+            f"{r['recall_at_1']:.2f} / {r['recall_at_10']:.3f} / {r['recall_of_person']:.2f} | {r['rss_mb']} | "
+            f"{r['load_s']:.2f} | {_num(build, '{:.0f}')} | {r['cold_s']:.2f} | {r['cold_rss_mb']} | "
+            f"{_num(r.get('cli_s'), '{:.2f}')} (+{_num(r.get('cli_beyond_smallest_s'), '{:.2f}')}) | "
+            + (f"{o['index']} | {o['p50_ms']:.1f} / {o['p99_ms']:.1f} | {o['recall_at_1']:.2f} / {o['recall_at_10']:.3f} / "
+               f"{o['recall_of_person']:.2f} | {o['rss_mb']} |" if o else "– | – | – | – |")
+            + f" {', '.join(f'{x:.1f}' for x in r['load_average'])} |")
+    est = section.get("estimate_1e7")
+    if est:
+        lines.append(
+            f"\n**10^7 faces, estimated** from {est['from_faces']:,} (linear in the faces, the IVF build by N^1.5): "
+            f"templates {est['templates_mb']:,} MB in memory, a service of ~{est['rss_mb']:,} MB, "
+            f"{est['sealed_mb']:,} MB sealed in the file, cold `find` ~{est['cold_s']} s"
+            + (f", exact p50 ~{est['exact_p50_ms']:.0f} ms" if est.get("exact_p50_ms") else "")
+            + (f"; IVF built in ~{est['ivf_build_s'] / 60:.0f} min, p50 ~{est['ivf_p50_ms']} ms" if est.get("ivf_build_s") else "")
+            + ". Beyond ~3x10^6 faces the float16 templates alone pass 1 GB.\n")
     return "\n".join(lines)

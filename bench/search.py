@@ -1,26 +1,34 @@
-"""Search: one person among 10^4 .. 10^6 faces, embeddings sealed in blocks.
+"""Search: one person among 10^4 .. 10^6 faces of a real library file, templates sealed in blocks.
 
     python -m bench --sections search --search-sizes 10000,100000,1000000
-    python -m bench.search --faces 100000          # one size, printed as JSON, no results file
+    python -m bench.search --faces 100000 --measure warm    # one measurement, printed as JSON
 
-A synthetic library per size, cached under --work: identity clusters (VIEWS noisy views of
-random unit centres in 128-d, so a query has true neighbours to find, as a person's
-faces across a season would), faces in blocks of BLOCK sealed with AES-256-GCM
-(library/sealed_blocks.py) in one file, and, beyond the exact-search size, the HNSW
-graph of the "well-kept library", sealed beside it. The exact top 10 of each query,
-computed in float32 from the original vectors, is kept with it.
+A synthetic library per size, made once under --work through the library's own writes
+(`captures.create`, `faces.replace`, `faces.save_descriptions` in describe-sized batches,
+`captures.set_stage("done")`, so the blocks are sealed, merged and packed as a scan leaves
+them): identity clusters (VIEWS noisy views of random unit centres in 128-d, so a query
+has true neighbours to find, as a person's faces across a season would), CAPTURE faces a
+capture. The exact top 10 of each query, computed in float32 from the original vectors,
+is kept beside it.
 
-Each size is measured in a fresh process (so `rss_mb`, its VmHWM, is its own): `cold_s` is
-reading and unsealing the file, building the index and the first query; then 100 queries
-warm. In this phase the file stands in for the library; the lead wires it to library.db.
+Each measurement runs in a fresh process, so `rss_mb` (its VmHWM) is its own:
+- cold: `gigaface find`'s path without the photo: open the library, load its blocks into
+  a one-shot index, rank the first query, read its 20 faces, audit it (`cold_s`); and the
+  real command with a photo (`cli_s`, and what it takes beyond the smallest library's);
+- warm: the service's path: a `LibraryIndex` loaded once (`load_s`, and the IVF build in
+  its own thread beyond EXACT_UP_TO, `ivf_build_s`), then 100 queries through
+  `audited_rank` (p50/p99, recall against float32 exact search);
+- other (from 10^5 faces): the same with the other method forced (IVF where the policy
+  is exact, exact where it is IVF), so the choice of EXACT_UP_TO rests on both measured
+  side by side at each size.
+The 10^7 row is an estimate from the largest measured size (see `estimate`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import secrets
-import struct
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,20 +37,25 @@ from pathlib import Path
 
 import numpy as np
 
-from gigaface.library.sealed_blocks import Block, seal_block, unseal_block
-from gigaface.library.sealing import LibraryKey
-from gigaface.process import peak_rss_mb
-from gigaface.search_index import EmbeddingIndex
+from bench.harness import run_cli
+from gigaface.engine.detections import Detections
+from gigaface.engine.frames import Frame
+from gigaface.library.records import CaptureRecord
+from gigaface.library.store import Library
+from gigaface.process import configure_process, peak_rss_mb
+from gigaface.references import Reference
+from gigaface.search import audited_rank
+from gigaface.search_index import EXACT_UP_TO, LibraryIndex
 
 HERE = Path(__file__).resolve().parent
 DIM = 128
 VIEWS = 5
 NOISE = 0.03        # per dimension: two views of one person lie ~0.48 apart, as dlib's do
-BLOCK = 4096
-BLOCKS_PER_CAPTURE = 8
+CAPTURE = 32_768    # faces a capture: a full stadium
+BATCH = 512         # faces a describe commit (the scan's are smaller; this keeps 10^6 to minutes)
 QUERIES = 100
-_RECORD = struct.Struct("<qqQ")   # block id, capture id, sealed bytes
-GRAPH_PURPOSE = b"face-graph"
+TOP = 20
+IVF_FROM = 100_000  # sizes at which the IVF is measured beside exact search
 
 
 def identity_clusters(faces: int, views: int = VIEWS, queries: int = QUERIES, seed: int = 0,
@@ -59,7 +72,7 @@ def identity_clusters(faces: int, views: int = VIEWS, queries: int = QUERIES, se
 
 
 def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> np.ndarray:
-    """Row numbers (= face id - 1) of each query's k nearest, in float32; ties to the lower."""
+    """Row numbers of each query's k nearest, in float32; ties to the lower."""
     norms = np.einsum("ij,ij->i", vectors, vectors)
     out = []
     for q in queries:
@@ -70,116 +83,185 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> np.ndarr
     return np.array(out)
 
 
+def add_capture(library: Library, key: str, vectors: np.ndarray, batch: int = BATCH) -> CaptureRecord:
+    """A capture of len(vectors) synthetic faces in a grid, described (templates given, no
+    crops) in batches as a scan would, and finished."""
+    n = len(vectors)
+    side = int(np.ceil(np.sqrt(max(n, 1))))
+    frame = Frame(f"/synthetic/{key}.jpg", 0, 0, side * 50, side * 50)
+    capture = library.captures.create(key, frame.path, "image", frame.width, frame.height, [frame], {})
+    xy = np.stack([np.arange(n) % side, np.arange(n) // side], axis=1).astype(np.float32) * 50
+    boxes = np.concatenate([xy, xy + 40], axis=1)
+    landmarks = np.repeat((xy + 20)[:, None, :], 5, axis=1)
+    library.faces.replace(capture.id, np.zeros(n, np.int64), Detections(boxes, np.full(n, 0.9, np.float32), landmarks))
+    ids = [r[0] for r in library.db.execute("SELECT id FROM faces WHERE capture_id = ? ORDER BY id", (capture.id,))]
+    for s in range(0, n, batch):
+        library.faces.save_descriptions([(i, {"size": 40.0}, v, None)
+                                         for i, v in zip(ids[s:s + batch], vectors[s:s + batch])])
+    library.captures.set_stage(capture.id, "done")
+    return library.captures.get(capture.id)
+
+
+def person(query: np.ndarray) -> list[Reference]:
+    """A query as the reference a photo would have given."""
+    return [Reference("query", np.asarray(query, np.float32), (0.0, 0.0, 1.0, 1.0), 1)]
+
+
 def paths(work: Path, faces: int) -> dict[str, Path]:
     stem = work / f"search-{faces}"
-    return {s: Path(f"{stem}.{s}") for s in ("blocks", "key", "graph", "npz", "json")}
-
-
-def _write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
+    return {"db": Path(f"{stem}.db"), "npz": Path(f"{stem}.npz"), "json": Path(f"{stem}.json")}
 
 
 def library(work: Path, faces: int) -> dict[str, Path]:
-    """The cached synthetic library of `faces` faces, made when missing."""
+    """The cached synthetic library of `faces` faces, made when missing (atomically: made
+    aside, renamed into place, so an interrupted build leaves nothing half made)."""
     p = paths(work, faces)
     if p["json"].exists():
         return p
     work.mkdir(parents=True, exist_ok=True)
     vectors, queries = identity_clusters(faces)
-    key = LibraryKey(secrets.token_bytes(32), str(p["key"]))
-    _write(p["key"], lambda f: f.write(key.secret))
-    blocks = [Block(b + 1, b // BLOCKS_PER_CAPTURE + 1, np.arange(s, min(s + BLOCK, faces), dtype=np.int64) + 1,
-                    vectors[s:s + BLOCK].astype(np.float16)) for b, s in enumerate(range(0, faces, BLOCK))]
-    started = time.perf_counter()
-    sealed = [seal_block(key, b) for b in blocks]
-    seal_s = time.perf_counter() - started
-
-    def write_blocks(f):
-        for b, s in zip(blocks, sealed):
-            f.write(_RECORD.pack(b.id, b.capture, len(s)))
-            f.write(s)
-    _write(p["blocks"], write_blocks)
-    mb = sum(map(len, sealed)) / 1e6
-    meta = {"faces": faces, "blocks": len(blocks), "sealed_mb": round(mb, 1), "seal_mb_s": round(mb / seal_s)}
-    index = EmbeddingIndex()
-    for b in blocks:
-        index.add_block(b)
-    if index.wants_ann():
+    aside = Path(tempfile.mkdtemp(dir=work, prefix=f"search-{faces}-"))
+    try:
+        db = aside / "library.db"
+        lib = Library(str(db), create=True)
         started = time.perf_counter()
-        index.build_ann()
-        meta["graph_build_s"] = round(time.perf_counter() - started, 1)
-        graph = key.seal(index.ann_bytes(), GRAPH_PURPOSE)
-        _write(p["graph"], lambda f: f.write(graph))
-        meta["graph_mb"] = round(len(graph) / 1e6, 1)
-    del index
-    np.savez(p["npz"], queries=queries, truth=exact_top(vectors, queries) + 1)
-    _write(p["json"], lambda f: f.write(json.dumps(meta).encode()))
+        for c, s in enumerate(range(0, faces, CAPTURE)):
+            add_capture(lib, f"synthetic-{c}", vectors[s:s + CAPTURE])
+        build_s = time.perf_counter() - started
+        ids = np.array([r[0] for r in lib.db.execute("SELECT id FROM faces ORDER BY id")], np.int64)
+        blocks = lib.db.execute("SELECT COUNT(*), SUM(LENGTH(sealed)) FROM face_blocks").fetchone()
+        lib.flush_deleted()
+        lib.close()
+        np.savez(aside / "truth.npz", queries=queries, truth=ids[exact_top(vectors, queries)])
+        meta = {"faces": faces, "build_s": round(build_s, 1), "blocks": blocks[0],
+                "sealed_mb": round(blocks[1] / 1e6, 1), "file_mb": round(os.path.getsize(db) / 1e6, 1)}
+        for name in ("", "-wal", "-shm"):
+            if os.path.exists(f"{db}{name}"):
+                os.replace(f"{db}{name}", f"{p['db']}{name}")
+        os.replace(f"{db}.key", f"{p['db']}.key")
+        os.replace(aside / "truth.npz", p["npz"])
+        p["json"].write_text(json.dumps(meta))
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
     return p
 
 
-def open_index(p: dict[str, Path], key: LibraryKey) -> tuple[EmbeddingIndex, float]:
-    """The cold path: the sealed graph (when there is one), then each sealed block, one AES
-    call each, streamed from the file. Returns the index and the unsealing MB/s."""
-    index, sealed_bytes, aes_s = EmbeddingIndex(), 0, 0.0
-    if p["graph"].exists():
-        started = time.perf_counter()
-        sealed = p["graph"].read_bytes()
-        plain = key.unseal(sealed, GRAPH_PURPOSE)
-        aes_s, sealed_bytes = time.perf_counter() - started, len(sealed)
-        del sealed
-        index.load_ann(plain)
-        del plain
-    with open(p["blocks"], "rb") as f:
-        while head := f.read(_RECORD.size):
-            block_id, capture, size = _RECORD.unpack(head)
-            sealed = f.read(size)
-            started = time.perf_counter()
-            block = unseal_block(key, sealed, block_id, capture)
-            aes_s += time.perf_counter() - started
-            sealed_bytes += size
-            index.add_block(block)
-    return index, sealed_bytes / 1e6 / max(aes_s, 1e-9)
+def _recall(found: list[np.ndarray], truth: np.ndarray) -> dict:
+    return {"recall_at_1": float(np.mean([len(f) > 0 and f[0] == t[0] for f, t in zip(found, truth)])),
+            "recall_at_10": float(np.mean([len(set(f[:10]) & set(t)) / 10 for f, t in zip(found, truth)])),
+            # The person's own faces: the VIEWS nearest, all under the match threshold.
+            "recall_of_person": float(np.mean([len(set(f[:VIEWS]) & set(t[:VIEWS])) / VIEWS
+                                               for f, t in zip(found, truth)]))}
 
 
-def measure(work: Path, faces: int) -> dict:
-    """One size, in this process (call it in a fresh one for a clean rss_mb)."""
+def _timings(ms: list[float]) -> dict:
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+
+
+def measure(work: Path, faces: int, how: str) -> dict:
+    """One measurement in this process (call it in a fresh one for a clean rss_mb)."""
+    configure_process()
     p = library(work, faces)
-    meta = json.loads(p["json"].read_text())
     saved = np.load(p["npz"])
     queries, truth = saved["queries"], saved["truth"]
-    key = LibraryKey(p["key"].read_bytes(), str(p["key"]))
-    started = time.perf_counter()
-    index, unseal_mb_s = open_index(p, key)
-    first = index.search(queries[0], limit=20)
-    cold = time.perf_counter() - started
-    times, found = [], []
-    for q in queries:
-        # A fresh array each time, as a new request's would be: no paging cache hit.
-        q = np.array(q)
+    if how == "cold":
         started = time.perf_counter()
-        hits = index.search(q, limit=20)
-        times.append(time.perf_counter() - started)
-        found.append(hits.ids[:10])
-    ms = np.array(times) * 1000
-    return {"faces": faces, "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2), "cold_s": round(cold, 2),
-            "rss_mb": round(peak_rss_mb()), "recall_at_1": float(np.mean([f[0] == t[0] for f, t in zip(found, truth)])),
-            "recall_at_10": float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])),
-            "index": first.method, "unseal_mb_s": round(unseal_mb_s), **{k: v for k, v in meta.items() if k != "faces"}}
+        lib = Library(str(p["db"]))
+        first = audited_rank(lib, person(queries[0]), None, "bench", top=TOP)
+        return {"cold_s": round(time.perf_counter() - started, 3), "cold_rss_mb": round(peak_rss_mb()),
+                "cold_index": first.method}
+    lib = Library(str(p["db"]))
+    # The service's index: at this size as the library's policy has it (warm), or with the
+    # other method forced, to compare them at one size.
+    policy = {"warm": EXACT_UP_TO, "ivf": 0, "exact": 10**12}[how]
+    warm = LibraryIndex(str(p["db"]), exact_up_to=policy)
+    started = time.perf_counter()
+    warm.synced(lib)
+    load_s = time.perf_counter() - started
+    warm.wait()
+    built = time.perf_counter() - started - load_s
+    extra = {"load_s": round(load_s, 2), "ivf_build_s": round(built, 1) if warm.index.method == "ivf" else None}
+    times, found, method = [], [], None
+    for q in queries:
+        q = np.array(q)   # a fresh array each time, as a new request's would be
+        started = time.perf_counter()
+        got = audited_rank(lib, person(q), None, "bench", top=TOP, index=warm)
+        times.append((time.perf_counter() - started) * 1000)
+        method = got.method
+        found.append(np.array([m.face.id for m in got[:10]]))
+    return {**_timings(times), **_recall(found, truth), "rss_mb": round(peak_rss_mb()), "index": method, **extra}
+
+
+def cli_seconds(work: Path, faces: int, runs: int = 2) -> float:
+    """The real `gigaface find LIBRARY --photo PHOTO --json`, wall clock, best of `runs`;
+    the photo is skimage's astronaut (her face is no one in the library)."""
+    import cv2
+    import skimage.data
+
+    photo = work / "search-photo.jpg"
+    if not photo.exists():
+        cv2.imwrite(str(photo), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        done = run_cli("find", paths(work, faces)["db"], "--photo", photo, "--json",
+                       "--sheet", work / "search-matches.png", timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"gigaface find failed: {done.stderr[-1000:]}")
+        best = min(best, time.perf_counter() - started)
+    return round(best, 2)
+
+
+def _run(work: Path, faces: int, how: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "bench.search", "--faces", str(faces), "--work", str(work),
+                           "--measure", how], cwd=HERE.parent, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.search --faces {faces} --measure {how} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run(work: Path, sizes: list[int]) -> dict:
     rows = []
     for faces in sizes:
-        library(work, faces)   # made here, so the measured process only opens it
-        done = subprocess.run([sys.executable, "-m", "bench.search", "--faces", str(faces), "--work", str(work)],
-                              cwd=HERE.parent, capture_output=True, text=True, check=True)
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(f"search: {rows[-1]}", flush=True)
-    return {"rows": rows, "dim": DIM, "views": VIEWS, "noise": NOISE, "block": BLOCK, "queries": QUERIES}
+        p = library(work, faces)   # made here, so the measured processes only open it
+        row = {"faces": faces, **_run(work, faces, "warm"), **_run(work, faces, "cold"),
+               "cli_s": cli_seconds(work, faces), "load_average": [round(x, 2) for x in os.getloadavg()]}
+        if faces >= IVF_FROM:   # the other method at this size, for the choice of EXACT_UP_TO
+            other = _run(work, faces, "ivf" if row["index"] == "exact" else "exact")
+            row["other"] = {k: other[k] for k in ("index", "p50_ms", "p99_ms", "recall_at_1", "recall_at_10",
+                                                  "recall_of_person", "rss_mb", "load_s", "ivf_build_s")}
+        row["library"] = json.loads(p["json"].read_text())
+        rows.append(row)
+        print(f"search: {row}", flush=True)
+    for row in rows:   # what the library's size adds to the command, over the smallest measured
+        row["cli_beyond_smallest_s"] = round(row["cli_s"] - rows[0]["cli_s"], 2)
+    return {"rows": rows, "estimate_1e7": estimate(rows), "exact_up_to": EXACT_UP_TO, "dim": DIM, "views": VIEWS,
+            "noise": NOISE, "capture": CAPTURE, "queries": QUERIES, "top": TOP, "cores": os.cpu_count()}
+
+
+def estimate(rows: list[dict], faces: int = 10_000_000) -> dict | None:
+    """10^7 faces from the largest size measured: the exact scan and the memory grow with
+    the faces (the templates are 256 bytes each), the IVF build with the faces times the
+    lists' square-root growth (training and assignment both compare each face with every
+    list's centre)."""
+    if not rows:
+        return None
+    top = max(rows, key=lambda r: r["faces"])
+    n, scale = top["faces"], faces / top["faces"]
+    out = {"from_faces": n, "faces": faces,
+           "templates_mb": round(faces * (2 * DIM + 8) / 1e6),
+           "rss_mb": round(top["rss_mb"] + (scale - 1) * n * (2 * DIM + 8) / 1e6),
+           "library_build_s": round(top["library"]["build_s"] * scale),
+           "sealed_mb": round(top["library"]["sealed_mb"] * scale),
+           "cold_s": round(top["cold_s"] * scale, 1)}
+    ivf = top if top["index"] == "ivf" else top.get("other")
+    if ivf and ivf.get("ivf_build_s"):
+        out["ivf_build_s"] = round(ivf["ivf_build_s"] * scale * np.sqrt(scale))
+        out["ivf_p50_ms"] = round(ivf["p50_ms"] * np.sqrt(scale), 2)   # a 16th of the lists, each sqrt(N) long
+    exact = top if top["index"] == "exact" else top.get("other")
+    if exact:
+        out["exact_p50_ms"] = round(exact["p50_ms"] * scale, 1)
+    return out
 
 
 def main() -> None:
@@ -187,8 +269,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faces", type=int, required=True)
     parser.add_argument("--work", type=Path, default=HERE / "out")
+    parser.add_argument("--measure", choices=("warm", "cold", "ivf", "exact"), default="warm")
     args = parser.parse_args()
-    print(json.dumps(measure(args.work, args.faces)))
+    print(json.dumps(measure(args.work, args.faces, args.measure)))
 
 
 if __name__ == "__main__":

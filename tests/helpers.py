@@ -106,3 +106,20 @@ def drop_column(con, table: str, column: str) -> None:
     con.execute(f"INSERT INTO {table} ({', '.join(kept)}) SELECT {', '.join(kept)} FROM {table}_before")
     con.execute(f"DROP TABLE {table}_before")
     con.execute("PRAGMA legacy_alter_table = OFF")
+
+
+def as_schema_4(con, key) -> None:
+    """Make a library as gigaface made it before templates were sealed in blocks: each face's
+    own sealed float32 template in `faces.embedding`, no face_blocks (for migration tests)."""
+    from gigaface.library.sealed_blocks import unseal_block
+
+    templates = []
+    for block_id, capture_id, sealed in con.execute("SELECT id, capture_id, sealed FROM face_blocks").fetchall():
+        block = unseal_block(key, sealed, block_id, capture_id)
+        templates += [(key.seal(v.astype("float32").tobytes()), int(i)) for i, v in zip(block.ids, block.vectors)]
+    con.execute("ALTER TABLE faces ADD COLUMN embedding BLOB")
+    con.executemany("UPDATE faces SET embedding = ? WHERE id = ?", templates)
+    con.execute("ALTER TABLE faces DROP COLUMN block")
+    con.execute("DROP TABLE face_blocks")
+    con.execute("DELETE FROM sqlite_sequence WHERE name = 'face_blocks'")
+    con.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")

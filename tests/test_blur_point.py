@@ -21,7 +21,7 @@ from gigaface.service.worker import run_job
 from gigaface.engine.plan import settings_for
 from gigaface.engine.merge import merge
 from bench.harness import run_cli
-from tests.helpers import astronaut, crowd, drop_column, expected_box, iou, read_image, write_image
+from tests.helpers import as_schema_4, astronaut, crowd, drop_column, expected_box, iou, read_image, write_image
 
 
 BIG = [(150, 150, 70), (450, 200, 90), (800, 160, 60)]
@@ -58,7 +58,7 @@ def test_scan_lists_the_big_faces_and_stores_the_tiny_ones(tiny_crowd):
 def test_unlisted_faces_are_boxes_only(tiny_crowd):
     _, _, db, summary = tiny_crowd
     rows = sqlite3.connect(db).execute(
-        "SELECT listed, embedding IS NULL, crop IS NULL, quality IS NULL, described FROM faces").fetchall()
+        "SELECT listed, block IS NULL, crop IS NULL, quality IS NULL, described FROM faces").fetchall()
     unlisted = [r for r in rows if not r[0]]
     assert len(unlisted) == summary["stored"] - summary["faces"] >= len(TINY)
     assert all(r[1:] == (1, 1, 1, 0) for r in unlisted)  # no embedding, crop, quality: never described
@@ -163,8 +163,9 @@ def test_a_library_from_before_the_blur_point_has_every_face_listed(tiny_crowd, 
     shutil.copy(db, copy)
     shutil.copy(str(db) + ".key", str(copy) + ".key")
     con = sqlite3.connect(copy, isolation_level=None)
-    # The library as schema 3 made it: no listed column, no audit chain.
+    # The library as schema 3 made it: templates a face at a time, no listed column, no audit chain.
     drop_column(con, "faces", "listed")
+    as_schema_4(con, Library(str(db)).key())
     con.executescript("ALTER TABLE searches DROP COLUMN chain;"
                       " DELETE FROM meta WHERE key = 'audit_head'; UPDATE meta SET value = '3' WHERE key = 'schema';")
     total = con.execute("SELECT COUNT(*) FROM faces").fetchone()[0]

@@ -19,7 +19,7 @@ from gigaface.errors import GigafaceError
 from gigaface.library.store import Library
 from bench.harness import run_cli
 from tests.conftest import shared_data
-from tests.helpers import drop_column, iou, read_image
+from tests.helpers import as_schema_4, drop_column, iou, read_image
 
 
 @pytest.fixture
@@ -70,11 +70,14 @@ def test_embeddings_are_sealed_in_the_file(lib):
     library = Library(str(db))
     ids, vectors = library.faces.embeddings()
     assert len(ids) > 20
-    raw = dict(sqlite3.connect(db).execute("SELECT id, embedding FROM faces WHERE embedding IS NOT NULL"))
-    for face_id, vector in zip(ids[:20], vectors[:20]):
-        sealed = raw[int(face_id)]
-        assert len(sealed) == 128 * 4 + 12 + 16  # nonce + ciphertext + tag
-        assert vector.tobytes() not in sealed and vector.tobytes()[:16] not in sealed
+    blocks = sqlite3.connect(db).execute("SELECT faces, sealed FROM face_blocks").fetchall()
+    assert sum(n for n, _ in blocks) == len(ids)
+    for n, sealed in blocks:  # header, ids, float16 matrix; nonce and tag
+        assert len(sealed) == 12 + n * (8 + 128 * 2) + 12 + 16
+    stored = vectors.astype(np.float16)
+    for vector in stored[:20]:
+        assert not any(vector.tobytes()[:16] in sealed for _, sealed in blocks)
+    assert not any(ids[:4].astype("<i8").tobytes() in sealed for _, sealed in blocks)
 
 
 def test_without_the_key_a_library_lists_but_does_not_search(lib, tmp_path):
@@ -115,6 +118,8 @@ def test_an_older_library_is_migrated_and_its_embeddings_sealed(lib):
     # Turn the copy back into a schema-2 library: plain embeddings and crops, no governance tables.
     key = Library(str(db)).key()
     con = sqlite3.connect(db, isolation_level=None)
+    drop_column(con, "faces", "listed")
+    as_schema_4(con, key)
     con.executescript("DROP TABLE consents; DROP TABLE searches; ALTER TABLE faces DROP COLUMN erased;"
                       " ALTER TABLE captures DROP COLUMN expires_at;"
                       " DELETE FROM meta WHERE key IN ('key_check', 'retention_days', 'audit_head');"
@@ -123,14 +128,13 @@ def test_an_older_library_is_migrated_and_its_embeddings_sealed(lib):
                     [(key.unseal(blob), i) for i, blob in con.execute("SELECT id, embedding FROM faces"
                                                                       " WHERE embedding IS NOT NULL").fetchall()])
     crops = _unseal_crops(con, key)
-    drop_column(con, "faces", "listed")
     con.close()
     migrated = Library(str(db))
     again_ids, again = migrated.faces.embeddings()
     assert np.array_equal(ids, again_ids) and np.array_equal(vectors, again)
     assert migrated.captures.all()[0].expires_at > time.time() + 29 * 86400  # dated from the migration
-    sealed = sqlite3.connect(db).execute("SELECT embedding FROM faces WHERE id = ?", (int(ids[0]),)).fetchone()[0]
-    assert vectors[0].tobytes() not in sealed
+    on_disk = b"".join(Path(str(db) + s).read_bytes() for s in ("", "-wal") if os.path.exists(str(db) + s))
+    assert vectors[0].tobytes()[:64] not in on_disk and vectors[0].astype(np.float16).tobytes()[:32] not in on_disk
     assert all(migrated.faces.crop(i) == c for i, c in crops.items())  # sealed once, not twice
     assert migrated.audit.log().verdict.ok
 
@@ -144,6 +148,7 @@ def _as_schema_3(db) -> tuple[dict[int, bytes], int]:
     crops = _unseal_crops(con, key)
     con.execute("ALTER TABLE searches DROP COLUMN chain")
     drop_column(con, "faces", "listed")
+    as_schema_4(con, key)
     con.execute("DELETE FROM meta WHERE key = 'audit_head'")
     con.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
     con.execute("COMMIT")
@@ -159,7 +164,7 @@ def test_a_schema_3_library_gets_its_crops_sealed_and_its_log_chained(lib):
     crops, rows = _as_schema_3(db)
     assert rows == 1 and all(c.startswith(b"\xff\xd8") for c in crops.values())  # plain JPEGs, as schema 3 had
     migrated = Library(str(db))
-    assert migrated.meta("schema") == "4"
+    assert migrated.meta("schema") == "5"
     # What a copy taken now holds (the library still open, as a running service keeps it):
     # no plain crop, neither in the main file's old pages nor in the WAL.
     on_disk = b"".join(Path(str(db) + s).read_bytes() for s in ("", "-wal") if os.path.exists(str(db) + s))
@@ -184,7 +189,7 @@ def test_a_schema_3_library_without_its_key_is_not_half_migrated(lib, tmp_path):
     assert dict(con.execute("SELECT id, crop FROM faces WHERE crop IS NOT NULL")) == crops
     con.close()
     assert "stadium.jpg" in ok("--key-file", tmp_path / "apart.key", "captures", db)
-    assert Library(str(db)).meta("schema") == "4"
+    assert Library(str(db)).meta("schema") == "5"
 
 
 # --- crops are biometric too ----------------------------------------------------------------
@@ -213,7 +218,7 @@ def test_a_copied_library_without_its_key_shows_no_face(tmp_path):
     Library(str(db)).flush_deleted()
     copy = tmp_path / "copied.db"
     shutil.copy(db, copy)  # the file alone, as an attacker would take it
-    rows = sqlite3.connect(copy).execute("SELECT crop, embedding FROM faces").fetchall()
+    rows = sqlite3.connect(copy).execute("SELECT crop, block FROM faces").fetchall()
     assert rows and all(crop for crop, _ in rows)
     for crop, _ in rows:
         assert cv2.imdecode(np.frombuffer(crop, np.uint8), cv2.IMREAD_COLOR) is None
@@ -273,7 +278,8 @@ def test_forget_erases_the_person_everywhere_and_for_good(lib, tmp_path):
     built, db = lib
     target = target_face(built, db)
     ok("consent", "add", db, "--photo", built.reference, "--name", "Eileen")
-    before = sqlite3.connect(db).execute("SELECT embedding, crop FROM faces WHERE id = ?", (target["id"],)).fetchone()
+    before = sqlite3.connect(db).execute("SELECT b.sealed, f.crop, b.id FROM faces f JOIN face_blocks b"
+                                         " ON b.id = f.block WHERE f.id = ?", (target["id"],)).fetchone()
     assert before[0] and before[1]
 
     report = json.loads(ok("forget", db, "--photo", built.reference, "--json"))
@@ -282,9 +288,12 @@ def test_forget_erases_the_person_everywhere_and_for_good(lib, tmp_path):
     assert target["id"] in erased_ids and len(erased_ids) <= 3  # the person, not the crowd
 
     con = sqlite3.connect(db)
-    row = con.execute("SELECT embedding, crop, erased FROM faces WHERE id = ?", (target["id"],)).fetchone()
+    row = con.execute("SELECT block, crop, erased FROM faces WHERE id = ?", (target["id"],)).fetchone()
     assert row == (None, None, 1)
+    # Its block was written again without it, under a new id; the others kept theirs.
+    assert con.execute("SELECT COUNT(*) FROM face_blocks WHERE id = ?", (before[2],)).fetchone()[0] == 0
     con.close()
+    assert target["id"] not in Library(str(db)).faces.embeddings()[0]
     for path in (db, Path(str(db) + "-wal")):  # not lingering in freed pages or the WAL either
         if path.exists():
             data = path.read_bytes()
@@ -356,14 +365,15 @@ def test_forget_dry_run_changes_nothing(lib):
     built, db = lib
     target = target_face(built, db)
     ok("consent", "add", db, "--photo", built.reference, "--name", "Eileen")
-    before = sqlite3.connect(db).execute("SELECT id, embedding, crop, erased FROM faces ORDER BY id").fetchall()
+    state = ("SELECT id, block, crop, erased FROM faces ORDER BY id", "SELECT id, sealed FROM face_blocks ORDER BY id")
+    before = [sqlite3.connect(db).execute(sql).fetchall() for sql in state]
     files = Path(str(db) + ".files") / "capture-1"
     files.mkdir(parents=True, exist_ok=True)
     (files / "pyramid.dzi").write_text("<Image/>")  # as `serve` leaves it: a dry run rebuilds nothing
     report = json.loads(ok("forget", db, "--photo", built.reference, "--dry-run", "--json"))
     assert report["dry_run"] and report["rebuilt"] == []
     assert target["id"] in report["captures"][0]["faces"] and report["consents_removed"] == 1
-    assert sqlite3.connect(db).execute("SELECT id, embedding, crop, erased FROM faces ORDER BY id").fetchall() == before
+    assert [sqlite3.connect(db).execute(sql).fetchall() for sql in state] == before
     assert len(json.loads(ok("consent", "list", db, "--json"))) == 1
     assert (files / "pyramid.dzi").read_text() == "<Image/>"
     assert json.loads(ok("audit", db, "--json"))[-1]["purpose"] == "erasure-dry-run"

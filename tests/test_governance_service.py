@@ -132,6 +132,9 @@ def test_consent_shows_the_person_in_the_export_and_public_view(site):
 def test_forget_blurs_the_person_even_in_the_original_pyramid(site):
     server, target, original = site["server"], site["target"], site["original"]
     assert detail(pyramid_image(site, "pyramid"), target["box"]) > 0.6 * detail(original, target["box"])
+    # A warm server: it has searched, and holds the library's templates and this ranking.
+    before = server.client.post("/api/search", files={"photos": reference(site)["photo"]}).json()
+    assert before["matches"][0]["face_id"] == target["id"]
     r = server.client.post("/api/forget", files={"photos": reference(site)["photo"]})
     assert r.status_code == 200, r.text
     report = r.json()
@@ -142,13 +145,21 @@ def test_forget_blurs_the_person_even_in_the_original_pyramid(site):
     assert server.client.get(f"/api/faces/{target['id']}").json()["erased"] is True
     found = server.client.post("/api/captures/1/search", files={"photos": reference(site)["photo"]}).json()
     assert target["id"] not in [m["face_id"] for m in found["matches"]]
-    assert [e["purpose"] for e in server.client.get("/api/audit").json()["entries"]][-2:] == ["erasure", "search"]
+    everywhere = server.client.post("/api/search", files={"photos": reference(site)["photo"]},
+                                    params={"limit": 1000}).json()
+    assert target["id"] not in [m["face_id"] for m in everywhere["matches"]]
+    assert everywhere["searched"] == before["searched"] - report["faces_erased"]
+    assert [e["purpose"] for e in server.client.get("/api/audit").json()["entries"]][-3:] == \
+        ["erasure", "search", "search"]
 
 
 def test_the_service_purges_expired_captures(site):
     server = site["server"]
+    assert server.client.post("/api/search", files={"photos": reference(site)["photo"]}).json()["searched"] > 20
     Library(str(site["db"])).captures.set_expiry(1, time.time() - 60)
     purged = server.client.post("/api/purge").json()
     assert [p["capture"] for p in purged] == [1] and purged[0]["embeddings"] > 20
     assert server.client.get("/api/captures/1").status_code == 404
+    found = server.client.post("/api/search", files={"photos": reference(site)["photo"]}).json()
+    assert found["searched"] == 0 and found["matches"] == []
     assert not (site["db"].parent / "served.db.files" / "capture-1").exists()

@@ -124,10 +124,11 @@ def test_every_cpu_runtime_scans_the_same_faces(tmp_path):
     assert len(boxes) == 6 and len(vectors) == 6
     for (name, precision), (b, v) in results.items():
         assert b.shape == boxes.shape and np.abs(b - boxes).max() < 1.0, (name, precision)
-        # f32 graphs agree to rounding. In bf16 a box moves by a fraction of a pixel, and the
-        # landmark search starts from the rounded box: a template moves up to ~0.1, far
-        # inside the 0.6 between two photos of one person (bench/report.md: identity).
-        tolerance = 1e-4 if choose(name, precision).precision == "f32" else 0.15
+        # f32 graphs agree to rounding, and the library stores templates in float16 (~1e-4 a
+        # vector). In bf16 a box moves by a fraction of a pixel, and the landmark search
+        # starts from the rounded box: a template moves up to ~0.1, far inside the 0.6
+        # between two photos of one person (bench/report.md: identity).
+        tolerance = 2e-3 if choose(name, precision).precision == "f32" else 0.15
         assert np.linalg.norm(v - vectors, axis=1).max() < tolerance, (name, precision)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from bench.harness import Server, make_token, run_cli
+from bench.load import server_timing
 from tests.helpers import crowd, face_patch, read_image, write_image
 from tests.inprocess import App
 
@@ -187,6 +188,36 @@ def test_search_ranks_the_person_and_keeps_no_photo(site):
     assert [m["rank"] for m in found["matches"]] == [1, 2, 3]
     # the photos were decoded in memory and are gone: nothing new on disk or in /dev/shm
     assert set(glob.glob(ram)) | _files(site["folder"]) == before
+
+
+def test_search_pages_through_one_ranking_of_the_library(site, monkeypatch):
+    api = site["server"].client
+    photo = [("photos", ("me.jpg", photo_bytes(150), "image/jpeg"))]
+    whole = api.post("/api/search", params={"limit": 4}, files=photo)
+    assert whole.status_code == 200, whole.text
+    whole = whole.json()
+    assert whole["searched"] == 4 and [m["rank"] for m in whole["matches"]] == [1, 2, 3, 4]
+    assert {m["capture"] for m in whole["matches"]} == {site["capture"]["id"]}
+    index = site["server"].app.state.service.index.index
+    ranked = []
+    real = index._rank
+    monkeypatch.setattr(index, "_rank", lambda *a, **kw: ranked.append(a[1]) or real(*a, **kw))
+    pages = [api.post("/api/search", params={"offset": o, "limit": 2}, files=photo).json() for o in (0, 2, 4)]
+    assert [m["face_id"] for p in pages for m in p["matches"]] == [m["face_id"] for m in whole["matches"]]
+    assert [m["rank"] for m in pages[1]["matches"]] == [3, 4] and pages[2]["matches"] == []
+    assert ranked == []   # each page sliced from the first search's ranking
+    timed = api.post("/api/search", params={"limit": 1}, files=photo)
+    assert timed.status_code == 200, timed.text
+    timing = server_timing(timed)
+    assert timing["method"] == "exact" and 0 <= timing["index"] <= timing["rank"] and timing["photos"] > 0
+    narrowed = api.post("/api/search", params={"capture": site["capture"]["id"]}, files=photo).json()
+    assert [m["face_id"] for m in narrowed["matches"]] == [m["face_id"] for m in whole["matches"]]
+    assert api.post("/api/search", params={"capture": 987}, files=photo).status_code == 404
+    per_capture = api.post(f"/api/captures/{site['capture']['id']}/search", params={"offset": 2, "limit": 2},
+                           files=photo).json()
+    assert [m["rank"] for m in per_capture["matches"]] == [3, 4]
+    both = api.post(f"/api/captures/{site['capture']['id']}/search", params={"limit": 2, "top": 3}, files=photo)
+    assert both.status_code == 422
 
 
 def test_search_errors(site):

@@ -357,7 +357,7 @@ def test_only_api_js_knows_the_services_addresses(page, view_server, scene):
     page.click("#find-search")
     page.wait_for_selector("#find-results .match", timeout=120_000)
     paths = [u[len(view_server.url):] for u in urls]
-    for needed in ("/api/me", "/api/captures", "/search?top=20", "/crop.jpg", "/faces?offset=0"):
+    for needed in ("/api/me", "/api/captures", "/search?limit=20", "/crop.jpg", "/faces?offset=0"):
         assert any(needed in p for p in paths), f"the page never asked for {needed}"
     assert_only_api_js_addresses(page, view_server.url, urls)
 

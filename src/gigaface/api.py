@@ -3,10 +3,13 @@
     cap = gigaface.scan("crowd.jpg", db="library.db")
     cap.faces                      # every face, as gigaface.Face records
     cap.find("me.jpg")             # ranked gigaface.Match records
+    gigaface.find("library.db", "me.jpg")   # the person in every capture of the library
     cap.anonymise("public.jpg")    # everyone blurred
 """
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +28,7 @@ from gigaface.ingest import ScanResult, scan_path
 from gigaface.search import DEFAULT_MATCH_THRESHOLD, KEEP_MATCH_THRESHOLD, Match, audited_rank
 from gigaface.library.audit_chain import local_user
 from gigaface.references import Reference, reference
+from gigaface.search_index import LibraryIndex
 from gigaface.engine.source import DEFAULT_MAX_PIXELS
 
 PhotoArg = str | Sequence[str]
@@ -52,7 +56,8 @@ class Capture:
 
     def find(self, photo: PhotoArg, top: int | None = None, threshold: float = DEFAULT_MATCH_THRESHOLD) -> list[Match]:
         refs = references([photo] if isinstance(photo, str) else list(photo))
-        return audited_rank(self.library, refs, [self.id], local_user(), top=top, match_threshold=threshold)
+        return audited_rank(self.library, refs, [self.id], local_user(), top=top, match_threshold=threshold,
+                            index=warm_index(self.library))
 
     def anonymise(self, out: str, keep: PhotoArg = (), style: str = "blur",
                   threshold: float = KEEP_MATCH_THRESHOLD) -> int:
@@ -61,6 +66,34 @@ class Capture:
             raise GigafaceError("anonymise one frame at a time for camera-array captures: gigaface blur FRAME")
         return blur_image(self.library, self.record, out, [keep] if isinstance(keep, str) else list(keep),
                           style, threshold)
+
+
+def find(db: str, photo: PhotoArg, captures: Sequence[int] | None = None, top: int | None = 20, offset: int = 0,
+         threshold: float = DEFAULT_MATCH_THRESHOLD) -> list[Match]:
+    """The person in the photo(s) among every capture of the library at `db` (or the given
+    ones): ranks offset+1 .. offset+top. The library's templates stay loaded in this process
+    for the next search (of any Capture of it too)."""
+    configure_process()
+    library = Library(db)
+    for c in captures or ():
+        library.captures.get(c)
+    library.key()  # before the photos are read: a library without its key is never searched
+    refs = references([photo] if isinstance(photo, str) else list(photo))
+    return audited_rank(library, refs, list(captures) if captures else None, local_user(), top=top, offset=offset,
+                        match_threshold=threshold, index=warm_index(library))
+
+
+_warm: dict[str, LibraryIndex] = {}
+_warm_lock = threading.Lock()
+
+
+def warm_index(library: Library) -> LibraryIndex:
+    """This process's index of a library file, shared by every object that opens it."""
+    path = os.path.realpath(library.path)
+    with _warm_lock:
+        if path not in _warm:
+            _warm[path] = LibraryIndex(path)
+        return _warm[path]
 
 
 def references(photos: list[str], detector: CenterFace | None = None) -> list[Reference]:
@@ -79,8 +112,9 @@ def blur_image(library: Library, capture: CaptureRecord, out: str, keep: list[st
     faces = [f for f in library.faces.all(capture.id, include_unlisted=True) if f.frame == index]
     kept = set(consent.revealed(library, capture.id))  # people on the capture's consent list
     for ref in references(keep, detector) if keep else []:  # each photo is a person of its own
-        matches = audited_rank(library, [ref], [capture.id], local_user(), match_threshold=threshold, purpose="keep")
-        kept |= {m.face.id for m in matches if m.match}
+        matches = audited_rank(library, [ref], [capture.id], local_user(), match_threshold=threshold, purpose="keep",
+                               only_matches=True)
+        kept |= {m.face.id for m in matches}
     kept -= {f.id for f in faces if f.erased}
     boxes = [(f.box[0] - frame.x, f.box[1] - frame.y, f.box[2], f.box[3]) for f in faces if f.id not in kept]
     return _anonymise(frame.path, boxes, out, style)

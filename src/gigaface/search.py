@@ -5,7 +5,8 @@ and erasure (who is forgotten) all use `person_embedding` and `distances`.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ from gigaface.library.records import Face
 from gigaface.library.store import Library
 from gigaface.output.contact_sheet import Cell, write_contact_sheet
 from gigaface.references import Reference
+from gigaface.search_index import LibraryIndex, loaded
 
 # Measured in bench/report.md (section 4) on 64 photos of 15 people, faces shrunk to
 # 64/48/32/24 px against full-size references: the largest threshold (0.05 steps) that
@@ -64,27 +66,47 @@ def distances(vectors: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(vectors) - target, axis=-1)
 
 
+class Ranking(list):
+    """Matches in rank order (a list, as it always was), and what a page needs besides:
+    how many faces were ranked in all, and how (exact or ivf)."""
+
+    def __init__(self, matches: Iterable[Match] = (), searched: int = 0, method: str = "exact",
+                 index_ms: float = 0.0):
+        super().__init__(matches)
+        self.searched, self.method = searched, method
+        self.index_ms = index_ms   # in the index (loading or syncing it, and ranking)
+
+
 def rank(library: Library, refs: list[Reference], capture_ids: list[int] | None = None,
-         top: int | None = None, match_threshold: float = DEFAULT_MATCH_THRESHOLD) -> list[Match]:
-    """Faces of the captures ordered by distance to the person (the mean of the references)."""
+         top: int | None = None, match_threshold: float = DEFAULT_MATCH_THRESHOLD, offset: int = 0,
+         index: LibraryIndex | None = None, only_matches: bool = False) -> Ranking:
+    """Faces of the captures (None: all) ordered by distance to the person (the mean of the
+    references): ranks offset+1 .. offset+top, or with `only_matches` every face within
+    `match_threshold`, found exactly (what erasure and `keep` act on). A long-lived
+    process passes its warm `index`; without one the library's blocks are loaded for
+    this search alone."""
     target = person_embedding(refs)
-    ids, vectors = library.faces.embeddings(capture_ids)
-    if not len(ids):
-        return []
-    far = distances(vectors, target)
-    order = np.argsort(far, kind="stable")
-    if top:
-        order = order[:top]
-    faces = {f.id: f for f in library.faces.by_id([int(ids[i]) for i in order])}
-    return [Match(k + 1, faces[int(ids[i])], float(far[i]), bool(far[i] <= match_threshold))
-            for k, i in enumerate(order)]
+    started = time.perf_counter()
+    held = index.synced(library) if index is not None else loaded(library, capture_ids)
+    if only_matches:
+        hits = held.within(target, match_threshold, capture_ids)
+    else:
+        hits = held.search(target, capture_ids, offset=offset, limit=top)
+    index_ms = (time.perf_counter() - started) * 1000
+    faces = {f.id: f for f in library.faces.by_id([int(i) for i in hits.ids])}
+    # A face erased between the ranking and this read is left out, not shown.
+    found = [(int(i), float(d)) for i, d in zip(hits.ids, hits.distances) if int(i) in faces and not faces[int(i)].erased]
+    return Ranking([Match(offset + k + 1, faces[i], d, d <= match_threshold) for k, (i, d) in enumerate(found)],
+                   hits.total, hits.method, index_ms)
 
 
 def audited_rank(library: Library, refs: list[Reference], capture_ids: list[int] | None, who: str,
-                 top: int | None = None, match_threshold: float = DEFAULT_MATCH_THRESHOLD, purpose: str = "search") -> list[Match]:
+                 top: int | None = None, match_threshold: float = DEFAULT_MATCH_THRESHOLD, purpose: str = "search",
+                 offset: int = 0, index: LibraryIndex | None = None, only_matches: bool = False) -> Ranking:
     """`rank`, recorded in the library's audit log: when, who, which captures, a hash of
     the reference embedding and how many results. Every search goes through here."""
-    matches = rank(library, refs, capture_ids, top=top, match_threshold=match_threshold)
+    matches = rank(library, refs, capture_ids, top=top, match_threshold=match_threshold, offset=offset,
+                   index=index, only_matches=only_matches)
     searched = capture_ids if capture_ids is not None else [c.id for c in library.captures.all()]
     library.audit.record_search(who, purpose, searched, person_embedding(refs),
                           len(matches), sum(m.match for m in matches))

@@ -23,7 +23,8 @@ def find(db: str = typer.Argument(..., help="Library file."),
          threshold: float = typer.Option(DEFAULT_MATCH_THRESHOLD, help="Distance at or under which a face is a match."),
          sheet: Optional[str] = typer.Option(None, "--sheet", help="Contact sheet PNG (default: matches.png beside the library)."),
          as_json: bool = typer.Option(False, "--json", help="Print a ranked JSON array.")) -> None:
-    """Rank faces by similarity to the person in the reference photos."""
+    """Rank the faces of every capture (or those given) by similarity to the person in the
+    reference photos."""
     at_least(1, top=top)
     check_match_threshold(threshold)
     sheet_path = output_file(sheet or os.path.join(os.path.dirname(os.path.abspath(db)), "matches.png"),
@@ -46,4 +47,5 @@ def find(db: str = typer.Argument(..., help="Library file."),
         table.add_row(str(m.rank), str(m.face.id), str(m.face.capture), ", ".join(f"{v:.0f}" for v in m.face.box),
                       f"{m.distance:.3f}", "[green]yes" if m.match else "no")
     out.print(table)
-    out.print(f"{sum(m.match for m in matches)} of {len(matches)} under the threshold {threshold}; contact sheet: {sheet_path}")
+    out.print(f"{sum(m.match for m in matches)} of {len(matches)} under the threshold {threshold}"
+              f" ({matches.searched:,} faces searched); contact sheet: {sheet_path}")

@@ -84,6 +84,7 @@ class CaptureStore:
             for table in ("bands_done", "detections"):
                 db.execute(f"DELETE FROM {table} WHERE capture_id = ?", (capture_id,))
             db.execute("DELETE FROM faces WHERE capture_id = ? AND erased = 0", (capture_id,))
+            db.execute("DELETE FROM face_blocks WHERE capture_id = ?", (capture_id,))  # erased faces have none
             db.execute("UPDATE captures SET settings = ?, stage = 'detect', finished_at = NULL,"
                        " elapsed = 0 WHERE id = ?", (json.dumps(settings), capture_id))
         return self.get(capture_id)
@@ -103,7 +104,10 @@ class CaptureStore:
 
     # --- scan progress ----------------------------------------------------------------
     def set_stage(self, capture_id: int, stage: str, elapsed: float | None = None) -> None:
+        """The capture's stage; at 'done', its templates are packed into full blocks first."""
         finished = time.time() if stage == "done" else None
+        if stage == "done":
+            self._lib.faces.pack(capture_id)
         with self._lib.transaction() as db:
             db.execute("UPDATE captures SET stage = ?, finished_at = ? WHERE id = ?", (stage, finished, capture_id))
             if elapsed is not None:

@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gigaface.library import audit_chain
+import numpy as np
+
+from gigaface.library import audit_chain, sealed_blocks
 from gigaface.library.sealing import LibraryKey
 
 APPLICATION = "gigaface"
@@ -21,7 +23,8 @@ DEFAULT_RETENTION_DAYS = 30
 AUDIT_COLUMNS = "id, at, who, purpose, captures, reference_hash, results, matches"
 
 # The scan's own tables, as a new library has them (schema 1 had them without the columns
-# that the steps below add).
+# that the steps below add, and schemas 1-4 kept each face's template in its own
+# `faces.embedding`, which step 4 packs into face_blocks and drops).
 CORE = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE captures (
@@ -58,7 +61,7 @@ CREATE TABLE faces (
     score REAL NOT NULL,
     landmarks TEXT NOT NULL,          -- JSON [[x, y] x 5], panorama pixels, from the detector
     quality TEXT,                     -- JSON {size, sharpness, frontalness}
-    embedding BLOB,                   -- 128 float32 sealed (sealing.py); NULL: too small, or erased
+    block INTEGER,                    -- the face_blocks row holding its template; NULL: too small, or erased
     crop BLOB,                        -- small JPEG of the face for contact sheets and viewers, sealed (schema 4)
     described INTEGER NOT NULL DEFAULT 0,
     erased INTEGER NOT NULL DEFAULT 0, -- the person asked to be forgotten: no embedding, no crop, always blurred
@@ -123,9 +126,22 @@ CREATE TABLE IF NOT EXISTS searches (  -- the audit log: one row per search, nev
 LISTED = "ALTER TABLE faces ADD COLUMN listed INTEGER NOT NULL DEFAULT 1;"
 AUDIT_CHAIN = "ALTER TABLE searches ADD COLUMN chain TEXT;"
 
+# Schema 5: templates sealed a block of faces at a time (sealed_blocks.py), so that opening
+# a library of 10^6 faces is one pass of AES, not 10^6 calls (issue 13).
+FACE_BLOCKS = """
+CREATE TABLE IF NOT EXISTS face_blocks ( -- the templates of some faces of one capture, sealed as one (schema 5)
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: an id names one content for good
+    capture_id INTEGER NOT NULL REFERENCES captures(id) ON DELETE CASCADE,
+    faces INTEGER NOT NULL,
+    sealed BLOB NOT NULL              -- ids and a float16 matrix, one AES-256-GCM message
+);
+CREATE INDEX IF NOT EXISTS face_blocks_capture ON face_blocks(capture_id);
+"""
+BLOCK_COLUMN = "ALTER TABLE faces ADD COLUMN block INTEGER;"
+
 # A new library: the chain column is added by ALTER, as it always was, so the stored CREATE
 # text of `searches` is the same in new and migrated libraries.
-SCHEMA = CORE + JOBS_AND_TOKENS + GOVERNANCE + AUDIT_CHAIN
+SCHEMA = CORE + JOBS_AND_TOKENS + GOVERNANCE + AUDIT_CHAIN + FACE_BLOCKS
 
 
 def statements(script: str) -> list[str]:
@@ -178,6 +194,23 @@ def _seal_crops_and_chain_log(db: sqlite3.Connection, key: LibraryKey) -> None:
                (audit_chain.HEAD, audit_chain.make_head(key.audit_key, len(rows), previous)))
 
 
+def _pack_templates(db: sqlite3.Connection, key: LibraryKey) -> None:
+    """Schema 5: each capture's per-face templates packed into sealed blocks (float16, as
+    new ones are stored), a block's worth at a time, then the per-face column dropped;
+    secure_delete zeroes its pages."""
+    captures = [r[0] for r in db.execute("SELECT DISTINCT capture_id FROM faces WHERE embedding IS NOT NULL")]
+    for capture_id in captures:
+        last = -1
+        while rows := db.execute("SELECT id, embedding FROM faces WHERE capture_id = ? AND embedding IS NOT NULL"
+                                 " AND id > ? ORDER BY id LIMIT ?",
+                                 (capture_id, last, sealed_blocks.BLOCK_FACES)).fetchall():
+            ids = np.array([r[0] for r in rows], np.int64)
+            vectors = np.stack([np.frombuffer(key.unseal(r[1]), np.float32) for r in rows])
+            sealed_blocks.insert_block(db, key, capture_id, ids, vectors)
+            last = int(ids[-1])
+    db.execute("ALTER TABLE faces DROP COLUMN embedding")
+
+
 @dataclass(frozen=True)
 class Step:
     """What a library of schema `version` needs to become `version + 1`: its tables, then
@@ -192,6 +225,7 @@ MIGRATIONS: tuple[Step, ...] = (
     Step(1, JOBS_AND_TOKENS),
     Step(2, EXPIRY_AND_ERASURE + GOVERNANCE, _seal_embeddings_and_date_captures),
     Step(3, LISTED + AUDIT_CHAIN, _seal_crops_and_chain_log),
+    Step(4, FACE_BLOCKS + BLOCK_COLUMN, _pack_templates),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version + 1
 

@@ -1,9 +1,13 @@
-"""Embeddings sealed a block at a time: one AES-256-GCM call for thousands of faces.
+"""Embeddings sealed a block at a time: one AES-256-GCM call for thousands of faces, and
+the `face_blocks` rows that hold them (schema 5).
 
 Sealing each face's 512 bytes on its own costs a Python call and a fresh AESGCM object
 per face: 4 s to open 10^6 templates (issue 13). A block (ids and a float16 matrix) is
 sealed as one message instead, so loading a library is one pass of AES at its own speed
-(measured in bench/search.py: `seal_mb_s`, `unseal_mb_s`).
+(16 GB/s on this machine's AES-NI for 1 MB messages; bench/search.py measures the whole
+load). A block is never changed: what changes its faces (an erasure, a merge of small
+blocks) writes a new row, whose AUTOINCREMENT id is never reused, so a long-lived index
+that compares block ids knows exactly what to load and what to drop.
 
 The block id and the capture id are the associated data, so a sealed block copied under
 another block's row, or moved to another capture, does not open. The key is the library's
@@ -12,7 +16,9 @@ so nothing was added there.
 """
 from __future__ import annotations
 
+import sqlite3
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +31,9 @@ _HEADER = struct.Struct("<4sII")   # magic, faces, dimensions
 # cryptography's AES-GCM takes at most 2**31 - 1 bytes a call; far above a block of a few
 # thousand faces, but a capture of millions sealed whole would pass it.
 MAX_SEALED_BYTES = 2**31 - 64
+# Faces per block: 1 MB of plain text, a few ms to unseal, and few enough rows that a
+# warm index compares a library's block ids before every search for free (245 at 10^6).
+BLOCK_FACES = 4096
 
 
 @dataclass(frozen=True)
@@ -69,3 +78,30 @@ def unseal_block(key: LibraryKey, sealed: bytes, block_id: int, capture_id: int)
     ids = np.frombuffer(plain, "<i8", n, _HEADER.size)
     vectors = np.frombuffer(plain, "<f2", n * d, _HEADER.size + n * 8).reshape(n, d)
     return Block(block_id, capture_id, ids, vectors)
+
+
+# --- the face_blocks rows -------------------------------------------------------------------
+def insert_block(db: sqlite3.Connection, key: LibraryKey, capture_id: int, ids: np.ndarray,
+                 vectors: np.ndarray) -> int:
+    """A new block of the capture's faces (in the caller's transaction), each face pointed
+    at it; returns its id. The id is the associated data, so the row is made first."""
+    block_id = db.execute("INSERT INTO face_blocks (capture_id, faces, sealed) VALUES (?, ?, x'')",
+                          (capture_id, len(ids))).lastrowid
+    block = Block(block_id, capture_id, np.asarray(ids, np.int64), np.asarray(vectors, np.float16))
+    db.execute("UPDATE face_blocks SET sealed = ? WHERE id = ?", (seal_block(key, block), block_id))
+    db.executemany("UPDATE faces SET block = ? WHERE id = ?", [(block_id, int(i)) for i in block.ids])
+    return block_id
+
+
+def insert_blocks(db: sqlite3.Connection, key: LibraryKey, capture_id: int, ids: np.ndarray,
+                  vectors: np.ndarray) -> list[int]:
+    """The faces in blocks of at most BLOCK_FACES."""
+    return [insert_block(db, key, capture_id, ids[s:s + BLOCK_FACES], vectors[s:s + BLOCK_FACES])
+            for s in range(0, len(ids), BLOCK_FACES)]
+
+
+def read_blocks(db: sqlite3.Connection, key: LibraryKey, where: str = "", args: Iterable = ()) -> Iterator[Block]:
+    """The blocks selected by `where` (SQL on face_blocks), unsealed one at a time."""
+    for block_id, capture_id, sealed in db.execute(f"SELECT id, capture_id, sealed FROM face_blocks {where}",
+                                                   tuple(args)):
+        yield unseal_block(key, sealed, block_id, capture_id)

@@ -133,9 +133,9 @@ class Library:
             return key_for_new_library(self.path)[0]
         if find_key(self.path) is None:
             raise GigafaceError(
-                f"{self.path}: a library of schema {version}; this gigaface seals its face crops and chains its"
-                f" audit log, which needs its key once (the key file {key_file_beside(self.path)} is missing;"
-                f" use --key-file or ${ENV_KEY_FILE})")
+                f"{self.path}: a library of schema {version}; this gigaface seals its templates in blocks"
+                f"{', seals its face crops and chains its audit log' if version < 4 else ''}, which needs its key once"
+                f" (the key file {key_file_beside(self.path)} is missing; use --key-file or ${ENV_KEY_FILE})")
         return self.key()
 
     # --- the key that seals embeddings ------------------------------------------------

@@ -14,6 +14,7 @@ from gigaface.errors import GigafaceError
 from gigaface.library.store import Library
 from gigaface.search import DEFAULT_MATCH_THRESHOLD, audited_rank, distances, person_embedding
 from gigaface.references import Reference
+from gigaface.search_index import LibraryIndex
 
 # Erasure acts on every face under the threshold, for good: never looser than the search's
 # own measured operating point (bench section 4: no impostor pair at 0.6, strangers start
@@ -52,7 +53,7 @@ def check_forget_match_threshold(match_threshold: float) -> float:
 
 
 def forget(library: Library, refs: list[Reference], who: str, match_threshold: float = DEFAULT_MATCH_THRESHOLD,
-           dry_run: bool = False) -> ErasureReport:
+           dry_run: bool = False, index: LibraryIndex | None = None) -> ErasureReport:
     """Erase every face within `match_threshold` of the person in `refs`, in every capture.
 
     The threshold is the search's, not the stricter reveal one: here a missed face is the
@@ -62,7 +63,9 @@ def forget(library: Library, refs: list[Reference], who: str, match_threshold: f
     check_forget_match_threshold(match_threshold)
     # A dry run identifies the person as much as an erasure does: logged, but as what it was.
     purpose = "erasure-dry-run" if dry_run else "erasure"
-    matches = [m for m in audited_rank(library, refs, None, who, match_threshold=match_threshold, purpose=purpose) if m.match]
+    # Every face within the threshold, found exactly (a warm index too scans them all for this).
+    matches = audited_rank(library, refs, None, who, match_threshold=match_threshold, purpose=purpose,
+                           index=index, only_matches=True)
     by_capture: dict[int, CaptureErasure] = {}
     for m in matches:
         entry = by_capture.setdefault(m.face.capture, CaptureErasure(m.face.capture))

@@ -78,6 +78,7 @@ class ReferenceOut(BaseModel):
 class MatchOut(BaseModel):
     rank: int
     face_id: int
+    capture: int
     box: list[float]
     distance: float
     match: bool
@@ -92,6 +93,8 @@ class SearchOut(BaseModel):
     threshold: float
     references: list[ReferenceOut]
     matches: list[MatchOut]
+    offset: int = Field(0, description="rank of the first match, less one")
+    searched: int = Field(0, description="faces ranked in all: page on with offset until it is reached")
 
 
 class Me(BaseModel):

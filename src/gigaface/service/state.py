@@ -1,5 +1,6 @@
 """One server's state (`app.state.service`): its settings, a library connection per thread,
-the job runner, the reference pool, the open event streams, and the background purge."""
+the library's index of templates, the job runner, the reference pool, the open event
+streams, and the background purge."""
 from __future__ import annotations
 
 import asyncio
@@ -16,6 +17,7 @@ from gigaface.library.records import CaptureRecord
 from gigaface.privacy.refresh import refresh_outputs
 from gigaface.privacy.retention import Purged, purge
 from gigaface.references import ReferencePool
+from gigaface.search_index import LibraryIndex
 from gigaface.service.runner import JobRunner
 from gigaface.service.streams import StreamSlots
 from gigaface.service.uploads import DEFAULT_MAX_UPLOAD
@@ -48,6 +50,9 @@ class Service:
         self._local = threading.local()
         self._pool_lock = threading.Lock()
         self._pool: ReferencePool | None = None
+        # The library's templates, loaded at the first search and kept in step with the
+        # library before each one (scans add, erasure and purge remove at once).
+        self.index = LibraryIndex(config.db)
 
     def library(self) -> Library:
         # sqlite3 connections belong to their thread; FastAPI runs handlers in a pool.

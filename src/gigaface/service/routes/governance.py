@@ -71,7 +71,8 @@ def forget_person(svc: State, who: Admin, photos: Annotated[list[UploadFile], Fi
                   dry_run: Annotated[bool, Query(description="report what would be erased; change nothing")] = False,
                   ) -> ErasureOut:
     svc.library().key()
-    report = forget(svc.library(), read_references(svc.reference_pool, photos), who.who, threshold, dry_run=dry_run)
+    report = forget(svc.library(), read_references(svc.reference_pool, photos), who.who, threshold, dry_run=dry_run,
+                    index=svc.index)
     if not dry_run:
         for entry in report.captures:
             svc.refresh(entry.capture, originals_too=True)

@@ -15,7 +15,7 @@ export const ROUTES = Object.freeze({
   capture: "/api/captures/{id}",
   events: "/api/captures/{id}/events",
   faces: "/api/captures/{id}/faces?offset={offset}&limit={limit}",
-  search: "/api/captures/{id}/search?top={top}",
+  search: "/api/captures/{id}/search?limit={limit}",
   crop: "/api/faces/{id}/crop.jpg",
   pyramid: "/api/captures/{id}/pyramid/{build}.dzi",
   pyramidTile: "/api/captures/{id}/pyramid/{build}_files/{level}/{tile}",
@@ -132,10 +132,10 @@ export const getCapture = (id, signal) => getJSON(route("capture", { id }), { si
 export const facePage = (id, offset, limit) => getJSON(route("faces", { id, offset, limit }));
 
 // `photos`: File objects, sent as multipart form fields named "photos".
-export async function searchPhotos(id, photos, top) {
+export async function searchPhotos(id, photos, limit) {
   const body = new FormData();
   for (const file of photos) body.append("photos", file, file.name);
-  return (await request(route("search", { id, top }), { method: "POST", body })).json();
+  return (await request(route("search", { id, limit }), { method: "POST", body })).json();
 }
 
 // Anonymous on purpose: plain fetch, never the stored token or key.
