@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SIZE_BINS = ((0, 16), (16, 32), (32, 64), (64, float("inf")))
-SIZE_LABELS = ("<16", "16-32", "32-64", ">=64")
+SIZE_BINS = ((0, 10), (10, 16), (16, 32), (32, 64), (64, float("inf")))
+SIZE_LABELS = ("<10", "10-16", "16-32", "32-64", ">=64")
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -48,7 +48,7 @@ def gigaface_detect(image_path: str, preset: str) -> dict:
     """Detection only (the scan's detect and merge stages), for the side-by-side with peers."""
     from gigaface.engine.detect import detect_image
 
-    dets = detect_image(image_path, settings_for(preset))
+    dets = detect_image(image_path, settings_for(preset), blur_too=True)
     return {"boxes": dets.boxes, "scores": dets.scores}
 
 
@@ -67,8 +67,10 @@ def side_by_side(mosaic: Mosaic, presets: tuple[str, ...], peers: tuple[str, ...
                 row.update(skipped=outcome, wall_s=float("nan"), peak_rss_mb=float("nan"), ap=float("nan"), detections=0)
             else:
                 value, row["wall_s"], row["peak_rss_mb"] = outcome
-                row["ap"] = evaluate([judge(value["boxes"], value["scores"], mosaic.boxes, mosaic.invalid)]).ap
+                judged = [judge(value["boxes"], value["scores"], mosaic.boxes, mosaic.invalid)]
+                row["ap"] = evaluate(judged).ap
                 row["detections"] = len(value["scores"])
+                row["recall"] = recall_by_size(judged, settings_for(preset).blur_score_threshold)
             rows.append(row)
             log(_row_line(row))
     for row in compare(str(mosaic.jpeg), mosaic.boxes, mosaic.invalid, configs=peers, timeout_s=timeout_s):
@@ -106,10 +108,13 @@ def full_scan(mosaic: Mosaic, db: Path, preset: str = "balanced") -> dict:
     wall = time.perf_counter() - start
     (summary,) = json.loads(done.stdout)
     library = Library(str(db))
-    faces = library.faces.all(library.captures.all()[-1].id)
+    faces = library.faces.all(library.captures.all()[-1].id, include_unlisted=True)  # what is blurred
     boxes = xyxy(faces)
     scores = np.array([f.score for f in faces])
-    ev = evaluate([judge(boxes, scores, mosaic.boxes, mosaic.invalid)])
+    judged = [judge(boxes, scores, mosaic.boxes, mosaic.invalid)]
+    ev = evaluate(judged)
+    settings = settings_for(preset)
+    listed = [judge(boxes[[f.listed for f in faces]], scores[[f.listed for f in faces]], mosaic.boxes, mosaic.invalid)]
     mp = mosaic.width * mosaic.height / 1e6
     return {
         "preset": preset, "megapixels": round(mp, 1), "size": f"{mosaic.width}x{mosaic.height}",
@@ -118,8 +123,14 @@ def full_scan(mosaic: Mosaic, db: Path, preset: str = "balanced") -> dict:
         "mp_per_s": round(mp / max(summary["detect_seconds"], 1e-9), 2),
         "embedded_per_s": round(summary["embedded"] / max(summary["describe_seconds"], 1e-9), 1),
         "peak_main_mb": summary["peak_rss_mb"], "runtime": " ".join(summary["runtime"].values()),
-        "ap": round(ev.ap, 4), "db": str(db),
+        "ap": round(ev.ap, 4), "db": str(db), "stored": summary["stored"],
+        "recall_listed": recall_by_size(listed), "recall_stored": recall_by_size(judged, settings.blur_score_threshold),
     }
+
+
+def recall_by_size(judged: list, threshold: float = -np.inf) -> dict:
+    """label -> [recall, faces] of the judged detections scoring at least `threshold`."""
+    return {k: [round(v, 3), n] for k, (v, n) in evaluate(judged).recall_by_size(judged, threshold).items()}
 
 
 def floor(mosaic: Mosaic, detect_s: float, latency: float, preset: str = "balanced") -> dict:

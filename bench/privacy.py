@@ -111,7 +111,7 @@ def face_sizes(labelled: np.ndarray) -> np.ndarray:
 
 # --- the sweep ---------------------------------------------------------------------------
 def family_settings(preset: str, floor: float, upscale: bool) -> Settings:
-    return settings_for(preset, blur_score_threshold=min(SWEEP_THRESHOLDS), blur_min_face=floor, blur_upscale=upscale)
+    return settings_for(preset, blur_score_threshold=min(SWEEP_THRESHOLDS), blur_min_face=floor, small_face_pass=upscale)
 
 
 def sweep(images: list[WiderImage], preset: str, detector: CenterFace, log=print) -> list[dict]:
@@ -217,7 +217,7 @@ def before_and_now(images: list[WiderImage], preset: str, detector: CenterFace, 
         sharp, found = np.concatenate(row["sharp"]), np.concatenate(row["found"])
         out["points"][name] = {
             "threshold": settings.detect_score_threshold, "min_face": settings.detect_min_face,
-            "upscale": settings.blur_upscale and settings.detect_min_face < settings.min_face,
+            "upscale": settings.small_face_pass,
             "sharp": by_size(sizes, sharp), "sharp_total": int(sharp.sum()),
             "accurate_finds": by_size(sizes, found), "accurate_finds_total": int(found.sum()),
             "boxes_per_image": round(row["boxes"] / len(images), 1),

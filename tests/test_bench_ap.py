@@ -38,10 +38,11 @@ def test_low_overlap_is_a_miss_and_ap_pools_images():
 
 
 def test_recall_by_size_uses_threshold_and_bins():
-    gt = np.array([[0, 0, 8, 8], [20, 0, 44, 24], [100, 0, 200, 100]], float)  # 8, 24, 100 px
-    result = judge(gt[:2], [0.3, 0.9], gt, [False, False, False])
+    gt = np.array([[0, 0, 8, 8], [20, 0, 44, 24], [100, 0, 200, 100], [300, 0, 312, 12]], float)  # 8, 24, 100, 12 px
+    result = judge(gt[[0, 1, 3]], [0.3, 0.9, 0.6], gt, [False, False, False, False])
     by_size = evaluate([result]).recall_by_size([result], threshold=0.5)
-    assert by_size["<16"] == (0.0, 1)  # found, but below the operating threshold
+    assert by_size["<10"] == (0.0, 1)  # found, but below the operating threshold
+    assert by_size["10-16"] == (1.0, 1)
     assert by_size["16-32"] == (1.0, 1)
     assert by_size["32-64"][1] == 0
     assert by_size[">=64"] == (0.0, 1)

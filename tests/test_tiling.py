@@ -37,19 +37,25 @@ def test_passes_cover_every_face_size(preset, min_face, size):
     passes = plan_passes(width, height, settings)
     assert passes[0].min_size == settings.detect_min_face <= settings.min_face
     assert any(p.scale == 1.0 for p in passes)
-    assert [p.scale for p in passes] == sorted({p.scale for p in passes}, reverse=True)  # fine to coarse
+    unseeded = [p for p in passes if not p.seeded]
+    assert [p.scale for p in unseeded] == sorted({p.scale for p in unseeded}, reverse=True)  # fine to coarse
+    # A seeded pass looks where the passes before it found faces, so it comes after them all.
+    assert all(p.seeded for p in passes[len(unseeded):])
+    assert [p.seeded for p in passes].count(True) == (1 if settings.small_face_pass else 0)
     # Together the passes keep every face from the blur point up to the largest the image can hold.
     assert covered([(p.min_size, p.max_size) for p in passes], settings.detect_min_face, min(width, height))
-    for prev, nxt in zip(passes, passes[1:]):
+    for prev, nxt in zip(unseeded, unseeded[1:]):
         # Size ranges overlap, so a face at a boundary is seen by two passes (the merge dedups).
         assert nxt.min_size < prev.max_size, (prev, nxt)
-    # The faces to list are looked for by the passes they were before there was a blur point;
-    # a pass added for the blur point sees only faces too small to be listed.
+    # The blur point changes no pass but the finest-scale one and the small-face pass, which
+    # reach down to it.
     listing = listing_passes(width, height, settings)
-    assert [replace(p, min_size=0) for p in passes if not p.upscale_tiles] == [replace(p, min_size=0) for p in listing]
+    assert [replace(p, min_size=0) for p in passes] == [replace(p, min_size=0) for p in listing]
+    for i, (p, q) in enumerate(zip(passes, listing)):
+        assert p.min_size == (min(q.min_size, settings.detect_min_face) if i == 0 or p.seeded else q.min_size)
     for p in passes:
         if p.upscale_tiles:
-            assert p.max_size <= settings.min_face and p.core % p.scale == 0 and p.margin % p.scale == 0
+            assert p.core % p.scale == 0 and p.margin % p.scale == 0
     for p in passes:
         assert 0 < p.core <= p.tile and p.tile % 32 == 0
         # A tile sees `margin` pixels beyond its core: any face it keeps (centre in the core)

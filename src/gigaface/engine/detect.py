@@ -95,8 +95,8 @@ def detect_bands(info: ImageInfo, p: Pass, detector: Detector, settings: Setting
 
 # How far beyond a tile's core (native pixels) a face found by an earlier pass makes a seeded
 # pass look in that tile. Tiny faces sit in crowds: on the WIDER images, running the 2x pass
-# only on tiles with a face of score >= 0.15 found at native scale within their core kept
-# 15-19 % of its tiles and lost no face of 10-32 px (bench/report.md, section 1).
+# only on tiles with a face found at native scale (plan.SEED_SCORE) within their core lost
+# no face of 10-32 px, growing the core by 0 or 64 px alike.
 SEED_GROW = 32
 
 
@@ -134,7 +134,9 @@ def _detect_band(band: Band, left: int, columns: list[tuple[int, int]], p: Pass,
 
     looks = [(column, mirrored) for column in columns for mirrored in ((False, True) if p.flip else (False,))]
     found = []
-    for ((cx0, cx1), mirrored), dets in zip(looks, detector.detect_tiles(looks, fill, settings.detect_score_threshold)):
+    # Thresholds apply to scores as the merge sees them, after the pass's weight.
+    threshold = (settings.detect_score_threshold if p.seeded else settings.decode_score_threshold) / p.weight
+    for ((cx0, cx1), mirrored), dets in zip(looks, detector.detect_tiles(looks, fill, threshold)):
         if not len(dets):
             continue
         if mirrored:

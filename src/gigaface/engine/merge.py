@@ -15,8 +15,9 @@ def merge(frames: list[Frame], frame_of: np.ndarray, dets: Detections, settings:
     if len(frames) > 1 and len(dets):
         keep = owned_by_frame(frames, frame_of, dets.centres)
         frame_of, dets = frame_of[keep], dets.select(keep)
-    keep_size = dets.sizes >= settings.detect_min_face
-    frame_of, dets = frame_of[keep_size], dets.select(keep_size)
+    # Boxes under the detection floor were kept only to say where a seeded pass should look.
+    keep = (dets.sizes >= settings.detect_min_face) & (dets.scores > settings.detect_score_threshold)
+    frame_of, dets = frame_of[keep], dets.select(keep)
     index = nms_indices(dets, settings.nms_iou, first=settings.listed(dets.scores, dets.sizes))
     return frame_of[index], dets.select(index)
 
