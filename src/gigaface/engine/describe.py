@@ -130,7 +130,7 @@ def descriptor(batch: int = 1, runtime: Runtime | None = None, threads: int = 1)
     """A descriptor of this process: dlib's network read from its .dat and run on `runtime`
     (`choose()`'s when None). Parity with dlib-bin: bench/results/parity.json (f32: at most
     4.5e-7 a component over 374 real faces)."""
-    return Descriptor(runtime or choose(), threads=threads, batch=batch)
+    return Descriptor((runtime or choose()).for_templates(), threads=threads, batch=batch)
 
 
 def embed(chips: np.ndarray) -> np.ndarray:
@@ -196,7 +196,7 @@ class Describer:
     def __init__(self, runtime: Runtime | None = None, threads: int | None = None):
         self.runtime = runtime or choose()
         self.threads = max(1, threads or os.cpu_count() or 1)
-        self.descriptor = Descriptor(self.runtime, threads=self.threads)
+        self.descriptor = Descriptor(self.runtime.for_templates(), threads=self.threads)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="describe")
         self.workers = 1  # batches in flight beyond the one being filled
 
