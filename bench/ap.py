@@ -90,7 +90,8 @@ class Evaluation:
         for label, (lo, hi) in zip(SIZE_LABELS, SIZE_BINS):
             inside = (sizes >= lo) & (sizes < hi)
             n = int(inside.sum())
-            out[label] = (float((best[inside] >= threshold).mean()) if n else float("nan"), n)
+            found = np.isfinite(best[inside]) & (best[inside] >= threshold)  # -inf: never found
+            out[label] = (float(found.mean()) if n else float("nan"), n)
         return out
 
 

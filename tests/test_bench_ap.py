@@ -46,6 +46,8 @@ def test_recall_by_size_uses_threshold_and_bins():
     assert by_size["16-32"] == (1.0, 1)
     assert by_size["32-64"][1] == 0
     assert by_size[">=64"] == (0.0, 1)
+    anything = evaluate([result]).recall_by_size([result])  # no threshold: found at any score
+    assert anything["<10"] == (1.0, 1) and anything[">=64"] == (0.0, 1)  # a face never found stays missed
 
 
 def test_voc_ap_envelope():
