@@ -25,7 +25,7 @@ import numpy as np
 
 from gigaface.engine import describe as describing
 from gigaface.engine.content_key import capture_key, legacy_capture_key
-from gigaface.engine.detect import count_tiles, detect_bands, units
+from gigaface.engine.detect import count_tiles, detect_bands, seed_points, units
 from gigaface.engine.detector import CenterFace, Detector
 from gigaface.engine.frames import Frame, panorama_size
 from gigaface.engine.manifest import frames_of
@@ -146,7 +146,7 @@ def _seeds(library: Library, capture_id: int, frame_index: int, frame: Frame) ->
     """Centres (frame pixels) of the faces found in a frame so far: where a seeded pass looks.
     Read from the library, so that a resumed scan looks where the first one would have."""
     frame_of, dets = library.captures.detections(capture_id)
-    return dets.select(frame_of == frame_index).centres - [frame.x, frame.y]
+    return seed_points(dets.select(frame_of == frame_index)) - [frame.x, frame.y]
 
 
 # --- the job ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from gigaface.engine.detections import Detections, nms_indices
 from gigaface.engine.detector import CenterFace, Detector
 from gigaface.engine.frames import Frame
 from gigaface.engine.merge import merge
-from gigaface.engine.plan import Pass, Settings, plan_passes, tile_columns
+from gigaface.engine.plan import SEED_MAX_SIZE, SEED_SCORE, Pass, Settings, plan_passes, tile_columns
 from gigaface.engine.source import DEFAULT_MAX_PIXELS, Band, ImageInfo, bands, load_scaled, probe
 
 
@@ -100,6 +100,11 @@ def detect_bands(info: ImageInfo, p: Pass, detector: Detector, settings: Setting
 SEED_GROW = 32
 
 
+def seed_points(dets: Detections) -> np.ndarray:
+    """Centres of the found faces that seed a small-face pass (plan.SEED_SCORE, SEED_MAX_SIZE)."""
+    return dets.select((dets.scores > SEED_SCORE) & (dets.sizes < SEED_MAX_SIZE)).centres
+
+
 def seeded_tiles(columns: list[tuple[int, int]], core_top: int, core_bottom: int, scale: float,
                  seeds: np.ndarray) -> list[tuple[int, int]]:
     """The tile columns of one band (pass pixels) whose core, grown by SEED_GROW native
@@ -176,7 +181,7 @@ def detect_image(path: str, settings: Settings, detector: Detector | None = None
     detector = detector or CenterFace(settings.tile)
     found: list[Detections] = []
     for p in plan_passes(info.width, info.height, settings):
-        seeds = Detections.concat(found).centres if p.seeded else None
+        seeds = seed_points(Detections.concat(found)) if p.seeded else None
         found += [dets for _, _, dets in detect_bands(info, p, detector, settings, seeds=seeds)]
     dets = Detections.concat(found)
     frame = Frame(path, 0, 0, info.width, info.height)
