@@ -123,7 +123,7 @@ PRESET_DEFAULTS = {
     # down to 0.12 bought more recall on tiny faces than it cost in precision, and faces in
     # a crowd overlap more than NMS at 0.4 lets through.
     "accurate": dict(min_face=4.0, score_threshold=0.12, nms_iou=0.5, blur_score_threshold=0.12, blur_min_face=4.0,
-                     small_face_pass=False),
+                     small_face_pass=True),
 }
 # Native-pass margin per preset: larger margins see larger faces at native scale at the
 # cost of more overlap between tiles (more tiles per megapixel).
@@ -166,25 +166,17 @@ def plan_passes(width: int, height: int, settings: Settings) -> list[Pass]:
 
 
 def listing_passes(width: int, height: int, settings: Settings) -> list[Pass]:
-    """The passes that find the listed faces, min_face..image size: the upscaled passes of
-    `accurate` (or of a --min-face under 16 px), the native pass, coarser passes for faces as
-    large as the image, then the seeded 2x pass for small faces."""
+    """The passes that find the listed faces, min_face..image size: the native pass, coarser
+    passes for faces as large as the image, then the upscaled passes for small faces, seeded
+    by the faces all the others found."""
     tile = settings.tile
     native_margin = NATIVE_MARGIN[settings.preset]
     accurate = settings.preset == "accurate"
-    small = settings.small_face_pass
+    small = settings.small_face_pass or settings.min_face < DETECTOR_FLOOR
     passes: list[Pass] = []
-    native_min = settings.min_face
-    if settings.min_face < DETECTOR_FLOOR and not small:
-        # Upscale so the smallest asked-for face reaches the detector's comfortable size;
-        # `accurate` looks at tiny faces at both 3x and 2x, whose misses differ.
-        if accurate and settings.min_face * 2 < DETECTOR_FLOOR:
-            passes.append(Pass(3.0, 64, settings.min_face, 40.0, tile, flip=False, weight=1.3))  # mirrored, it added more false faces than found ones
-            passes.append(Pass(2.0, 96, max(settings.min_face, 6.0), 80.0, tile, flip=True, weight=1.15))
-        else:
-            up_margin = 48
-            passes.append(Pass(2.0, up_margin, settings.min_face, (2 * up_margin) / 2.0, tile, flip=accurate))
-        native_min = DETECTOR_FLOOR * (1.0 if accurate else 0.75)  # ranges overlap; the merge removes duplicates
+    # With an upscaled pass below it, the native pass starts where the detector is at ease
+    # (the ranges overlap; the merge removes duplicates).
+    native_min = max(settings.min_face, DETECTOR_FLOOR) if small and accurate else settings.min_face
     passes.append(Pass(1.0, native_margin, native_min, 2.0 * native_margin, tile, flip=accurate))
     covered = 2.0 * native_margin
     largest_possible = min(width, height)
@@ -199,10 +191,17 @@ def listing_passes(width: int, height: int, settings: Settings) -> list[Pass]:
         passes.append(Pass(scale, margin, min(COARSE_MIN / scale, covered * 0.6), top, tile, flip=accurate))
         covered = top
     if small:
-        # Last, so that the faces every other pass found say where the crowds are; its
-        # margin (at 2x) holds its largest face whole.
-        passes.append(Pass(2.0, int(SMALL_FACE_MAX), min(settings.min_face, SMALL_FACE_MAX), SMALL_FACE_MAX, tile,
-                           weight=SMALL_FACE_WEIGHT, upscale_tiles=True, seeded=True))
+        # Last, so that the faces every other pass found say where the crowds are; each
+        # margin (at its scale) holds its largest face whole. `accurate` looks at small faces
+        # at 3x and at 2x (mirrored too), whose misses differ; mirrored at 3x, it added more
+        # false faces than found ones.
+        if accurate:
+            passes.append(Pass(3.0, 64, settings.min_face, 40.0, tile, weight=1.3, upscale_tiles=True, seeded=True))
+            passes.append(Pass(2.0, 96, max(settings.min_face, 6.0), 80.0, tile, flip=True, weight=1.15,
+                               upscale_tiles=True, seeded=True))
+        else:
+            passes.append(Pass(2.0, int(SMALL_FACE_MAX), min(settings.min_face, SMALL_FACE_MAX), SMALL_FACE_MAX,
+                               tile, weight=SMALL_FACE_WEIGHT, upscale_tiles=True, seeded=True))
     return passes
 
 

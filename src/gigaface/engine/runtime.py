@@ -1,5 +1,5 @@
 """Where gigaface's two ONNX graphs run: onnxruntime (CPU, or CUDA with onnxruntime-gpu) or
-OpenVINO (CPU, bfloat16 where the CPU computes it natively).
+OpenVINO (CPU, f32, or bfloat16 when asked on a CPU that computes it natively).
 
 A `Runtime` names the backend, the device and the precision; `choose` turns what the user
 asked for (`--runtime`, `$GIGAFACE_RUNTIME`, `--precision`, `$GIGAFACE_PRECISION`) into one,
@@ -10,10 +10,14 @@ and returning the graph's outputs, each lane usable from its own thread at the s
 2-core AMD EPYC with AVX512-BF16, no AMX): CenterFace 640x640, one thread, onnxruntime f32
 32 ms a tile, OpenVINO f32 32 ms, OpenVINO bf16 16 ms; the face descriptor, batch 16, two
 threads, 3.8 / 1.6 / 0.9 ms a face. So: CUDA when onnxruntime has it; else OpenVINO where it
-is installed, bf16 on a CPU with BF16 (AMX or AVX512-BF16, as OpenVINO reports it) and f32
-elsewhere; else onnxruntime. bf16 costs no accuracy that the benchmarks can see (WIDER AP50
-and the identity metrics, bench/report.md); `--precision f32` is there for whoever wants
-bit-for-bit dlib parity.
+is installed; else onnxruntime.
+
+In f32, unless bf16 is asked for. bf16 halves the detector's time here and moves WIDER AP50
+by at most 0.002, but its boxes are not f32's (0.4 % shorter on average, noisier), and dlib's
+landmarks start from the box: 24-px faces then matched 67-73 % of genuine pairs at distance
+0.6 against 76-84 % in f32 (bench/report.md, "by runtime": the identity set, boxes jittered
+by a pixel five ways). The issue's rule, that bf16 may cost no accuracy, keeps `auto` in f32.
+The descriptor computes in f32 whatever is asked (`Runtime.for_templates`).
 
 OpenVINO reports usage: importing it imports its model converter, which (with the
 `openvino-telemetry` package its wheel depends on) writes a client id under ~/intel and
@@ -59,9 +63,7 @@ class Runtime:
     def for_templates(self) -> "Runtime":
         """This runtime for the face descriptor, which always computes in f32: its templates
         are then dlib's to 1e-6 on any machine, so libraries made on different CPUs compare,
-        and at 24-px faces bf16 templates matched 72 % of genuine pairs at 0.6 against 78 %
-        in f32 (bench/report.md, sections 1 and 4 by runtime). The detector keeps bf16: its
-        AP moved by at most 0.002 on WIDER FACE."""
+        whatever precision the detector runs in."""
         return replace(self, precision="f32")
 
     @property
@@ -90,7 +92,7 @@ def choose(runtime: str | None = None, precision: str | None = None) -> Runtime:
     if precision == "bf16" and not cpu_has_bf16():
         raise GigafaceError("this CPU has no bfloat16 arithmetic (AMX or AVX512-BF16); use --precision f32")
     if precision == "auto":
-        precision = "bf16" if cpu_has_bf16() else "f32"
+        precision = "f32"  # see the module's docstring: bf16 boxes cost recognition at 24 px
     return Runtime("openvino", "cpu", precision)
 
 
