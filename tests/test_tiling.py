@@ -41,7 +41,9 @@ def test_passes_cover_every_face_size(preset, min_face, size):
     assert [p.scale for p in unseeded] == sorted({p.scale for p in unseeded}, reverse=True)  # fine to coarse
     # A seeded pass looks where the passes before it found faces, so it comes after them all.
     assert all(p.seeded for p in passes[len(unseeded):])
-    assert [p.seeded for p in passes].count(True) == (1 if settings.small_face_pass else 0)
+    # Small faces are looked for in seeded passes: one at 2x, or accurate's at 3x and 2x.
+    assert [p.seeded for p in passes].count(True) == (
+        (2 if preset == "accurate" else 1) if settings.looks_for_small_faces else 0)
     # Together the passes keep every face from the blur point up to the largest the image can hold.
     assert covered([(p.min_size, p.max_size) for p in passes], settings.detect_min_face, min(width, height))
     for prev, nxt in zip(unseeded, unseeded[1:]):

@@ -468,7 +468,8 @@ def test_a_capture_being_scanned_shows_progress_then_opens(page, tmp_path):
     server = Server(db, "--data-dir", tmp_path, command="view")
     try:
         wait_until("the server", lambda: get(server, "/api/me"), server=server.process)
-        body = json.dumps({"path": str(built.panorama)}).encode()
+        # accurate: a scan long enough to show the page a few of its steps
+        body = json.dumps({"path": str(built.panorama), "preset": "accurate"}).encode()
         request = urllib.request.Request(f"{server.url}/api/captures", data=body, method="POST",
                                          headers={"Content-Type": "application/json", **server.headers})
         with urllib.request.urlopen(request, timeout=30) as r:

@@ -87,11 +87,19 @@ class Settings:
         return min(self.score_threshold, self.blur_score_threshold)
 
     @property
+    def looks_for_small_faces(self) -> bool:
+        """Whether the passes end with upscaled, seeded ones for faces under the native pass's
+        comfortable size: the preset's choice, or a --min-face under it."""
+        return self.small_face_pass or self.min_face < DETECTOR_FLOOR
+
+    @property
     def decode_score_threshold(self) -> float:
-        """What the passes keep from the detector: down to the detection floor, and with a
-        small-face pass further, down to the faint faces that tell it where to look (only
+        """What the passes keep from the detector: down to the detection floor, and with
+        small-face passes further, down to the faint faces that tell them where to look (only
         the merge drops those)."""
-        return min(self.detect_score_threshold, SEED_SCORE) if self.small_face_pass else self.detect_score_threshold
+        if self.looks_for_small_faces:
+            return min(self.detect_score_threshold, SEED_SCORE)
+        return self.detect_score_threshold
 
     @property
     def detect_min_face(self) -> float:
@@ -172,7 +180,7 @@ def listing_passes(width: int, height: int, settings: Settings) -> list[Pass]:
     tile = settings.tile
     native_margin = NATIVE_MARGIN[settings.preset]
     accurate = settings.preset == "accurate"
-    small = settings.small_face_pass or settings.min_face < DETECTOR_FLOOR
+    small = settings.looks_for_small_faces
     passes: list[Pass] = []
     # With an upscaled pass below it, the native pass starts where the detector is at ease
     # (the ranges overlap; the merge removes duplicates).
@@ -196,7 +204,9 @@ def listing_passes(width: int, height: int, settings: Settings) -> list[Pass]:
         # at 3x and at 2x (mirrored too), whose misses differ; mirrored at 3x, it added more
         # false faces than found ones.
         if accurate:
-            passes.append(Pass(3.0, 64, settings.min_face, 40.0, tile, weight=1.3, upscale_tiles=True, seeded=True))
+            # Read at 3x by libvips, not tile by tile: a tile's 640 px are no whole number of
+            # native rows at 3x.
+            passes.append(Pass(3.0, 64, settings.min_face, 40.0, tile, weight=1.3, seeded=True))
             passes.append(Pass(2.0, 96, max(settings.min_face, 6.0), 80.0, tile, flip=True, weight=1.15,
                                upscale_tiles=True, seeded=True))
         else:
