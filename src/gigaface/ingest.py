@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ import numpy as np
 from gigaface.engine import describe as describing
 from gigaface.engine.content_key import capture_key, legacy_capture_key
 from gigaface.engine.detect import count_tiles, detect_bands
+from gigaface.engine.detections import Detections
 from gigaface.engine.detector import CenterFace, Detector
 from gigaface.engine.frames import Frame, panorama_size
 from gigaface.engine.manifest import frames_of
@@ -60,6 +62,44 @@ def is_capture_of(path: str, capture: CaptureRecord) -> bool:
     if capture.key == capture_key(path):
         return True
     return os.path.abspath(path) == capture.source and capture.key == legacy_capture_key(path)
+
+
+# --- detection --------------------------------------------------------------------------
+# Where the detect stage's band results come from: (frames, settings, bands already done as
+# (frame, pass, band), max_pixels) -> (frame, pass, band, tiles run, detections in native
+# frame pixels) for every band not done, in any order. This process's detector
+# (`detect_here`), or a cluster's workers (gigaface.cluster): the stage that commits them
+# is the same.
+BandResult = tuple[int, int, int, int, Detections]
+BandSource = Callable[[list[Frame], Settings, set[tuple[int, int, int]], int], Iterator[BandResult]]
+
+
+def detect_here(detector: Detector | None = None) -> BandSource:
+    """Every band detected in this process, frame by frame, pass by pass, top to bottom."""
+
+    def source(frames: list[Frame], settings: Settings, done: set[tuple[int, int, int]],
+               max_pixels: int) -> Iterator[BandResult]:
+        nonlocal detector
+        detector = detector or CenterFace(settings.tile)
+        for fi, frame in enumerate(frames):
+            info = probe(frame.path, max_pixels)
+            for pi, p in enumerate(plan_passes(frame.width, frame.height, settings)):
+                skip = {b for (f, q, b) in done if f == fi and q == pi}
+                for band, tiles, dets in detect_bands(info, p, detector, settings, skip):
+                    yield fi, pi, band, tiles, dets
+
+    return source
+
+
+def tiles_done(frames: list[Frame], settings: Settings, done: set[tuple[int, int, int]]) -> int:
+    """Detection tiles of the bands already done (a resumed scan's progress starts there)."""
+    total = 0
+    for fi, frame in enumerate(frames):
+        for pi, p in enumerate(plan_passes(frame.width, frame.height, settings)):
+            image_h = round(frame.height * p.scale)
+            cols = len(tile_columns(round(frame.width * p.scale), p))
+            total += sum(1 for (f, q, b) in done if f == fi and q == pi and b * p.core < image_h) * cols
+    return total
 
 
 # --- description ------------------------------------------------------------------------
@@ -146,8 +186,12 @@ class _done:
 def scan_path(library: Library, path: str, settings: Settings, *, detector: Detector | None = None,
               describer: describing.Describer | None = None, resume: bool = False,
               reporter: Reporter | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-              discard_on_error: bool = True, frames_anywhere: bool = False) -> ScanResult:
+              discard_on_error: bool = True, frames_anywhere: bool = False,
+              bands: BandSource | None = None) -> ScanResult:
     """Scan one image (or manifest) into the library; see the module docstring for stages.
+
+    Bands are detected by `bands` (default: `detect_here(detector)`) and faces described by
+    `describer` (default: a `Describer` of this process); a cluster passes its own of both.
 
     One process scans a capture at a time (library/locks.py): a second scan of it waits, saying
     so through `reporter.note`, then finds it scanned. Bad input found mid-way (a truncated
@@ -164,8 +208,8 @@ def scan_path(library: Library, path: str, settings: Settings, *, detector: Dete
                 capture = library.captures.get(capture.id)  # as the scan we waited for left it
             except GigafaceError:
                 continue  # that scan failed and discarded the capture: make it again
-            return _scan_locked(library, capture, path, frames, settings, detector, describer, resume, reporter,
-                                max_pixels, discard_on_error)
+            return _scan_locked(library, capture, path, frames, settings, bands or detect_here(detector), describer,
+                                resume, reporter, max_pixels, discard_on_error)
 
 
 def existing_capture(library: Library, path: str, key: str) -> CaptureRecord | None:
@@ -202,7 +246,7 @@ def add_capture(library: Library, path: str, settings: Settings,
 
 
 def _scan_locked(library: Library, capture: CaptureRecord, path: str, frames: list[Frame], settings: Settings,
-                 detector: Detector | None, describer, resume: bool, reporter: Reporter, max_pixels: int,
+                 bands: BandSource, describer, resume: bool, reporter: Reporter, max_pixels: int,
                  discard_on_error: bool) -> ScanResult:
     """scan_path's work on a capture whose lock this process holds."""
     started = time.perf_counter()
@@ -220,7 +264,7 @@ def _scan_locked(library: Library, capture: CaptureRecord, path: str, frames: li
         reporter.note(f"resuming capture {capture.id} at stage '{capture.stage}'")
 
     try:
-        result = _run_stages(library, capture, frames, settings, detector, describer, reporter, max_pixels)
+        result = _run_stages(library, capture, frames, settings, bands, describer, reporter, max_pixels)
     except GigafaceError:
         if discard_on_error:
             library.captures.delete(capture.id)
@@ -233,26 +277,20 @@ def _scan_locked(library: Library, capture: CaptureRecord, path: str, frames: li
 
 
 def _run_stages(library: Library, capture: CaptureRecord, frames: list[Frame], settings: Settings,
-                detector: Detector | None, describer, reporter: Reporter, max_pixels: int) -> ScanResult:
+                bands: BandSource, describer, reporter: Reporter, max_pixels: int) -> ScanResult:
     result = ScanResult(capture, 0, 0, 0.0, skipped=False)
     t0 = time.perf_counter()
     if capture.stage == "detect":
-        detector = detector or CenterFace(settings.tile)
         done = library.captures.bands_done(capture.id)
         reporter.stage("detect", count_tiles(frames, settings))
-        for fi, frame in enumerate(frames):
-            info = probe(frame.path, max_pixels)
-            for pi, p in enumerate(plan_passes(frame.width, frame.height, settings)):
-                skip = {b for (f, q, b) in done if f == fi and q == pi}
-                if skip:
-                    image_h = round(frame.height * p.scale)
-                    cols = len(tile_columns(round(frame.width * p.scale), p))
-                    reporter.advance(len([b for b in skip if b * p.core < image_h]) * cols)
-                for band, tiles, dets in detect_bands(info, p, detector, settings, skip):
-                    dets = dets.transformed(1.0, frame.x, frame.y)
-                    library.captures.finish_band(capture.id, fi, pi, band, dets)
-                    result.tiles += tiles
-                    reporter.advance(tiles, faces=int(settings.listed(dets.scores, dets.sizes).sum()))
+        if done:
+            reporter.advance(tiles_done(frames, settings, done))
+        for fi, pi, band, tiles, dets in bands(frames, settings, done, max_pixels):
+            frame = frames[fi]
+            dets = dets.transformed(1.0, frame.x, frame.y)
+            library.captures.finish_band(capture.id, fi, pi, band, dets)
+            result.tiles += tiles
+            reporter.advance(tiles, faces=int(settings.listed(dets.scores, dets.sizes).sum()))
         library.captures.set_stage(capture.id, "merge")
         capture = library.captures.get(capture.id)
     result.detect_seconds = time.perf_counter() - t0

@@ -3,6 +3,7 @@ from full-width bands, faces kept by the tile and size range that own them."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -15,54 +16,89 @@ from gigaface.engine.plan import Pass, Settings, plan_passes, tile_columns
 from gigaface.engine.source import DEFAULT_MAX_PIXELS, Band, ImageInfo, bands, load_scaled, probe
 
 
-def detect_bands(info: ImageInfo, p: Pass, detector: Detector, settings: Settings,
-                 skip: set[int] = frozenset()) -> Iterator[tuple[int, int, Detections]]:
-    """(band index, tiles run, detections in native frame pixels) for each band of one pass,
-    down to the settings' detection floor (the blur point)."""
+@dataclass(frozen=True)
+class PassGrid:
+    """One pass laid over one image: the pixel grid its tiles are cut from.
+
+    `scale` is the exact scale of the image that is read (native when `up` > 1: tiles are
+    then enlarged one by one); `width` x `height` is the pass's grid, `columns` its tile
+    columns and `bands` how many bands of `core` rows cover it."""
+
+    scale: float
+    up: int
+    width: int
+    height: int
+    columns: tuple[tuple[int, int], ...]
+    bands: int
+
+
+def read_pass(info: ImageInfo, p: Pass, skip: set[int] = frozenset(), prefetch: bool = True
+              ) -> tuple[PassGrid, Iterator[Band]]:
+    """The pass's grid and its bands, read top to bottom, but for those in `skip`: reading
+    starts at the first band wanted and stops after the last one (a tiled TIFF is then read
+    only there; a JPEG is decoded from its top whatever the start)."""
     up = round(p.scale) if p.upscale_tiles else 1  # tiles enlarged one by one from native rows
     image, scale = load_scaled(info, 1.0 if up > 1 else p.scale)
     width, height = image.width * up, image.height * up  # the pass's pixel grid
-    columns = tile_columns(width, p)
     count = (height + p.core - 1) // p.core
-    start = next((i for i in range(count) if i not in skip), count)
-    T = p.tile
-    for band in bands(image, p.core // up, p.margin // up, start=start, path=info.path):
-        if band.index in skip:
+    grid = PassGrid(scale, up, width, height, tuple(tile_columns(width, p)), count)
+    wanted = [i for i in range(count) if i not in skip]
+    if not wanted:
+        return grid, iter(())
+    produced = bands(image, p.core // up, p.margin // up, start=wanted[0], stop=wanted[-1] + 1,
+                     path=info.path, prefetch=prefetch)
+    return grid, (band for band in produced if band.index not in skip)
+
+
+def detect_band(band: Band, grid: PassGrid, p: Pass, detector: Detector, settings: Settings
+                ) -> tuple[int, Detections]:
+    """(tiles run, detections in native frame pixels) for one band of a pass, down to the
+    settings' detection floor (the blur point)."""
+    up, scale, T = grid.up, grid.scale, p.tile
+    core_top, core_bottom = band.core_top * up, band.core_bottom * up
+    oy = core_top - p.margin
+
+    def fill(look: tuple[tuple[int, int], bool], out: np.ndarray) -> None:
+        (x0, _), mirrored = look
+        ox = x0 - p.margin
+        if up == 1:
+            cut_tile(band, ox, oy, out)
+        else:
+            small = np.empty((T // up, T // up, 3), np.uint8)
+            cut_tile(band, ox // up, oy // up, small)
+            cv2.resize(small, (T, T), dst=out, interpolation=cv2.INTER_LINEAR)
+        if mirrored:
+            out[:] = out[:, ::-1]
+
+    looks = [(column, mirrored) for column in grid.columns for mirrored in ((False, True) if p.flip else (False,))]
+    found = []
+    for ((cx0, cx1), mirrored), dets in zip(looks, detector.detect_tiles(looks, fill, settings.detect_score_threshold)):
+        if not len(dets):
             continue
-        core_top, core_bottom = band.core_top * up, band.core_bottom * up
-        oy = core_top - p.margin
+        if mirrored:
+            dets = dets.mirrored(T)
+        dets = dets.transformed(1.0, cx0 - p.margin, oy)
+        cx, cy = dets.centres[:, 0], dets.centres[:, 1]
+        native_sizes = dets.sizes / (scale * up)
+        keep = ((cx >= cx0) & (cx < cx1) & (cy >= core_top) & (cy < core_bottom)
+                & (native_sizes >= p.min_size) & (native_sizes < p.max_size))
+        found.append(dets.select(keep).reweighted(p.weight))
+    dets = Detections.concat(found)
+    native = dets.clipped(grid.width, grid.height).transformed(1.0 / (scale * up))
+    # Faces that will be listed outrank the rest, so a low-scoring box seen only to be
+    # blurred never suppresses one; among them, NMS keeps what it kept before.
+    keep = nms_indices(dets, settings.nms_iou, cell=2 * p.margin, first=settings.listed(native.scores, native.sizes))
+    return len(looks), native.select(keep)
 
-        def fill(look: tuple[tuple[int, int], bool], out: np.ndarray, band=band, oy=oy) -> None:
-            (x0, _), mirrored = look
-            ox = x0 - p.margin
-            if up == 1:
-                cut_tile(band, ox, oy, out)
-            else:
-                small = np.empty((T // up, T // up, 3), np.uint8)
-                cut_tile(band, ox // up, oy // up, small)
-                cv2.resize(small, (T, T), dst=out, interpolation=cv2.INTER_LINEAR)
-            if mirrored:
-                out[:] = out[:, ::-1]
 
-        looks = [(column, mirrored) for column in columns for mirrored in ((False, True) if p.flip else (False,))]
-        found = []
-        for ((cx0, cx1), mirrored), dets in zip(looks, detector.detect_tiles(looks, fill, settings.detect_score_threshold)):
-            if not len(dets):
-                continue
-            if mirrored:
-                dets = dets.mirrored(T)
-            dets = dets.transformed(1.0, cx0 - p.margin, oy)
-            cx, cy = dets.centres[:, 0], dets.centres[:, 1]
-            native_sizes = dets.sizes / (scale * up)
-            keep = ((cx >= cx0) & (cx < cx1) & (cy >= core_top) & (cy < core_bottom)
-                    & (native_sizes >= p.min_size) & (native_sizes < p.max_size))
-            found.append(dets.select(keep).reweighted(p.weight))
-        dets = Detections.concat(found)
-        native = dets.clipped(width, height).transformed(1.0 / (scale * up))
-        # Faces that will be listed outrank the rest, so a low-scoring box seen only to be
-        # blurred never suppresses one; among them, NMS keeps what it kept before.
-        keep = nms_indices(dets, settings.nms_iou, cell=2 * p.margin, first=settings.listed(native.scores, native.sizes))
-        yield band.index, len(looks), native.select(keep)
+def detect_bands(info: ImageInfo, p: Pass, detector: Detector, settings: Settings,
+                 skip: set[int] = frozenset()) -> Iterator[tuple[int, int, Detections]]:
+    """(band index, tiles run, detections in native frame pixels) for each band of one pass
+    not in `skip`, down to the settings' detection floor (the blur point)."""
+    grid, produced = read_pass(info, p, skip)
+    for band in produced:
+        tiles, dets = detect_band(band, grid, p, detector, settings)
+        yield band.index, tiles, dets
 
 
 def cut_tile(band: Band, ox: int, oy: int, out: np.ndarray) -> None:
