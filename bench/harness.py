@@ -173,12 +173,15 @@ class RayCluster:
         self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
         self.processes: list[subprocess.Popen] = []
         self.logs: list[Path] = []
-        self.address = ""
+        self.address = self.client_address = ""
+        client_port = free_port()  # Ray's client server (ray://), not its default 10001: others may run one
         try:
             head, *others = nodes
             self._start(["--head", "--port", "0", "--include-dashboard", "false", "--temp-dir", self.temp,
+                         "--ray-client-server-port", str(client_port),
                          "--system-config", '{"automatic_object_spilling_enabled": false}'], head, store)
             self.address = self._head_address()
+            self.client_address = f"ray://{self.address.rsplit(':', 1)[0]}:{client_port}"
             for node in others:
                 self._start(["--address", self.address], node, store)
             self._wait_for_nodes(len(nodes))

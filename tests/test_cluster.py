@@ -160,6 +160,7 @@ def test_a_worker_killed_mid_scan_is_replaced_and_the_scan_finds_the_same_faces(
 
 
 def test_a_driver_killed_mid_scan_resumes_to_the_same_faces(inputs, cluster, tmp_path):
+    # The scan resumed from another kind of driver: through Ray's client server (ray://).
     db = tmp_path / "cluster.db"
     proc = start(["scan", inputs["jpeg"], "--db", db, "--quiet", "--cluster", cluster.address], tmp_path)
     wait_until(lambda: bands_done(db) >= 2, proc)
@@ -167,7 +168,7 @@ def test_a_driver_killed_mid_scan_resumes_to_the_same_faces(inputs, cluster, tmp
     proc.communicate()
     (capture,) = Library(str(db)).captures.all()
     assert capture.stage == "detect"
-    done = run_cli("scan", inputs["jpeg"], "--db", db, "--resume", "--cluster", cluster.address)
+    done = run_cli("scan", inputs["jpeg"], "--db", db, "--resume", "--cluster", cluster.client_address)
     assert done.returncode == 0, done.stderr
     assert "resuming capture 1 at stage 'detect'" in done.stderr
     (capture,) = Library(str(db)).captures.all()
