@@ -264,3 +264,19 @@ def test_the_service_runs_its_scan_jobs_on_the_cluster(inputs, cluster, tmp_path
     assert capture["state"] == "done", capture
     assert seen_workers
     assert_same_faces(faces_by_source(db)[str(inputs["tiff"])], inputs["local"][str(inputs["tiff"])])
+
+
+@pytest.mark.slow
+def test_a_node_lost_mid_scan_leaves_the_scan_to_the_others(inputs, tmp_path):
+    # Its own cluster: the second node's processes are all killed at once, as a machine
+    # that loses power; the head's worker finishes the scan.
+    with RayCluster([{"cpus": 1}, {"cpus": 1}]) as two:
+        db = tmp_path / "cluster.db"
+        proc = start(["scan", inputs["jpeg"], "--db", db, "--quiet", "--cluster", two.address], tmp_path)
+        wait_until(lambda: bands_done(db) >= 1, proc)
+        os.killpg(two.processes[1].pid, signal.SIGKILL)
+        killed_at = bands_done(db)
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr
+        assert killed_at < bands_done(db), "the node was lost after the detection"
+    assert_same_faces(faces_by_source(db)[str(inputs["jpeg"])], inputs["local"][str(inputs["jpeg"])])

@@ -29,7 +29,8 @@ from gigaface.cluster.worker import FaceWorker
 from gigaface.errors import GigafaceError
 
 DEPTH = 2              # calls queued at a slot
-START_TIMEOUT = 300.0  # s for the slots to load their models (a node starting workers is slow)
+START_TIMEOUT = 300.0  # s for a first slot to load its models (a node starting workers is slow)
+START_GRACE = 30.0     # s the others get after the first answered; later ones join when ready
 REPLACE_TIMEOUT = 120.0
 MAX_ATTEMPTS = 4       # a call whose worker died under it this many times fails the scan
 STORE_SHARE = 0.5      # of the smallest node's object store that shipped bands may take
@@ -134,18 +135,19 @@ class WorkerPool:
         self.slots = [self._new_slot(options) for options in plan]
         deadline = time.monotonic() + START_TIMEOUT
         driver = versions.report()
-        while any(s.report is None for s in self.slots):
+        while any(s.report is None for s in self.slots) and time.monotonic() < deadline:
             waiting = [s.ready for s in self.slots if s.report is None]
-            ready, _ = self.ray.wait(waiting, num_returns=len(waiting), timeout=max(0.0, deadline - time.monotonic()))
+            ready, _ = self.ray.wait(waiting, num_returns=len(waiting), timeout=WAIT_STEP)
             for slot in [s for s in self.slots if s.report is None and s.ready in ready]:
                 slot.report = self._answer(slot)
                 versions.check_same(driver, slot.report["versions"], f"node {self._where(slot)}")
-            if time.monotonic() >= deadline:
-                break
-        if not any(s.report is not None for s in self.slots):
-            raise GigafaceError(f"no worker started on the Ray cluster at {self.address} in {START_TIMEOUT:.0f} s"
-                                " (are its CPUs taken by other jobs?)")
-        # Slots still loading join when they answer (_refresh), as replacements do.
+                if len(self.live()) == 1:
+                    deadline = min(deadline, time.monotonic() + START_GRACE)
+        if not self.live():
+            raise GigafaceError(f"no worker could start on the Ray cluster at {self.address} in {START_TIMEOUT:.0f} s:"
+                                " its CPUs are taken (by another scan?)")
+        # Slots still loading (or waiting for a CPU another job holds) join when they
+        # answer (_refresh), as replacements do; their versions are checked then too.
 
     def _new_slot(self, options: dict, pinned: bool = True) -> Slot:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -205,11 +207,14 @@ class WorkerPool:
         ready, _ = self.ray.wait([s.ready for s in starting], num_returns=len(starting), timeout=0)
         for slot in [s for s in starting if s.ready in ready]:
             try:
-                slot.report = self.ray.get(slot.ready)
+                report = self.ray.get(slot.ready)
             except Exception as exc:  # the replacement died too
                 with self.lock:
                     slot.alive = False
                 self.last_death = one_line(exc)
+                continue
+            versions.check_same(versions.report(), report["versions"], f"node {report.get('host', '?')}")
+            slot.report = report
 
     def _lost(self, slot: Slot, exc: BaseException) -> None:
         """A slot's actor died: drop it and ask for another wherever there is room."""

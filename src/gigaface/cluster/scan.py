@@ -88,7 +88,8 @@ def scan_paths(db: str, paths: list[str], settings: Settings, pool: WorkerPool,
         return [one(path) for path in paths]
     _register_in_order(db, paths, settings, options.get("max_pixels", DEFAULT_MAX_PIXELS),
                        options.get("frames_anywhere", False))
-    with ThreadPoolExecutor(at_once, thread_name_prefix="capture") as threads:
+    threads = ThreadPoolExecutor(at_once, thread_name_prefix="capture")
+    try:
         futures = [threads.submit(one, path) for path in paths]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = next((f for f in futures if f in done and f.exception() is not None), None)
@@ -98,3 +99,7 @@ def scan_paths(db: str, paths: list[str], settings: Settings, pool: WorkerPool,
             wait(futures)
             raise failed.exception()
         return [f.result() for f in futures]
+    finally:
+        # Interrupted (Ctrl-C): return now; the caller closes the pool, which ends the
+        # threads' calls.
+        threads.shutdown(wait=False, cancel_futures=True)
