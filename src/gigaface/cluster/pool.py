@@ -103,6 +103,7 @@ class WorkerPool:
     last_death: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
     joined: bool = True  # this pool joined the cluster, and leaves it on close
+    actor_class: object = None
 
     # --- start ---------------------------------------------------------------------------
     @classmethod
@@ -153,7 +154,9 @@ class WorkerPool:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         strategy = NodeAffinitySchedulingStrategy(options["node"], soft=False) if pinned else "DEFAULT"
-        actor = self.ray.remote(FaceWorker).options(
+        if self.actor_class is None:  # one class for every slot: Ray exports its definition once
+            self.actor_class = self.ray.remote(FaceWorker)
+        actor = self.actor_class.options(
             num_cpus=options["num_cpus"], num_gpus=options["num_gpus"], max_restarts=0, max_task_retries=0,
             scheduling_strategy=strategy).remote(self.runtime, self.precision, self.tile, options["cpus"])
         return Slot(actor, options, actor.report.remote())

@@ -175,7 +175,14 @@ def _openvino_lanes(model: bytes, runtime: Runtime, lanes: int, threads: int,
             return [np.array(result[o]) for o in outputs]  # copies: the request reuses its buffers
         return run
 
-    return [lane(compiled.create_infer_request()) for _ in range(lanes)]
+    runs = [lane(compiled.create_infer_request()) for _ in range(lanes)]
+    if lanes > 1 and input_shape is not None:
+        # OpenVINO's Python binding sets up its numpy API (pybind11 statics) on the first
+        # infer; two lanes doing that at once can deadlock (one holds a static's guard and
+        # waits for the GIL, the other holds the GIL and waits for the guard: a scan hung
+        # about once in 30 on 2 cores). One infer here first, in one thread.
+        runs[0](np.zeros(input_shape, np.uint8))
+    return runs
 
 
 def describe_machine() -> dict:
