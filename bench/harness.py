@@ -170,7 +170,10 @@ class RayCluster:
         import tempfile
 
         self.temp = tempfile.mkdtemp(prefix="gf-ray-", dir="/tmp")  # Ray's socket paths must stay short
-        self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+        # The client server (ray://) starts a Python process per driver and gives it 30 s to
+        # answer: too short on a loaded 2-core machine.
+        self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
+                        RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S="180")
         self.processes: list[subprocess.Popen] = []
         self.logs: list[Path] = []
         self.address = self.client_address = ""

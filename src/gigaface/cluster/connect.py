@@ -83,4 +83,8 @@ def leave() -> None:
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """The first meaningful line of an exception's text (Ray's run to dozens of lines)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:limit]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].endswith(":") and len(lines) > 1:  # "...failure from server:" then a traceback
+        return f"{lines[0]} {lines[-1]}"[:limit]
+    return lines[0][:limit]
