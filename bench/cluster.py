@@ -31,6 +31,7 @@ PROJECTED_MP = 500
 CAPTURES_A_DAY = 1000
 ASSUMED_GPU_TILES_PER_S = (100, 300, 1000)  # not measured here: no GPU was lent
 BAND_ROWS = 640
+IN_FLIGHT = 4  # bands travelling at once in the object store measurement
 RAW_PER_FACE = 3  # assumed: one raw detection per pass whose size range holds the face
 
 
@@ -130,16 +131,25 @@ def _object_store(address: str, width: int, log) -> dict:
         other = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != here)
         band = np.random.default_rng(0).integers(0, 255, (BAND_ROWS, width, 3), np.uint8)
         repeats = 20
+        # A few bands in flight at a time, as the pool keeps them: more would fill the small
+        # object store, and Ray would then allocate beside it (on disk, unless the fallback
+        # directory is in RAM).
         start = time.perf_counter()
-        refs = [ray.put(band) for _ in range(repeats)]
+        for _ in range(repeats):
+            ref = ray.put(band)
+            del ref
         put_s = time.perf_counter() - start
-        del refs
         result = {"band_mb": round(band.nbytes / 1e6, 1), "put_mb_per_s": round(band.nbytes * repeats / 1e6 / put_s, 1)}
         for where, node in (("same_node", here), ("other_node", other)):
             actor = ray.remote(Touch).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
             ray.get(actor.size.remote(band))  # started
             start = time.perf_counter()
-            ray.get([actor.size.remote(ray.put(band)) for _ in range(repeats)])
+            pending = []
+            for _ in range(repeats):
+                pending.append(actor.size.remote(ray.put(band)))
+                if len(pending) >= IN_FLIGHT:
+                    ray.get(pending.pop(0))
+            ray.get(pending)
             seconds = time.perf_counter() - start
             result[f"{where}_mb_per_s"] = round(band.nbytes * repeats / 1e6 / seconds, 1)
             ray.kill(actor)

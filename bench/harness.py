@@ -196,7 +196,9 @@ class RayCluster:
         log = Path(self.temp) / f"node-{len(self.processes)}.log"
         command = [str(Path(sys.executable).with_name("ray")), "start", "--block", *args,
                    "--num-cpus", str(node["cpus"]), "--num-gpus", str(node.get("gpus", 0)),
-                   "--object-store-memory", str(store), "--disable-usage-stats"]
+                   "--object-store-memory", str(store), "--disable-usage-stats",
+                   # Objects that do not fit the store are allocated beside it: in RAM too.
+                   "--object-spilling-directory", "/dev/shm"]
         if node.get("hide"):  # unshare and sh exec in turn: the PID stays the ray start's
             command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                        'mount -t tmpfs -o size=1m hidden "$1" && shift && exec "$@"', "sh", str(node["hide"]), *command]
