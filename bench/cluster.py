@@ -265,7 +265,10 @@ def markdown(section: dict) -> str:
         best = min(two, key=lambda r: r["scan_s"])
         lines.append(f"\nRay's overhead on the same two cores: the best 2-node scan takes "
                      f"x{best['scan_s'] / max(local['scan_s'], 1e-9):.2f} the local scan's time "
-                     f"(x{best['wall_s'] / max(local['wall_s'], 1e-9):.2f} wall, start-up included).\n")
+                     f"(x{best['wall_s'] / max(local['wall_s'], 1e-9):.2f} wall, start-up included). On this "
+                     "2-core machine a second node's slot shares the cores with the driver (which decodes, reads "
+                     "face regions and commits) and Ray's own processes, so two nodes cannot beat one here; the "
+                     "projection below uses the rate of one slot, measured with the driver on the other core.\n")
     for label in ("1 node", "2 nodes"):
         jpeg = next((r for r in section["rows"] if r["name"].startswith(f"cluster: {label}") and "JPEG" in r["name"]), None)
         tiff = next((r for r in section["rows"] if r["name"].startswith(f"cluster: {label}") and "TIFF" in r["name"]), None)
@@ -305,7 +308,8 @@ def markdown(section: dict) -> str:
               f"{p['day']['captures']:,} such captures needs {p['day']['cpu_slots_needed']:,} CPU slots busy all day; "
               f"one driver gets through {p['day']['captures_per_driver_jpeg']:,} JPEG captures a day "
               f"({p['day']['captures_per_driver_tiff']:,} TIFF), so {p['day']['drivers_needed_jpeg']} driver(s) "
-              "(separate `gigaface scan --cluster` processes, one library each or in turn) for JPEGs.\n",
+              "for JPEGs (more drivers are more `gigaface scan --cluster` processes: each capture has one "
+              "writer, and several may share a library).\n",
               "GPU slots, **not measured (no GPU was lent to this session)**: at an assumed detection rate per GPU "
               "(detection only; the describe stage's slot-seconds come on top):\n",
               "| assumed tiles/s a GPU | GPU-seconds to detect a capture | GPUs one driver feeds (JPEG) | (TIFF) |",
