@@ -8,7 +8,7 @@
     python -m bench --sections load --size 40 --load-clients 4 --load-seconds 30
     python -m bench --sections privacy       # labelled faces left sharp by the anonymiser (15 min)
     python -m bench --sections search --search-sizes 10000,100000   # one person among N faces
-    python -m bench --sections cluster       # scans on Ray clusters of this machine's cores (4 min)
+    python -m bench --sections cluster       # scans on Ray clusters of this machine's cores (75 s)
     python -m bench --report-only            # rewrite the report from saved results
 
 Each section saves its results as JSON under bench/results/ as soon as it finishes, so

@@ -3,7 +3,7 @@ overhead against a local scan on the same cores, the driver's own rates (JPEG de
 object store, conversion to a tiled TIFF, SQLite), and from those a projection of how many
 workers one driver feeds.
 
-    python -m bench --sections cluster                    # a 25-MP mosaic (about 4 min on 2 cores)
+    python -m bench --sections cluster                    # a 25-MP mosaic (74 s on 2 cores, measured)
     python -m bench --sections cluster --cluster-size 100
 
 The clusters are bench.harness.RayCluster: nodes of one CPU each, started and stopped by
