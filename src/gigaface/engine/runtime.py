@@ -176,12 +176,13 @@ def _openvino_lanes(model: bytes, runtime: Runtime, lanes: int, threads: int,
         return run
 
     runs = [lane(compiled.create_infer_request()) for _ in range(lanes)]
-    if lanes > 1 and input_shape is not None:
-        # OpenVINO's Python binding sets up its numpy API (pybind11 statics) on the first
-        # infer; two lanes doing that at once can deadlock (one holds a static's guard and
-        # waits for the GIL, the other holds the GIL and waits for the guard: a scan hung
-        # about once in 30 on 2 cores). One infer here first, in one thread.
-        runs[0](np.zeros(input_shape, np.uint8))
+    # Each lane's first call from this one thread: OpenVINO's bindings set up their numpy
+    # access lazily, and two lanes doing that at once from two threads deadlock (pybind11's
+    # call_once waits for the GIL that the other thread holds while it waits on the same
+    # once-guard: seen as a `gigaface find` hung for minutes).
+    warm = np.zeros(tuple(compiled.inputs[0].shape), np.uint8)
+    for run in runs:
+        run(warm)
     return runs
 
 
