@@ -11,6 +11,7 @@
     python -m bench --sections search        # one person among 10^4, 10^5, 10^6 faces (4 min; libraries made once)
     python -m bench --sections search --search-sizes 10000,100000   # other sizes
     python -m bench --sections wider,identity --precision f32   # the same on f32, saved apart
+    python -m bench --sections cluster       # scans on Ray clusters of this machine's cores (75 s)
     python -m bench --report-only            # rewrite the report from saved results
 
 Each section saves its results as JSON under bench/results/ as soon as it finishes, so
@@ -32,7 +33,7 @@ from gigaface.process import configure_process
 from .data import MissingData
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("wider", "identity", "mosaic", "scaling", "load", "privacy", "search")
+SECTIONS = ("wider", "identity", "mosaic", "scaling", "load", "privacy", "search", "cluster")
 
 
 def save_json(path: Path, value) -> None:
@@ -63,6 +64,10 @@ def run_section(name: str, args, results: Path, plots: Path) -> None:
             from . import search
 
             value = search.run(args.work, [int(s) for s in args.search_sizes.split(",")])
+        elif name == "cluster":
+            from . import cluster
+
+            value = cluster.run(args.work, size=args.cluster_size)
         elif name == "load":
             from . import load
 
@@ -142,6 +147,8 @@ def main() -> None:
                         help="WIDER images the privacy section anonymises (default 30)")
     parser.add_argument("--search-sizes", default="10000,100000,1000000",
                         help="faces in the search section's synthetic libraries (default 10000,100000,1000000)")
+    parser.add_argument("--cluster-size", type=float, default=25,
+                        help="the cluster section's mosaic, in megapixels (default 25)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"any of {', '.join(SECTIONS)}")
     parser.add_argument("--work", type=Path, default=HERE / "out", help="where mosaics and libraries go")
     parser.add_argument("--report", type=Path, default=HERE / "report.md")

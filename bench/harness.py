@@ -145,3 +145,152 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class RayCluster:
+    """A real Ray cluster of `nodes` on this machine, for the cluster tests and benchmarks:
+    each node a `ray start --block` process of our own, in a session of its own, so stopping
+    it (SIGTERM, which drains and stops what it started; then SIGKILL to its process group)
+    touches only the processes it started. Never `ray stop`, which stops every Ray process
+    on the machine.
+
+    Ray names a node by the machine's address even when told 127.0.0.1 (its
+    `resolve_ip_for_localhost`), so the nodes talk over this machine's own address: no
+    traffic leaves it. Usage statistics are off, the dashboard is not started, and objects
+    never spill to disk (band pixels and face regions stay in RAM).
+
+    `nodes` is a list of dicts: cpus, and optionally gpus (declared: Ray schedules on a GPU
+    it is told of, whether or not there is one) and hide (a folder that node does not see:
+    it runs in a mount namespace of its own with an empty tmpfs over that folder, as a
+    machine without the network filesystem would)."""
+
+    STORE = 200_000_000  # bytes of object store per node: small, this machine is shared
+
+    def __init__(self, nodes: list[dict], store: int = STORE):
+        import tempfile
+
+        self.temp = tempfile.mkdtemp(prefix="gf-ray-", dir="/tmp")  # Ray's socket paths must stay short
+        # The client server (ray://) starts a Python process per driver and gives it 30 s to
+        # answer: too short on a loaded 2-core machine.
+        self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
+                        RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S="180")
+        self.processes: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+        self.address = self.client_address = ""
+        client_port = free_port()  # Ray's client server (ray://), not its default 10001: others may run one
+        try:
+            head, *others = nodes
+            self._start(["--head", "--port", "0", "--include-dashboard", "false", "--temp-dir", self.temp,
+                         "--ray-client-server-port", str(client_port),
+                         "--system-config", '{"automatic_object_spilling_enabled": false}'], head, store)
+            self.address = self._head_address()
+            self.client_address = f"ray://{self.address.rsplit(':', 1)[0]}:{client_port}"
+            for node in others:
+                self._start(["--address", self.address], node, store)
+            self._wait_for_nodes(len(nodes))
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, args: list[str], node: dict, store: int) -> None:
+        log = Path(self.temp) / f"node-{len(self.processes)}.log"
+        command = [str(Path(sys.executable).with_name("ray")), "start", "--block", *args,
+                   "--num-cpus", str(node["cpus"]), "--num-gpus", str(node.get("gpus", 0)),
+                   "--object-store-memory", str(store), "--disable-usage-stats",
+                   # Objects that do not fit the store are allocated beside it: in RAM too.
+                   "--object-spilling-directory", "/dev/shm"]
+        if node.get("hide"):  # unshare and sh exec in turn: the PID stays the ray start's
+            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       'mount -t tmpfs -o size=1m hidden "$1" && shift && exec "$@"', "sh", str(node["hide"]), *command]
+        with open(log, "w") as out:
+            self.processes.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                                                   stdin=subprocess.DEVNULL, start_new_session=True))
+        self.logs.append(log)
+
+    def _head_address(self, timeout: float = 90) -> str:
+        marker = Path(self.temp) / "ray_current_cluster"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if marker.exists() and marker.read_text().strip():
+                return marker.read_text().strip()
+            if self.processes[0].poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"the Ray head did not start: {self.logs[0].read_text()[-2000:]}")
+
+    def _wait_for_nodes(self, count: int, timeout: float = 120) -> None:
+        """Every node's raylet registered (a look at the GCS from a short-lived driver)."""
+        probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
+                 "print(sum(1 for n in ray.nodes() if n['Alive']))")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for process, log in zip(self.processes, self.logs):
+                if process.poll() is not None:
+                    raise RuntimeError(f"a Ray node exited: {log.read_text()[-2000:]}")
+            done = subprocess.run([sys.executable, "-c", probe, self.address], capture_output=True, text=True,
+                                  env=self.env, timeout=60, cwd=self.temp)
+            if done.returncode == 0 and done.stdout.strip().isdigit() and int(done.stdout.strip()) >= count:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"the Ray cluster did not reach {count} nodes in {timeout:g} s")
+
+    def worker_pids(self, name: str = "FaceWorker") -> list[int]:
+        """PIDs of the actor processes of class `name` running under this cluster's nodes
+        (Ray titles an actor's process `ray::Class` or `ray::Class.method`)."""
+        ours = set()
+        for process in self.processes:
+            ours |= _descendants(process.pid)
+        found = []
+        for pid in sorted(ours):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            except OSError:
+                continue
+            if title.startswith(f"ray::{name}"):
+                found.append(pid)
+        return found
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):  # the head last
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in reversed(self.processes):
+            try:
+                process.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # whatever of its own it left behind
+            except ProcessLookupError:
+                pass
+            process.wait()
+        import shutil
+
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+    def __enter__(self) -> "RayCluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _descendants(pid: int) -> set[int]:
+    """`pid`'s child processes, their children, and so on (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found

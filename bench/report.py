@@ -44,6 +44,7 @@ def write_report(results: Path, out: Path, plots: Path) -> Path:
     parts.append(_loads(loads))
     parts.append(_privacy(_load(results, "privacy")))
     parts.append(_search(_load(results, "search")))
+    parts.append(_cluster(_load(results, "cluster")))
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text("\n".join(p for p in parts if p))
     tmp.replace(out)
@@ -422,6 +423,15 @@ LOAD_READING = (
     "side up to that number and the rest wait for a worker; the server's own threads never run dlib, "
     "whose descriptor holds the GIL for ~150 ms a face, so listings and health are not stalled behind it."
     "{pace}{tails}")
+
+
+def _cluster(section) -> str:
+    title = "9. Scans on a Ray cluster"
+    if (msg := _ran(section, title)):
+        return msg
+    from .cluster import markdown
+
+    return f"## {title}\n\n`{section['command']}` ({section['seconds']:.0f} s). " + markdown(section)
 
 
 def _privacy(section) -> str:

@@ -123,23 +123,42 @@ def blur_image(library: Library, capture: CaptureRecord, out: str, keep: list[st
 def scan(path: str, db: str = "gigaface.db", preset: str = "balanced", min_face: float | None = None,
          min_embed: float | None = None, resume: bool = False, threads: int | None = None,
          max_pixels: int = DEFAULT_MAX_PIXELS, reporter: Reporter | None = None, frames_anywhere: bool = False,
-         runtime: str | None = None, precision: str | None = None) -> Capture:
+         runtime: str | None = None, precision: str | None = None, cluster: str | None = None) -> Capture:
     """Scan an image (or a camera-array manifest .json) into the library at `db`. Another
     scan of the same capture (any process) is waited for, then found done. Everything runs
     in this process (threads, no worker processes), so a plain script or a notebook cell
-    needs no `if __name__ == "__main__":` guard. `runtime`: auto, onnxruntime or openvino."""
+    needs no `if __name__ == "__main__":` guard. `runtime`: auto, onnxruntime or openvino.
+    `cluster`: a Ray cluster's address (HOST:PORT, ray://HOST:10001 or auto) to detect and
+    describe on, this process writing the library (gigaface[ray])."""
     configure_process()
     settings = settings_for(preset, min_face, min_embed=min_embed)
     if threads is not None and threads < 1:
         raise GigafaceError(f"threads is at least 1 (got {threads})")
     if max_pixels < 1:
         raise GigafaceError(f"max_pixels is at least 1 (got {max_pixels})")
+    if cluster is not None:
+        return _scan_on_cluster(path, db, settings, cluster, resume, max_pixels, reporter, frames_anywhere,
+                                runtime, precision)
     chosen = choose(runtime, precision)
     library = Library(db, create=True)
     with describing.Describer(chosen, threads) as describer:
         result = scan_path(library, path, settings, detector=CenterFace(settings.tile, runtime=chosen),
                            describer=describer, resume=resume, reporter=reporter, max_pixels=max_pixels,
                            frames_anywhere=frames_anywhere)
+    return Capture(library, result.capture, result)
+
+
+def _scan_on_cluster(path, db, settings, cluster, resume, max_pixels, reporter, frames_anywhere, runtime,
+                     precision) -> Capture:
+    from gigaface.cluster.connect import cluster_address
+    from gigaface.cluster.scan import input_files, on_cluster, scan_one
+
+    address = cluster_address(cluster) or "auto"
+    with on_cluster(address, input_files([path], max_pixels, frames_anywhere), runtime, precision,
+                    settings.tile) as pool:
+        library = Library(db, create=True)
+        result = scan_one(library, path, settings, pool, resume=resume, reporter=reporter, max_pixels=max_pixels,
+                          frames_anywhere=frames_anywhere)
     return Capture(library, result.capture, result)
 
 

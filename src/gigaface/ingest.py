@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ import numpy as np
 from gigaface.engine import describe as describing
 from gigaface.engine.content_key import capture_key, legacy_capture_key
 from gigaface.engine.detect import count_tiles, detect_bands, seed_points, units
+from gigaface.engine.detections import Detections
 from gigaface.engine.detector import CenterFace, Detector
 from gigaface.engine.frames import Frame, panorama_size
 from gigaface.engine.manifest import frames_of
@@ -60,6 +62,51 @@ def is_capture_of(path: str, capture: CaptureRecord) -> bool:
     if capture.key == capture_key(path):
         return True
     return os.path.abspath(path) == capture.source and capture.key == legacy_capture_key(path)
+
+
+# --- detection --------------------------------------------------------------------------
+# Where the detect stage's band results come from: (frames, settings, units already done as
+# (frame, pass, unit), max_pixels, seeds) -> (frame, pass, unit, tiles, detections in native
+# frame pixels) for every unit not done. The passes before a frame's seeded passes come
+# first: `seeds(frame index)` reads, from what was committed, where a seeded pass looks.
+# This process's detector (`detect_here`), or a cluster's workers (gigaface.cluster): the
+# stage that commits them is the same.
+BandResult = tuple[int, int, int, int, Detections]
+Seeds = Callable[[int], np.ndarray]
+BandSource = Callable[[list[Frame], Settings, set[tuple[int, int, int]], int, Seeds], Iterator[BandResult]]
+
+
+def detect_here(detector: Detector | None = None) -> BandSource:
+    """Every unit detected in this process, frame by frame, pass by pass, top to bottom."""
+
+    def source(frames: list[Frame], settings: Settings, done: set[tuple[int, int, int]],
+               max_pixels: int, seeds: Seeds) -> Iterator[BandResult]:
+        nonlocal detector
+        detector = detector or CenterFace(settings.tile)
+        for fi, frame in enumerate(frames):
+            info = probe(frame.path, max_pixels)
+            for pi, p in enumerate(plan_passes(frame.width, frame.height, settings)):
+                skip = {b for (f, q, b) in done if f == fi and q == pi}
+                # Asked for here, when every earlier result was yielded and so committed.
+                found = seeds(fi) if p.seeded else None
+                for unit, tiles, dets in detect_bands(info, p, detector, settings, skip, found):
+                    yield fi, pi, unit, tiles, dets
+
+    return source
+
+
+def tiles_done(frames: list[Frame], settings: Settings, done: set[tuple[int, int, int]]) -> int:
+    """Detection tiles of the units already done (a resumed scan's progress starts there)."""
+    return sum(tiles for fi, frame in enumerate(frames)
+               for pi, p in enumerate(plan_passes(frame.width, frame.height, settings))
+               for unit, tiles in units(frame.width, frame.height, p) if (fi, pi, unit) in done)
+
+
+def _seeds(library: Library, capture_id: int, frame_index: int, frame: Frame) -> np.ndarray:
+    """Centres (frame pixels) of the faces found in a frame so far: where a seeded pass looks.
+    Read from the library, so that a resumed scan looks where the first one would have."""
+    frame_of, dets = library.captures.detections(capture_id)
+    return seed_points(dets.select(frame_of == frame_index)) - [frame.x, frame.y]
 
 
 # --- description ------------------------------------------------------------------------
@@ -142,19 +189,16 @@ class _done:
         return self.value
 
 
-def _seeds(library: Library, capture_id: int, frame_index: int, frame: Frame) -> np.ndarray:
-    """Centres (frame pixels) of the faces found in a frame so far: where a seeded pass looks.
-    Read from the library, so that a resumed scan looks where the first one would have."""
-    frame_of, dets = library.captures.detections(capture_id)
-    return seed_points(dets.select(frame_of == frame_index)) - [frame.x, frame.y]
-
-
 # --- the job ----------------------------------------------------------------------------
 def scan_path(library: Library, path: str, settings: Settings, *, detector: Detector | None = None,
               describer: describing.Describer | None = None, resume: bool = False,
               reporter: Reporter | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-              discard_on_error: bool = True, frames_anywhere: bool = False) -> ScanResult:
+              discard_on_error: bool = True, frames_anywhere: bool = False,
+              bands: BandSource | None = None) -> ScanResult:
     """Scan one image (or manifest) into the library; see the module docstring for stages.
+
+    Bands are detected by `bands` (default: `detect_here(detector)`) and faces described by
+    `describer` (default: a `Describer` of this process); a cluster passes its own of both.
 
     One process scans a capture at a time (library/locks.py): a second scan of it waits, saying
     so through `reporter.note`, then finds it scanned. Bad input found mid-way (a truncated
@@ -171,8 +215,8 @@ def scan_path(library: Library, path: str, settings: Settings, *, detector: Dete
                 capture = library.captures.get(capture.id)  # as the scan we waited for left it
             except GigafaceError:
                 continue  # that scan failed and discarded the capture: make it again
-            return _scan_locked(library, capture, path, frames, settings, detector, describer, resume, reporter,
-                                max_pixels, discard_on_error)
+            return _scan_locked(library, capture, path, frames, settings, bands or detect_here(detector), describer,
+                                resume, reporter, max_pixels, discard_on_error)
 
 
 def existing_capture(library: Library, path: str, key: str) -> CaptureRecord | None:
@@ -209,7 +253,7 @@ def add_capture(library: Library, path: str, settings: Settings,
 
 
 def _scan_locked(library: Library, capture: CaptureRecord, path: str, frames: list[Frame], settings: Settings,
-                 detector: Detector | None, describer, resume: bool, reporter: Reporter, max_pixels: int,
+                 bands: BandSource, describer, resume: bool, reporter: Reporter, max_pixels: int,
                  discard_on_error: bool) -> ScanResult:
     """scan_path's work on a capture whose lock this process holds."""
     started = time.perf_counter()
@@ -227,7 +271,7 @@ def _scan_locked(library: Library, capture: CaptureRecord, path: str, frames: li
         reporter.note(f"resuming capture {capture.id} at stage '{capture.stage}'")
 
     try:
-        result = _run_stages(library, capture, frames, settings, detector, describer, reporter, max_pixels)
+        result = _run_stages(library, capture, frames, settings, bands, describer, reporter, max_pixels)
     except GigafaceError:
         if discard_on_error:
             library.captures.delete(capture.id)
@@ -240,25 +284,24 @@ def _scan_locked(library: Library, capture: CaptureRecord, path: str, frames: li
 
 
 def _run_stages(library: Library, capture: CaptureRecord, frames: list[Frame], settings: Settings,
-                detector: Detector | None, describer, reporter: Reporter, max_pixels: int) -> ScanResult:
+                bands: BandSource, describer, reporter: Reporter, max_pixels: int) -> ScanResult:
     result = ScanResult(capture, 0, 0, 0.0, skipped=False)
     t0 = time.perf_counter()
     if capture.stage == "detect":
-        detector = detector or CenterFace(settings.tile)
         done = library.captures.bands_done(capture.id)
         reporter.stage("detect", count_tiles(frames, settings))
-        for fi, frame in enumerate(frames):
-            info = probe(frame.path, max_pixels)
-            for pi, p in enumerate(plan_passes(frame.width, frame.height, settings)):
-                skip = {b for (f, q, b) in done if f == fi and q == pi}
-                if skip:
-                    reporter.advance(sum(tiles for unit, tiles in units(frame.width, frame.height, p) if unit in skip))
-                seeds = _seeds(library, capture.id, fi, frame) if p.seeded else None
-                for band, tiles, dets in detect_bands(info, p, detector, settings, skip, seeds):
-                    dets = dets.transformed(1.0, frame.x, frame.y)
-                    library.captures.finish_band(capture.id, fi, pi, band, dets)
-                    result.tiles += tiles
-                    reporter.advance(tiles, faces=int(settings.listed(dets.scores, dets.sizes).sum()))
+        if done:
+            reporter.advance(tiles_done(frames, settings, done))
+
+        def seeds(fi: int) -> np.ndarray:
+            return _seeds(library, capture.id, fi, frames[fi])
+
+        for fi, pi, band, tiles, dets in bands(frames, settings, done, max_pixels, seeds):
+            frame = frames[fi]
+            dets = dets.transformed(1.0, frame.x, frame.y)
+            library.captures.finish_band(capture.id, fi, pi, band, dets)
+            result.tiles += tiles
+            reporter.advance(tiles, faces=int(settings.listed(dets.scores, dets.sizes).sum()))
         library.captures.set_stage(capture.id, "merge")
         capture = library.captures.get(capture.id)
     result.detect_seconds = time.perf_counter() - t0

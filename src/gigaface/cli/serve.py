@@ -24,7 +24,10 @@ def serve(db: str = typer.Argument(..., help="Library file (created if missing).
           data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Admins may add captures by their path "
                                                  "under this folder; without it, by upload only."),
           allow_host: Optional[list[str]] = typer.Option(None, "--allow-host", help="A DNS name the server is reached "
-                                                         "by (repeatable); loopback and the --host address always work.")) -> None:
+                                                         "by (repeatable); loopback and the --host address always work."),
+          cluster: Optional[str] = typer.Option(None, "--cluster", help="Run the scan jobs on a Ray cluster: HOST:PORT of "
+                                                "its head, ray://HOST:10001 or auto (default: $GIGAFACE_CLUSTER; needs "
+                                                "gigaface[ray]).")) -> None:
     """Run the REST service and the web viewer; every request needs a token (gigaface token create)."""
     from gigaface.service.serve import Config, serve as run_server
 
@@ -34,6 +37,7 @@ def serve(db: str = typer.Argument(..., help="Library file (created if missing).
     if max_pixels < 1:
         raise GigafaceError(f"--max-pixels {max_pixels}: give a positive number of pixels")
     hosts = tuple(host_name(name) for name in allow_host or ())
+    address = _cluster_reached(cluster)
     data = data_folder(data_dir) if data_dir is not None else None
     sock = _check_port(host, port)
     try:
@@ -48,7 +52,7 @@ def serve(db: str = typer.Argument(..., help="Library file (created if missing).
     say(f"gigaface: serving {db} on http://{_url_host(host)}:{port}/ (API docs at /docs)"
         + (f", public view at http://{_url_host(host)}:{port}/public" if public else ""))
     run_server(Config(db, public=public, max_upload=max_upload_mb << 20, max_pixels=max_pixels, data_dir=data,
-                      host=host, allow_hosts=hosts), sock)
+                      host=host, allow_hosts=hosts, cluster=address), sock)
 
 
 def view(db: str = typer.Argument(..., help="Library file."),
@@ -73,6 +77,17 @@ def view(db: str = typer.Argument(..., help="Library file."),
     say(f"gigaface: viewer for {db} at {url} (Ctrl-C to stop)")
     run_server(Config(db, local=True, local_key=key, data_dir=data), sock,
                on_ready=(lambda: webbrowser.open(url)) if browser else None)
+
+
+def _cluster_reached(cluster: str | None) -> str | None:
+    """The jobs' cluster, checked now (Ray installed, the head answering), not at the first job."""
+    from gigaface.cluster.connect import check_reachable, cluster_address, import_ray
+
+    address = cluster_address(cluster)
+    if address is not None:
+        import_ray()
+        check_reachable(address)
+    return address
 
 
 def _url_host(host: str) -> str:

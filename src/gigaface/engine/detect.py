@@ -59,38 +59,92 @@ def units(width: int, height: int, p: Pass) -> list[tuple[int, int]]:
     return [(s.index * count + band, len(s.columns) * p.looks) for s in stripes(w, p) for band in range(count)]
 
 
-def detect_bands(info: ImageInfo, p: Pass, detector: Detector, settings: Settings,
-                 skip: set[int] = frozenset(), seeds: np.ndarray | None = None
-                 ) -> Iterator[tuple[int, int, Detections]]:
-    """(unit id, tiles planned, detections in native frame pixels) for each band of each
-    stripe of one pass, down to the settings' detection floor (the blur point). A seeded pass
-    runs only the tiles near `seeds`, the (N, 2) centres in native frame pixels of faces the
-    passes before it found (`seeded_tiles`)."""
+@dataclass(frozen=True)
+class PassGrid:
+    """One pass laid over one image: the pixel grid its tiles are cut from.
+
+    `scale` is the exact scale of the image that is read (native when `up` > 1: tiles are
+    then enlarged one by one); `width` x `height` is the pass's grid, `stripes` its groups of
+    tile columns and `bands` how many bands of `core` rows each stripe has. A unit of work
+    is a band of a stripe, id `stripe * bands + band`."""
+
+    scale: float
+    up: int
+    width: int
+    height: int
+    stripes: tuple[Stripe, ...]
+    bands: int
+
+    @property
+    def units(self) -> range:
+        return range(len(self.stripes) * self.bands)
+
+
+@dataclass
+class Unit:
+    """One band of one stripe, read: what a detector works on."""
+    id: int
+    stripe: Stripe
+    left: int  # first column of `band.pixels` in the rows read
+    band: Band
+
+
+def read_pass(info: ImageInfo, p: Pass, skip: set[int] = frozenset(), prefetch: bool = True
+              ) -> tuple[PassGrid, Iterator[Unit]]:
+    """The pass's grid and its units, stripe by stripe, each read top to bottom, but for
+    those in `skip`: a stripe's reading starts at its first unit wanted and stops after its
+    last (a tiled TIFF is then read only there; a JPEG is decoded from its top whatever the
+    start). Nothing is decoded until the units are asked for."""
     up = round(p.scale) if p.upscale_tiles else 1  # tiles enlarged one by one from native rows
     image, scale = load_scaled(info, 1.0 if up > 1 else p.scale)
     width, height = image.width * up, image.height * up  # the pass's pixel grid
-    count = (height + p.core - 1) // p.core
-    for stripe in stripes(width, p):
+    grid = PassGrid(scale, up, width, height, tuple(stripes(width, p)), (height + p.core - 1) // p.core)
+    return grid, _read_units(info, p, grid, skip, prefetch)
+
+
+def _read_units(info: ImageInfo, p: Pass, grid: PassGrid, skip: set[int], prefetch: bool) -> Iterator[Unit]:
+    up, count = grid.up, grid.bands
+    for stripe in grid.stripes:
         ids = range(stripe.index * count, (stripe.index + 1) * count)
-        start = next((i - ids[0] for i in ids if i not in skip), count)
-        if start == count:
+        wanted = [i - ids[0] for i in ids if i not in skip]
+        if not wanted:
             continue
-        if stripe.index:  # a sequential reader reads once, top to bottom: a new one per stripe
-            image, scale = load_scaled(info, 1.0 if up > 1 else p.scale)
+        # A sequential reader reads once, top to bottom: a new one for each stripe.
+        image, _ = load_scaled(info, 1.0 if up > 1 else p.scale)
         # The stripe's columns and margins, in the rows read (native for an upscaled pass)
         left = max(0, (stripe.x0 - p.margin) // up)
         right = min(image.width, -(-(stripe.x1 + p.margin) // up))
         view = image if (left, right) == (0, image.width) else image.crop(left, 0, right - left, image.height)
-        for band in bands(view, p.core // up, p.margin // up, start=start, path=info.path):
-            unit = ids[band.index]
-            if unit in skip:
-                continue
-            columns = stripe.columns
-            if p.seeded:
-                columns = seeded_tiles(columns, band.core_top * up, band.core_bottom * up, scale * up,
-                                       np.zeros((0, 2)) if seeds is None else seeds)
-            yield unit, len(stripe.columns) * p.looks, _detect_band(band, left, columns, p, up, scale, width, height,
-                                                                   detector, settings)
+        for band in bands(view, p.core // up, p.margin // up, start=wanted[0], stop=wanted[-1] + 1,
+                          path=info.path, prefetch=prefetch):
+            if ids[band.index] not in skip:
+                yield Unit(ids[band.index], stripe, left, band)
+
+
+def detect_unit(unit: Unit, grid: PassGrid, p: Pass, detector: Detector, settings: Settings,
+                seeds: np.ndarray | None = None) -> tuple[int, Detections]:
+    """(tiles planned, detections in native frame pixels) of one unit of a pass, down to the
+    settings' detection floor (the blur point). A seeded pass runs only the tiles near
+    `seeds`, the (N, 2) centres in native frame pixels of faces the passes before it found
+    (`seed_points`, `seeded_tiles`)."""
+    columns = unit.stripe.columns
+    up, band = grid.up, unit.band
+    if p.seeded:
+        columns = seeded_tiles(columns, band.core_top * up, band.core_bottom * up, grid.scale * up,
+                               np.zeros((0, 2)) if seeds is None else seeds)
+    return len(unit.stripe.columns) * p.looks, _detect_band(band, unit.left, columns, p, up, grid.scale, grid.width,
+                                                            grid.height, detector, settings)
+
+
+def detect_bands(info: ImageInfo, p: Pass, detector: Detector, settings: Settings,
+                 skip: set[int] = frozenset(), seeds: np.ndarray | None = None
+                 ) -> Iterator[tuple[int, int, Detections]]:
+    """(unit id, tiles planned, detections in native frame pixels) for each unit of one pass
+    not in `skip` (read_pass, detect_unit)."""
+    grid, produced = read_pass(info, p, skip)
+    for unit in produced:
+        tiles, dets = detect_unit(unit, grid, p, detector, settings, seeds)
+        yield unit.id, tiles, dets
 
 
 # How far beyond a tile's core (native pixels) a face found by an earlier pass makes a seeded

@@ -119,7 +119,7 @@ class CenterFace:
     """
 
     def __init__(self, tile: int = 640, batch: int | None = None, streams: int | None = None,
-                 runtime: Runtime | None = None):
+                 runtime: Runtime | None = None, threads: int | None = None):
         if tile % 32:
             raise ValueError("tile size must be a multiple of 32")
         self.runtime = runtime or choose()
@@ -127,7 +127,8 @@ class CenterFace:
         self.batch = batch or (GPU_BATCH if self.runtime.gpu else 1)
         cores = os.cpu_count() or 1
         count = streams or (2 if self.runtime.gpu else cores)
-        threads = 1 if self.runtime.gpu else max(1, cores // count)
+        # `threads`: a worker given a share of a machine's cores (a cluster's actor) says how many.
+        threads = threads or (1 if self.runtime.gpu else max(1, cores // count))
         model = prepared_model(self.batch, tile, tile)
         runs = compile_lanes(model, self.runtime, count, threads, (self.batch, tile, tile, 3))
         self.streams = [_Stream(run, self.batch, tile) for run in runs]

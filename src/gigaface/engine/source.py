@@ -158,8 +158,9 @@ class Band:
 
 
 def bands(image: pyvips.Image, core_rows: int, margin: int, start: int = 0, path: str = "",
-          prefetch: bool = True) -> Iterator[Band]:
-    """Full-width bands that own `core_rows` rows each and see `margin` rows beyond both edges.
+          prefetch: bool = True, stop: int | None = None) -> Iterator[Band]:
+    """Full-width bands that own `core_rows` rows each and see `margin` rows beyond both edges;
+    bands `start` to `stop` (exclusive; None: to the bottom).
 
     Rows shared with the previous band are carried over in memory, so each row is decoded
     once; with `prefetch` the next band is decoded in a thread while the caller works
@@ -171,7 +172,7 @@ def bands(image: pyvips.Image, core_rows: int, margin: int, start: int = 0, path
     def produce() -> Iterator[Band]:
         region = pyvips.Region.new(image)  # made and used in the thread that reads
         previous: Band | None = None
-        for index in range(start, count):
+        for index in range(start, count if stop is None else min(stop, count)):
             core_top = index * core_rows
             core_bottom = min(height, core_top + core_rows)
             top, bottom = max(0, core_top - margin), min(height, core_bottom + margin)

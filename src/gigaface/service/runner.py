@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 
+from gigaface.cluster.connect import CLUSTER_ENV
 from gigaface.library.files import capture_files
 from gigaface.library.store import Library
 
@@ -19,8 +20,12 @@ WORKER = [sys.executable, "-m", "gigaface.service.worker"]
 
 
 class JobRunner:
-    def __init__(self, db: str):
+    def __init__(self, db: str, cluster: str | None = None):
         self.db = db
+        # The jobs' scans run on this Ray cluster (None: in the job process itself).
+        self.env = {k: v for k, v in os.environ.items() if k != CLUSTER_ENV}
+        if cluster:
+            self.env[CLUSTER_ENV] = cluster
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.current: subprocess.Popen | None = None
@@ -92,7 +97,8 @@ class JobRunner:
                 return
             self.current_capture = capture_id
             self.current = subprocess.Popen([*WORKER, self.db, str(capture_id)], stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                            env=self.env)
         _, stderr = self.current.communicate()
         code = self.current.returncode
         with self.lock:

@@ -36,6 +36,7 @@ class Config:
     data_dir: str | None = None     # captures by server path only from under here; None: uploads only
     host: str = "127.0.0.1"     # the address the server listens on
     allow_hosts: tuple[str, ...] = ()   # more Host names it answers for (behind a DNS name)
+    cluster: str | None = None  # a Ray cluster's address: the jobs' scans run there
 
 
 class Service:
@@ -45,7 +46,7 @@ class Service:
         Library(config.db)  # a clear error now rather than on the first request
         self.config = config
         self.db = config.db
-        self.runner = JobRunner(config.db) if config.run_jobs else None
+        self.runner = JobRunner(config.db, config.cluster) if config.run_jobs else None
         self.streams = StreamSlots()
         self._local = threading.local()
         self._pool_lock = threading.Lock()

@@ -15,6 +15,7 @@ import sys
 import time
 
 from gigaface import process
+from gigaface.cluster.connect import cluster_address
 from gigaface.engine.plan import Settings
 from gigaface.errors import GigafaceError
 from gigaface.engine.reporter import Reporter
@@ -91,8 +92,17 @@ def _scan(library: Library, capture: CaptureRecord, reporter: JobReporter) -> Ca
             raise GigafaceError(f"{frame.path}: the image is gone")
     if not is_capture_of(capture.source, capture):
         raise GigafaceError(f"{capture.source}: the file changed since it was added; add it again")
-    result = scan_path(library, capture.source, Settings.from_dict(capture.settings), resume=True,
-                       reporter=reporter, discard_on_error=False)
+    settings = Settings.from_dict(capture.settings)
+    address = cluster_address(None)  # the server's --cluster, handed down by the runner
+    if address is None:
+        result = scan_path(library, capture.source, settings, resume=True, reporter=reporter, discard_on_error=False)
+        return result.capture
+    from gigaface.cluster.scan import on_cluster, scan_one  # Ray only when a cluster is asked for
+
+    files = [(frame.path, os.stat(frame.path).st_size) for frame in capture.frames]
+    with on_cluster(address, files, tile=settings.tile) as pool:
+        result = scan_one(library, capture.source, settings, pool, resume=True, reporter=reporter,
+                          discard_on_error=False)
     return result.capture
 
 
