@@ -44,8 +44,23 @@ class ImageResult:
     gt_best: np.ndarray  # (G,) highest score of a detection that found the face, -inf if none
 
 
+IOU_CELLS = 2_000_000  # detections x faces compared at a time: a 2-GP mosaic's ~10^5 x 2x10^4 took 24 GB at once
+
+
+def best_overlaps(pred_xyxy: np.ndarray, gt_xyxy: np.ndarray, cells: int = IOU_CELLS) -> tuple[np.ndarray, np.ndarray]:
+    """For each detection, the face it overlaps most and that IoU, a block of detections at a time."""
+    best = np.zeros(len(pred_xyxy), np.int64)
+    best_iou = np.zeros(len(pred_xyxy))
+    step = max(1, cells // max(len(gt_xyxy), 1))
+    for start in range(0, len(pred_xyxy), step):
+        overlaps = iou_matrix(pred_xyxy[start : start + step], gt_xyxy)
+        best[start : start + step] = overlaps.argmax(axis=1)
+        best_iou[start : start + step] = overlaps[np.arange(len(overlaps)), best[start : start + step]]
+    return best, best_iou
+
+
 def judge(pred_xyxy: np.ndarray, pred_scores: np.ndarray, gt_xyxy: np.ndarray, gt_invalid: np.ndarray,
-          iou: float = 0.5) -> ImageResult:
+          iou: float = 0.5, cells: int = IOU_CELLS) -> ImageResult:
     pred_xyxy = np.asarray(pred_xyxy, np.float64).reshape(-1, 4)
     pred_scores = np.asarray(pred_scores, np.float64).reshape(-1)
     gt_xyxy = np.asarray(gt_xyxy, np.float64).reshape(-1, 4)
@@ -56,9 +71,7 @@ def judge(pred_xyxy: np.ndarray, pred_scores: np.ndarray, gt_xyxy: np.ndarray, g
     hits = np.zeros(len(pred_scores), bool)
     found = np.full(len(gt_xyxy), -np.inf)
     if len(gt_xyxy) and len(pred_scores):
-        overlaps = iou_matrix(pred_xyxy, gt_xyxy)
-        best = overlaps.argmax(axis=1)
-        best_iou = overlaps[np.arange(len(best)), best]
+        best, best_iou = best_overlaps(pred_xyxy, gt_xyxy, cells)
         for d in range(len(pred_scores)):
             if best_iou[d] < iou:
                 continue
