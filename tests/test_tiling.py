@@ -282,3 +282,41 @@ def test_memory_of_the_detect_stage_stays_flat_as_the_image_widens(tmp_path):
         assert done.returncode == 0, done.stderr
         grown[width] = float(done.stdout.split()[-1])
     assert grown[60_000] - grown[15_000] < 200, grown
+
+
+def test_describe_stripes_share_the_width_and_hold_every_region():
+    from gigaface.ingest import describe_stripes
+
+    assert describe_stripes(30_000, 1024, 3, 384) == [(0, 30_000)]  # one ring of 92 MB: no stripes
+    stripes = describe_stripes(64_512, 1024, 3, 384)
+    assert len(stripes) == 3 and stripes[0][0] == 0 and stripes[-1][1] == 64_512
+    share = 64_512 / len(stripes)
+    for k, (x0, x1) in enumerate(stripes):
+        assert (x1 - x0) * 1024 * 3 <= 96 << 20
+        # a region up to 2 x 352 px wide centred anywhere in the stripe's share fits its columns
+        assert x0 <= max(0, k * share - 352) and x1 >= min(64_512, (k + 1) * share + 352)
+
+
+def test_faces_of_a_wide_image_are_described_alike_in_column_stripes(tmp_path, detector, monkeypatch):
+    """The describe stage reads very wide images a column stripe at a time (its full-width
+    ring of rows was the scan's peak at 2 GP: 200 MB at 64k px); faces on the seams
+    between stripes get the same quality, crop and embedding as with one stripe."""
+    import gigaface.ingest as ingest
+
+    width, height = 2400, 700
+    faces = [(300, 200, 60), (598, 400, 80), (605, 150, 30), (1200, 450, 110), (1790, 300, 50), (2200, 520, 70)]
+    path = write_image(tmp_path / "wide.jpg", crowd(width, height, faces, seed=4), Q=92)
+    described = []
+    for name, window_bytes in (("whole", ingest.DESCRIBE_WINDOW_BYTES), ("striped", 4 << 20)):
+        monkeypatch.setattr(ingest, "DESCRIBE_WINDOW_BYTES", window_bytes)
+        library = Library(str(tmp_path / f"{name}.db"), create=True)
+        result = scan_path(library, str(path), settings_for("balanced"), detector=detector)
+        ids, vectors = library.faces.embeddings()
+        by_id = {f.id: f for f in library.faces.all(result.capture.id)}
+        described.append({by_id[i].box: (by_id[i].quality, v) for i, v in zip(ids, vectors)})
+    assert len(ingest.describe_stripes(width, 1024, 3, 384)) == 4  # with 4 MB: seams at 600, 1200 and 1800 px
+    whole, striped = described
+    assert len(whole) >= len(faces) and whole.keys() == striped.keys()
+    for box in whole:
+        assert whole[box][0] == striped[box][0]
+        np.testing.assert_array_equal(whole[box][1], striped[box][1])

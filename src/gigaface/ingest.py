@@ -15,6 +15,7 @@ boxes stored only so that every published image blurs them too.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import deque
@@ -41,6 +42,9 @@ from gigaface.library.records import CaptureRecord, Face
 from gigaface.library.store import Library
 
 DESCRIBE_NATIVE_MAX = 320  # px: larger faces are described from a downscaled read
+# The describe stage's ring of rows, at most: an image wider than 32k px is described in
+# column stripes (its full-width ring took 200 MB at 64k px, the scan's peak at 2 GP).
+DESCRIBE_WINDOW_BYTES = 96 << 20
 
 
 @dataclass
@@ -154,29 +158,58 @@ def describe_faces(library: Library, capture: CaptureRecord, settings: Settings,
                 scale /= 4
             levels.setdefault(scale, []).append(face)
         for scale, group in sorted(levels.items(), reverse=True):
-            image, exact = load_scaled(info, scale)
-            window = RowWindow(image, keep=int(DESCRIBE_NATIVE_MAX * (1 + 2 * describing.REGION_MARGIN)) + 64,
-                               path=frame.path)
-            local = []
-            for face in group:
-                x, y, w, h = face.box
-                box = ((x - frame.x) * exact, (y - frame.y) * exact, w * exact, h * exact)
-                local.append((describing.region_box(box)[3], face, box))
-            local.sort(key=lambda t: t[0])
-            for _, face, box in local:
-                x0, y0, x1, y1 = describing.region_box(box)
-                x0c, y0c = max(0, x0), max(0, y0)
-                region = window.rows(y0c, y1, x0c, max(x0c, min(image.width, x1)))
-                rbox = (box[0] - x0c, box[1] - y0c, box[2], box[3])
-                lms = (np.array(face.landmarks, np.float32) - [frame.x, frame.y]) * exact - [x0c, y0c]
-                big_enough = max(face.box[2], face.box[3]) >= settings.min_embed
-                batch.append(describing.Region(region, rbox, lms, big_enough, exact))
-                ids.append(face.id)
+            for face_id, region in _regions(info, frame, scale, group, settings):
+                batch.append(region)
+                ids.append(face_id)
                 if len(batch) >= describing.EMBED_BATCH:
                     flush()
     flush()
     drain(0)
     return described
+
+
+def _regions(info, frame: Frame, scale: float, faces: list[Face],
+             settings: Settings) -> Iterator[tuple[int, describing.Region]]:
+    """The pixels around each face of one frame, read at `scale` through a window of rows
+    that slides down the image (a column stripe of it at a time for very wide images)."""
+    image, exact = load_scaled(info, scale)
+    keep = int(DESCRIBE_NATIVE_MAX * (1 + 2 * describing.REGION_MARGIN)) + 64
+    local = []
+    for face in faces:
+        x, y, w, h = face.box
+        box = ((x - frame.x) * exact, (y - frame.y) * exact, w * exact, h * exact)
+        local.append((describing.region_box(box)[3], face, box))
+    local.sort(key=lambda t: t[0])  # by bottom row: the order the window reaches them
+    stripes = describe_stripes(image.width, keep + RowWindow.STEP, image.bands, keep // 2)
+    share = image.width / len(stripes)
+    for k, (sx0, sx1) in enumerate(stripes):
+        if k:  # a sequential read goes down the image once: each stripe reads it again
+            image, exact = load_scaled(info, scale)
+        view = image if len(stripes) == 1 else image.crop(sx0, 0, sx1 - sx0, image.height)
+        window = RowWindow(view, keep=keep, path=frame.path)
+        for _, face, box in local:
+            x0, y0, x1, y1 = describing.region_box(box)
+            if min(len(stripes) - 1, max(0, int((x0 + x1) / 2 // share))) != k:
+                continue  # its region is centred in another stripe's share
+            x0c, y0c = max(0, x0), max(0, y0)
+            region = window.rows(y0c, y1, x0c - sx0, max(x0c, min(image.width, x1)) - sx0)
+            rbox = (box[0] - x0c, box[1] - y0c, box[2], box[3])
+            lms = (np.array(face.landmarks, np.float32) - [frame.x, frame.y]) * exact - [x0c, y0c]
+            big_enough = max(face.box[2], face.box[3]) >= settings.min_embed
+            yield face.id, describing.Region(region, rbox, lms, big_enough, exact)
+
+
+def describe_stripes(width: int, rows: int, bands: int, pad: int) -> list[tuple[int, int]]:
+    """Column ranges [x0, x1) whose windows of `rows` rows fit DESCRIBE_WINDOW_BYTES, each
+    reaching `pad` beyond its share of the width (so a face region centred in a share fits
+    its stripe); one range, the whole width, for all but very wide images. Each range costs
+    one more decode of the image: 2 for a 64k-px-wide JPEG, as against 200 MB of rows."""
+    share = max(2 * pad, DESCRIBE_WINDOW_BYTES // (rows * bands) - 2 * pad)
+    count = max(1, math.ceil(width / share))
+    if count == 1:
+        return [(0, width)]
+    core = width / count
+    return [(max(0, math.floor(k * core) - pad), min(width, math.ceil((k + 1) * core) + pad)) for k in range(count)]
 
 
 class _done:

@@ -242,7 +242,9 @@ class RowWindow:
     request returns a copy of just the rows (and columns) asked for.
     """
 
-    def __init__(self, image: pyvips.Image, keep: int, step: int = 256, path: str = ""):
+    STEP = 256  # rows read ahead at a time
+
+    def __init__(self, image: pyvips.Image, keep: int, step: int = STEP, path: str = ""):
         self.image, self.keep, self.step, self.path = image, keep, step, path
         self.region = pyvips.Region.new(image)
         self.capacity = keep + step
