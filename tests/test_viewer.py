@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+import gigaface
 from gigaface.demo.scene import build_stadium
+from gigaface.library.store import Library
 from bench.harness import KEY_HEADER, Server, run_cli
 from tests.helpers import iou
 
@@ -68,20 +70,21 @@ def get(server: Server, path: str):
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    """A 3-MP stadium (about 400 faces of 16-60 px, the target among them), scanned."""
+    """A 3-MP stadium (about 400 faces of 16-60 px, the target among them), scanned;
+    yields the stadium, the library and the scan's JSON summary."""
     folder = tmp_path_factory.mktemp("viewer")
     built = build_stadium(folder, megapixels=3, occupancy=0.5)
     assert built.target_box[2] >= 24, "the target must be big enough to be found"
     db = folder / "lib.db"
-    result = run_cli("scan", built.panorama, "--db", db, "--quiet", cwd=folder)
+    result = run_cli("scan", built.panorama, "--db", db, "--json", cwd=folder)
     assert result.returncode == 0, result.stderr
-    return built, db
+    return built, db, json.loads(result.stdout)[0]
 
 
 @pytest.fixture(scope="module")
 def view_server(scene):
     """`gigaface view` on the scanned library, once its pyramid and exports are built."""
-    _, db = scene
+    _, db, _ = scene
     server = Server(db, command="view")
     try:
         # Exports too: the public server started later must find nothing left to build.
@@ -97,7 +100,7 @@ def view_server(scene):
 def token_server(scene, view_server):
     """`gigaface serve --public` on the same library (after `view` built its files), with
     one viewer token; yields (server, token)."""
-    _, db = scene
+    _, db, _ = scene
     created = run_cli("token", "create", db, "--name", "playwright", "--role", "viewer")
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
@@ -218,6 +221,27 @@ def test_viewer_loads_every_face_and_draws_them(page, view_server):
     page.screenshot(path=ARTIFACTS / "viewer.png")
 
 
+def test_listed_faces_are_counted_alike_by_the_cli_the_api_the_service_and_the_viewer(page, view_server, scene):
+    """One operating point for what is listed: the scan's summary, `faces`, `captures`, the
+    Python API, the service and the viewer count the same faces; the blur-only ones are
+    stored (and counted apart by the scan) but listed nowhere."""
+    _, db, summary = scene
+    open_viewer(page, view_server)
+    capture = page.evaluate("window.gigaface.capture")
+    shown = page.evaluate("window.gigaface.faces.length")
+    assert page.text_content("#face-count") == f"{shown:,} faces"
+    assert get(view_server, "/api/captures")[0]["faces"] == shown
+    assert get(view_server, f"/api/captures/{capture['id']}/faces?limit=1")["total"] == shown
+    assert len(json.loads(run_cli("faces", db, "--json").stdout)) == shown
+    assert json.loads(run_cli("captures", db, "--json").stdout)[0]["faces"] == shown
+    assert len(gigaface.open_capture(str(db)).faces) == shown
+    assert summary["faces"] == shown
+    library = Library(str(db))
+    stored = library.faces.all(capture["id"], include_unlisted=True)
+    assert summary["stored"] == len(stored) > shown  # a crowd this size has faces only to blur
+    assert sum(f.listed for f in stored) == shown
+
+
 def test_the_run_key_leaves_the_address_bar_and_goes_with_every_request(page, view_server):
     """`gigaface view`'s page keeps the key of its URL's fragment for the tab and sends it
     with every API and tile request (a page of another site has no way to learn it)."""
@@ -284,7 +308,7 @@ def test_hover_shows_tooltip_and_click_selects_face(page, view_server):
 
 
 def test_find_me_ranks_the_target_first_and_flies_to_it(page, view_server, scene):
-    built, _ = scene
+    built, _, _ = scene
     open_viewer(page, view_server)
     before = view_state(page)
 
@@ -345,7 +369,7 @@ def test_only_api_js_knows_the_services_addresses(page, view_server, scene):
         assert not re.search(r"[\"'`]/(api|public)\b", source), f"{module.name} builds a service address"
         assert "fetch(" not in source, f"{module.name} fetches on its own"
 
-    built, _ = scene
+    built, _, _ = scene
     urls: list[str] = []
     page.on("request", lambda r: urls.append(r.url))
     open_viewer(page, view_server)
