@@ -33,11 +33,16 @@ browser:
 demo: setup
 	$(BIN)/gigaface demo --out demo-output
 
+# Two test processes (pytest-xdist), a test module to each at a time so that its module-scoped
+# fixtures (scanned libraries, servers, a Ray cluster) are made once; TEST_JOBS=1 runs serially.
+TEST_JOBS ?= 2
+PYTEST := $(BIN)/python -m pytest -q $(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadscope)
+
 test: setup browser
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-all: setup browser
-	$(BIN)/python -m pytest -q -m ''
+	$(PYTEST) -m ''
 
 bench: setup
 	$(BIN)/python -m bench
