@@ -1,6 +1,10 @@
 """Decoding: every format read band by band (sequentially) gives the pixels of a whole read."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -304,3 +308,34 @@ def test_large_unstreamable_images_are_refused(tmp_path, monkeypatch, name, opti
         probe(str(path))
     assert str(path) in str(exc.value)
     assert probe(str(baseline)).width == 300  # the same pixels stored plainly are fine
+
+
+_WALK = """
+import sys
+from gigaface.process import configure_process
+configure_process()
+from gigaface.engine.source import bands, probe, load_scaled
+info = probe(sys.argv[1])
+image, _ = load_scaled(info, 1.0)
+for band in bands(image, 512, 32, path=sys.argv[1]):
+    pass
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(int(status["RssFile"].split()[0]) >> 10)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc")
+def test_walking_down_a_jpeg_does_not_keep_the_file_resident(tmp_path):
+    """libvips maps a file it opens by name, and every page read stayed resident until the
+    image closed: a 2-GP JPEG's 345 MB counted in the scan's peak RSS. Read through
+    read() calls, a walk down a JPEG keeps none of the file."""
+    import pyvips
+
+    noise = pyvips.Image.gaussnoise(4000, 12000, mean=128, sigma=60).cast("uchar")
+    path = tmp_path / "tall.jpg"
+    noise.bandjoin([noise, noise]).write_to_file(str(path), Q=95)
+    size_mb = path.stat().st_size >> 20
+    done = subprocess.run([sys.executable, "-c", _WALK, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert size_mb > 30
+    assert int(done.stdout.split()[-1]) < 60 + size_mb // 4, (done.stdout, size_mb)  # 60 MB: the libraries

@@ -42,7 +42,26 @@ def open_sequential(path: str, **options) -> pyvips.Image:
     # strip or tile cut short only as a read error, which "truncated" lets through as
     # black rows (a 60,000 x 60,000 header with no pixels would be scanned for hours):
     # TIFFs fail on any decode error.
-    return pyvips.Image.new_from_file(path, access="sequential", fail_on=_fail_on(path), **options)
+    fail_on = _fail_on(path)
+    if fail_on != "error":  # not a TIFF, whose tiles and strips libtiff reads in any order
+        try:
+            return pyvips.Image.new_from_source(unmapped_source(path), "", access="sequential", fail_on=fail_on,
+                                                **options)
+        except (pyvips.Error, OSError):
+            pass  # a format libvips reads from files only: open it by name, which also says what is wrong
+    return pyvips.Image.new_from_file(path, access="sequential", fail_on=fail_on, **options)
+
+
+def unmapped_source(path: str) -> pyvips.Source:
+    """The file as libvips reads it through read() calls. Opened by name, libvips maps the
+    file, and every page of it read stays in the process's resident set until the image is
+    closed: a 2-GP JPEG's 345 MB, counted in every walk down it (the kernel could drop them,
+    but RSS, and whoever watches it, counts them)."""
+    stream = open(path, "rb", buffering=0)
+    source = pyvips.SourceCustom()
+    source.on_read(stream.read)
+    source.on_seek(stream.seek)
+    return source
 
 
 def _fail_on(path: str) -> str:
