@@ -33,16 +33,18 @@ class FaceStore:
         `listed` (all, when not given) marks the faces at the listing point; the others are
         stored only to be blurred."""
         listed = np.ones(len(dets), bool) if listed is None else np.asarray(listed, bool)
-        rows = []
-        for frame, b, s, lm, shown in zip(frames, dets.boxes, dets.scores, dets.landmarks, listed):
-            x1, y1, x2, y2 = map(float, b)
-            rows.append((capture_id, int(frame), x1, y1, x2 - x1, y2 - y1, float(s),
-                         json.dumps([[round(float(x), 2), round(float(y), 2)] for x, y in lm]), int(shown)))
+
+        def rows():  # one at a time: a 4-GP scan stores ~10^5 faces
+            for frame, b, s, lm, shown in zip(frames, dets.boxes, dets.scores, dets.landmarks, listed):
+                x1, y1, x2, y2 = map(float, b)
+                yield (capture_id, int(frame), x1, y1, x2 - x1, y2 - y1, float(s),
+                       json.dumps([[round(float(x), 2), round(float(y), 2)] for x, y in lm]), int(shown))
+
         with self._lib.transaction() as db:
             db.execute("DELETE FROM faces WHERE capture_id = ? AND erased = 0", (capture_id,))
             db.execute("DELETE FROM face_blocks WHERE capture_id = ?", (capture_id,))  # erased faces have none
             db.executemany("INSERT INTO faces (capture_id, frame, x, y, w, h, score, landmarks, listed)"
-                           " VALUES (?,?,?,?,?,?,?,?,?)", rows)
+                           " VALUES (?,?,?,?,?,?,?,?,?)", rows())
             db.execute("DELETE FROM detections WHERE capture_id = ?", (capture_id,))
             db.execute("UPDATE captures SET stage = 'describe' WHERE id = ?", (capture_id,))
 
