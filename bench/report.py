@@ -255,7 +255,7 @@ def _mosaic(section, title: str = "2-3. The gigapixel mosaic, and peers side by 
     lines += ["", "SAHI holds the whole decoded image: measured 3.8 bytes per pixel + 240 MB through OpenCV "
               "(SAHI 0.12.8 decodes with OpenCV up to 2^30 pixels) and 8.7 bytes per pixel + 200 MB through "
               "PIL above that (`python -m bench.peers IMAGE --calibrate`), so its memory grows with the "
-              "image while gigaface's grows only with the width. The plain pass holds CenterFace's "
+              "image while gigaface's is bounded by its bands (column stripes of at most 48 MB). The plain pass holds CenterFace's "
               "activations for a 4096-px input.",
               "", "Ratios, gigaface / peer (targets: time ≤ 0.5, memory ≤ 0.2, AP difference ≥ 0):\n",
               "| gigaface | peer | time | peak memory | AP difference |", "|---|---|---|---|---|"]

@@ -1,5 +1,5 @@
 """Scaling curve: full scans of mosaics of growing size; time should be linear, memory
-bounded by the panorama's width (full-width bands), not its area."""
+flat: bands are column stripes of at most 48 MB, whatever the panorama's width or area."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,11 +35,11 @@ def plot(rows: list[dict], out: Path) -> Path:
     right.plot(mp, [r["peak_main_mb"] for r in rows], "o-", label="scan process")
     if all("peak_worker_mb" in r for r in rows):  # results from before describing ran in-process
         right.plot(mp, [r["peak_worker_mb"] for r in rows], "s-", label="one describe worker")
-    for r in rows:  # memory follows the band width, so say how wide each panorama is
+    for r in rows:  # say how wide each panorama is: memory used to follow the width
         right.annotate(f"{int(r['size'].split('x')[0]):,} px wide", (r["megapixels"], r["peak_main_mb"]),
                        textcoords="offset points", xytext=(-30, 8), fontsize=7)
     right.set(xlabel="panorama (megapixels)", ylabel="peak RSS (MB)",
-              title="Memory: grows with width, not with area", ylim=(0, None))
+              title="Memory: flat in width and area", ylim=(0, None))
     right.legend()
     for ax in (left, right):
         ax.grid(alpha=0.3)
