@@ -47,3 +47,15 @@ def stadium(tmp_path_factory):
     done = run_cli("scan", built.panorama, "--db", db, "--quiet")
     assert done.returncode == 0, done.stderr
     return built, db
+
+
+# Seconds each of the longest modules takes alone (`pytest --durations=0`, summed per module,
+# 2 cores). `make test` runs two processes that take a module at a time, in collection order:
+# the longest first, so that neither process is left with a long one at the end.
+LONGEST_MODULES = {"test_cluster.py": 48, "test_governance.py": 45, "test_viewer.py": 37, "test_cli_errors.py": 31,
+                   "test_fuzz.py": 27, "test_service_security.py": 25, "test_end_to_end.py": 21,
+                   "test_tiling.py": 17, "test_crash_safety.py": 17, "test_concurrency.py": 16}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: -LONGEST_MODULES.get(item.path.name, 0))  # stable: each module keeps its order
