@@ -134,8 +134,9 @@ class CaptureStore:
     def detections(self, capture_id: int) -> tuple[np.ndarray, Detections]:
         """All raw detections of a capture: (frame index per detection, detections).
 
-        Read a few thousand rows at a time into arrays: as one list of rows, the 7 x 10^5
-        raw detections of a 4-GP scan took 400 MB of Python objects, the scan's peak."""
+        Read a few thousand rows at a time into arrays (68 bytes of numbers a row): a list
+        of all the rows costs ~340 bytes of Python objects a row, and a gigapixel scan
+        stores several hundred thousand raw detections before its merge."""
         # The scan holding the capture's lock is the only writer of its detections.
         db = self._lib.db
         count = db.execute("SELECT COUNT(*) FROM detections WHERE capture_id = ?", (capture_id,)).fetchone()[0]

