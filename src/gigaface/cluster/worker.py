@@ -106,5 +106,7 @@ class FaceWorker:
 
     def describe(self, regions: list[Region]) -> list:
         if self.descriptor is None:
-            self.descriptor = Descriptor(self.runtime, threads=1 if self.runtime.gpu else self.cpus)
+            # f32 whatever the detector runs in, as a local scan's describer: templates compare
+            # across machines (Runtime.for_templates).
+            self.descriptor = Descriptor(self.runtime.for_templates(), threads=1 if self.runtime.gpu else self.cpus)
         return describe_regions(regions, self.descriptor)
