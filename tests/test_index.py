@@ -318,3 +318,33 @@ def test_a_capture_with_an_older_key_is_found_and_rekeyed(tmp_path, twin_tiffs, 
     other = scan_path(library, str(a), settings_for("balanced"), detector=detector)
     assert not other.skipped and other.capture.id != first.capture.id and other.faces == 0
     assert library.faces.count(first.capture.id) == 1
+
+
+def test_raw_detections_come_back_whole_or_for_one_frame(tmp_path, monkeypatch):
+    """The merge reads a capture's raw detections, a seeded pass those of its frame only
+    (a camera array's other frames are not read for it), a block of rows at a time."""
+    from gigaface.engine.detections import Detections
+    from gigaface.engine.frames import Frame
+    from gigaface.library import captures
+
+    monkeypatch.setattr(captures, "DETECTION_ROWS", 3)  # blocks smaller than a band
+    library = Library(str(tmp_path / "lib.db"), create=True)
+    frames = [Frame("a.jpg", 0, 0, 100, 100), Frame("b.jpg", 100, 0, 100, 100)]
+    capture, _ = library.captures.find_or_create("k", "m.json", "manifest", 200, 100, frames, {})
+    rng = np.random.default_rng(0)
+    stored = {}
+    for frame, count in ((0, 5), (1, 4)):
+        corners = rng.uniform(0, 80, (count, 2)).astype(np.float32)
+        dets = Detections(np.concatenate([corners, corners + 15], axis=1), rng.random(count).astype(np.float32),
+                          rng.uniform(0, 100, (count, 5, 2)).astype(np.float32))
+        library.captures.finish_band(capture.id, frame, 0, 0, dets)
+        stored[frame] = dets
+    frame_of, every = library.captures.detections(capture.id)
+    assert frame_of.tolist() == [0] * 5 + [1] * 4
+    np.testing.assert_array_equal(every.boxes, np.concatenate([stored[0].boxes, stored[1].boxes]))
+    np.testing.assert_array_equal(every.landmarks, np.concatenate([stored[0].landmarks, stored[1].landmarks]))
+    frame_of, second = library.captures.detections(capture.id, 1)
+    assert frame_of.tolist() == [1] * 4
+    for field in ("boxes", "scores", "landmarks"):
+        np.testing.assert_array_equal(getattr(second, field), getattr(stored[1], field))
+    assert len(library.captures.detections(capture.id, 2)[1]) == 0

@@ -27,7 +27,7 @@ import numpy as np
 
 from gigaface.engine import describe as describing
 from gigaface.engine.content_key import capture_key, legacy_capture_key
-from gigaface.engine.detect import count_tiles, detect_bands, seed_points, units
+from gigaface.engine.detect import count_tiles, detect_bands, seed_points
 from gigaface.engine.detections import Detections
 from gigaface.engine.detector import CenterFace, Detector
 from gigaface.engine.frames import Frame, panorama_size
@@ -99,18 +99,11 @@ def detect_here(detector: Detector | None = None) -> BandSource:
     return source
 
 
-def tiles_done(frames: list[Frame], settings: Settings, done: set[tuple[int, int, int]]) -> int:
-    """Detection tiles of the units already done (a resumed scan's progress starts there)."""
-    return sum(tiles for fi, frame in enumerate(frames)
-               for pi, p in enumerate(plan_passes(frame.width, frame.height, settings))
-               for unit, tiles in units(frame.width, frame.height, p) if (fi, pi, unit) in done)
-
-
 def _seeds(library: Library, capture_id: int, frame_index: int, frame: Frame) -> np.ndarray:
     """Centres (frame pixels) of the faces found in a frame so far: where a seeded pass looks.
     Read from the library, so that a resumed scan looks where the first one would have."""
-    frame_of, dets = library.captures.detections(capture_id)
-    return seed_points(dets.select(frame_of == frame_index)) - [frame.x, frame.y]
+    _, dets = library.captures.detections(capture_id, frame_index)
+    return seed_points(dets) - [frame.x, frame.y]
 
 
 # --- description ------------------------------------------------------------------------
@@ -324,7 +317,7 @@ def _run_stages(library: Library, capture: CaptureRecord, frames: list[Frame], s
         done = library.captures.bands_done(capture.id)
         reporter.stage("detect", count_tiles(frames, settings))
         if done:
-            reporter.advance(tiles_done(frames, settings, done))
+            reporter.advance(count_tiles(frames, settings, done))
 
         def seeds(fi: int) -> np.ndarray:
             return _seeds(library, capture.id, fi, frames[fi])

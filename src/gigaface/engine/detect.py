@@ -41,7 +41,7 @@ class Stripe:
 
 def stripes(width: int, p: Pass) -> list[Stripe]:
     """The pass's tile columns grouped so that each stripe's band fits STRIPE_BYTES."""
-    up = round(p.scale) if p.upscale_tiles else 1
+    up = p.up
     band_rows = (p.core + 2 * p.margin) // up
     columns = tile_columns(width, p)
     per_column = (p.core // up) * band_rows * 3
@@ -95,7 +95,7 @@ def read_pass(info: ImageInfo, p: Pass, skip: set[int] = frozenset(), prefetch: 
     those in `skip`: a stripe's reading starts at its first unit wanted and stops after its
     last (a tiled TIFF is then read only there; a JPEG is decoded from its top whatever the
     start). Nothing is decoded until the units are asked for."""
-    up = round(p.scale) if p.upscale_tiles else 1  # tiles enlarged one by one from native rows
+    up = p.up
     image, scale = load_scaled(info, 1.0 if up > 1 else p.scale)
     width, height = image.width * up, image.height * up  # the pass's pixel grid
     grid = PassGrid(scale, up, width, height, tuple(stripes(width, p)), (height + p.core - 1) // p.core)
@@ -242,6 +242,9 @@ def detect_image(path: str, settings: Settings, detector: Detector | None = None
     return merge([frame], np.zeros(len(dets), np.int64), dets, settings)[1]
 
 
-def count_tiles(frames: list[Frame], settings: Settings) -> int:
-    return sum(tiles for frame in frames for p in plan_passes(frame.width, frame.height, settings)
-               for _, tiles in units(frame.width, frame.height, p))
+def count_tiles(frames: list[Frame], settings: Settings, done: set[tuple[int, int, int]] | None = None) -> int:
+    """Detection tiles of every unit of the frames' passes, or of those in `done` (frame,
+    pass, unit): where a resumed scan's progress starts."""
+    return sum(tiles for fi, frame in enumerate(frames)
+               for pi, p in enumerate(plan_passes(frame.width, frame.height, settings))
+               for unit, tiles in units(frame.width, frame.height, p) if done is None or (fi, pi, unit) in done)

@@ -47,6 +47,11 @@ class Pass:
         """Inferences per tile."""
         return 2 if self.flip else 1
 
+    @property
+    def up(self) -> int:
+        """How much each tile is enlarged from native rows (1: the image is read at `scale`)."""
+        return round(self.scale) if self.upscale_tiles else 1
+
 
 # Where the names a library and the API use for settings differ from the attributes.
 STORED_NAMES = {"score_threshold": "threshold", "blur_score_threshold": "blur_threshold"}
@@ -117,8 +122,8 @@ class Settings:
 
 # Measured on the WIDER FACE images of bench/report.md, section 1 (every face counted): a 2x
 # pass for faces under 32 px, run only on the tiles near faces the native pass found (20 %
-# of its tiles), with its scores weighted by 1.3, took `balanced` from AP50 0.48 to 0.83 and
-# recall at the blur point (score 0.12) to 0.89 for 10-16 px faces and 0.93 for 16-32 px.
+# of its tiles), with its scores weighted by 1.3, took `balanced` from AP50 0.48 to 0.82 and
+# recall at the blur point (score 0.12) to 0.90 for 10-16 px faces and 0.94 for 16-32 px.
 # Listed at score 0.5, where 91 % of what is listed is a labelled face. Mirrored tiles at 2x
 # added 0.01 recall for twice the pass's work. `fast` keeps to the native scale (blur point
 # from bench/privacy.py: 0.15 and 6 px); `accurate` lists at a sensitive point already.

@@ -131,19 +131,22 @@ class CaptureStore:
             db.executemany("INSERT INTO detections VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
             db.execute("INSERT OR REPLACE INTO bands_done VALUES (?,?,?,?)", (capture_id, frame, pass_index, band))
 
-    def detections(self, capture_id: int) -> tuple[np.ndarray, Detections]:
-        """All raw detections of a capture: (frame index per detection, detections).
+    def detections(self, capture_id: int, frame: int | None = None) -> tuple[np.ndarray, Detections]:
+        """All raw detections of a capture (or of one of its frames): (frame index per
+        detection, detections).
 
         Read a few thousand rows at a time into arrays (68 bytes of numbers a row): a list
         of all the rows costs ~340 bytes of Python objects a row, and a gigapixel scan
         stores several hundred thousand raw detections before its merge."""
         # The scan holding the capture's lock is the only writer of its detections.
         db = self._lib.db
-        count = db.execute("SELECT COUNT(*) FROM detections WHERE capture_id = ?", (capture_id,)).fetchone()[0]
+        where, args = ("capture_id = ?", (capture_id,)) if frame is None else \
+            ("capture_id = ? AND frame = ?", (capture_id, frame))
+        count = db.execute(f"SELECT COUNT(*) FROM detections WHERE {where}", args).fetchone()[0]
         frames, scores = np.empty(count, np.int64), np.empty(count, np.float32)
         boxes, landmarks = np.empty((count, 4), np.float32), np.empty((count, 5, 2), np.float32)
-        cursor = db.execute("SELECT frame, x1, y1, x2, y2, score, landmarks FROM detections WHERE capture_id = ?"
-                            " ORDER BY frame, pass, band, rowid", (capture_id,))
+        cursor = db.execute(f"SELECT frame, x1, y1, x2, y2, score, landmarks FROM detections WHERE {where}"
+                            " ORDER BY frame, pass, band, rowid", args)
         done = 0
         while rows := cursor.fetchmany(min(DETECTION_ROWS, count - done)):
             part = slice(done, done + len(rows))
