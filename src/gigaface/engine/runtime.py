@@ -7,17 +7,18 @@ and `compile_lanes` turns a graph into lanes: callables taking one fixed-shape u
 and returning the graph's outputs, each lane usable from its own thread at the same time.
 
 `auto` is what bench/engine_speed.py measured fastest (bench/results/engine_speed.json,
-2-core AMD EPYC with AVX512-BF16, no AMX): CenterFace 640x640, one thread, onnxruntime f32
-32 ms a tile, OpenVINO f32 32 ms, OpenVINO bf16 16 ms; the face descriptor, batch 16, two
-threads, 3.8 / 1.6 / 0.9 ms a face. So: CUDA when onnxruntime has it; else OpenVINO where it
-is installed; else onnxruntime.
+2-core AMD EPYC with AVX512-BF16, no AMX): CenterFace 640x640, two threads, onnxruntime f32
+20.2 ms a tile, OpenVINO f32 19.1 ms, OpenVINO bf16 10.6 ms; the face descriptor, batch 16,
+two threads, 1.42 / 1.21 / 0.64 ms a face. So: CUDA when onnxruntime has it; else OpenVINO
+where it is installed; else onnxruntime.
 
-In f32, unless bf16 is asked for. bf16 halves the detector's time here and moves WIDER AP50
-by at most 0.002, but its boxes are not f32's (0.4 % shorter on average, noisier), and dlib's
-landmarks start from the box: 24-px faces then matched 67-73 % of genuine pairs at distance
-0.6 against 76-84 % in f32 (bench/report.md, "by runtime": the identity set, boxes jittered
-by a pixel five ways). The issue's rule, that bf16 may cost no accuracy, keeps `auto` in f32.
-The descriptor computes in f32 whatever is asked (`Runtime.for_templates`).
+In f32, unless bf16 is asked for. bf16 nearly halves the detector's time here and moves WIDER
+AP50 by at most 0.001, but its boxes are not f32's (0.4 % shorter on average, noisier), and
+dlib's landmarks start from the box: in the identity section with bf16 boxes, genuine 24-px
+pairs matched at distance 0.6 fall from 77.8 % to 71.8 % and a few 48-px impostor pairs pass
+(bench/report.md, "1 and 4 again, by runtime"). The issue's rule, that bf16 may cost no
+accuracy, keeps `auto` in f32. The descriptor computes in f32 whatever is asked
+(`Runtime.for_templates`).
 
 OpenVINO reports usage: importing it imports its model converter, which (with the
 `openvino-telemetry` package its wheel depends on) writes a client id under ~/intel and
