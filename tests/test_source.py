@@ -315,12 +315,16 @@ import sys
 from gigaface.process import configure_process
 configure_process()
 from gigaface.engine.source import bands, probe, load_scaled
+def resident_file_mb():
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(status["RssFile"].split()[0]) >> 10
+
 info = probe(sys.argv[1])
 image, _ = load_scaled(info, 1.0)
+before = resident_file_mb()  # the libraries' pages: 48-85 MB, as the venv's files happen to be cached
 for band in bands(image, 512, 32, path=sys.argv[1]):
     pass
-status = dict(line.split(":", 1) for line in open("/proc/self/status"))
-print(int(status["RssFile"].split()[0]) >> 10)
+print(resident_file_mb() - before)
 """
 
 
@@ -338,4 +342,4 @@ def test_walking_down_a_jpeg_does_not_keep_the_file_resident(tmp_path):
     done = subprocess.run([sys.executable, "-c", _WALK, str(path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert size_mb > 30
-    assert int(done.stdout.split()[-1]) < 60 + size_mb // 4, (done.stdout, size_mb)  # 60 MB: the libraries
+    assert int(done.stdout.split()[-1]) < size_mb // 4, (done.stdout, size_mb)
