@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from bench.data import MissingData, shared_path
-from bench.harness import run_cli
+from bench.harness import fork_commands, run_cli
 from gigaface.demo.scene import build_stadium
 from gigaface.process import configure_process
 
@@ -15,6 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 # The test run is an entry point like the CLI: without this, libvips' operation cache would
 # hand a test the pixels of a file it read before under the same name.
 configure_process()
+# The tests' few hundred commands start as forks of a process that has imported what they
+# import (bench/harness.py: fork_commands); the benchmarks start them as users do.
+fork_commands()
 
 
 def shared_data(*parts: str) -> Path:

@@ -35,7 +35,7 @@ def test_the_service_answers_every_request_while_a_scan_runs(tmp_path):
 
         target.scan = api.post("/api/captures", json={"path": str(scanned)}).json()["id"]
         before = _progress(api.get(f"/api/captures/{target.scan}").json())  # as the benchmark takes it
-        result = drive(target, clients=4, seconds=8, max_requests=2000, timeout=60)
+        result = drive(target, clients=4, seconds=5, max_requests=2000, timeout=60)
         after = result["scan_progress"]["last"]
         scan = server.wait_for(target.scan, timeout=300)
     print(summary_line(result), result.get("scan_progress", {}).get("timeline"))  # shown with -s or on failure
