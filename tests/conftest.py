@@ -52,12 +52,13 @@ def stadium(tmp_path_factory):
     return built, db
 
 
-# Seconds each of the longest modules takes alone (`pytest --durations=0`, summed per module,
-# 2 cores). `make test` runs two processes that take a module at a time, in collection order:
-# the longest first, so that neither process is left with a long one at the end.
-LONGEST_MODULES = {"test_cluster.py": 48, "test_governance.py": 45, "test_viewer.py": 37, "test_cli_errors.py": 31,
-                   "test_fuzz.py": 27, "test_service_security.py": 25, "test_end_to_end.py": 21,
-                   "test_tiling.py": 17, "test_crash_safety.py": 17, "test_concurrency.py": 16}
+# Seconds each of the longest modules takes alone (`time pytest tests/<module>`, 2 cores).
+# `make test` runs two processes that take a module at a time, in collection order: the
+# longest first, so that neither process is left with a long one at the end.
+LONGEST_MODULES = {"test_viewer.py": 39, "test_cluster.py": 39, "test_governance.py": 28,
+                   "test_service_security.py": 24, "test_tiling.py": 20, "test_fuzz.py": 18, "test_index.py": 15,
+                   "test_end_to_end.py": 15, "test_cli_errors.py": 15, "test_concurrency.py": 14,
+                   "test_crash_safety.py": 14, "test_load.py": 11, "test_bench_pipeline.py": 11}
 
 
 def pytest_collection_modifyitems(session, config, items):
