@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
+import re
 import subprocess
 import sys
 
@@ -44,3 +45,37 @@ def test_bars_draw_on_the_console_they_are_given():
     assert "stadium.jpg detect" in text
     assert "7 faces" in text
     assert "one tile unreadable" in text
+
+
+def test_a_forked_command_answers_as_a_new_interpreter_does(tmp_path, monkeypatch):
+    """The tests start commands as forks of a preloaded process (bench.harness.fork_commands):
+    the same exit codes, output, working folder and environment as a new interpreter, and the
+    library left as an interpreter's exit leaves it (connections closed: no -wal or -shm file)."""
+    import numpy as np
+
+    from bench import harness
+    from tests.helpers import write_image
+
+    photo = write_image(tmp_path / "plain.png", np.full((64, 64, 3), 128, np.uint8))
+    (tmp_path / "lib").mkdir()
+    db = tmp_path / "lib" / "lib.db"
+    monkeypatch.setenv("GIGAFACE_RUNTIME", "onnxruntime")  # the command's environment is the caller's
+    cases = [("--version",), ("scan", "plain.png", "--db", db, "--quiet"), ("faces", "lib/lib.db", "--json"),
+             ("scan", "missing.jpg", "--db", db), ("find", db, "--photo", photo)]
+    assert harness._forked is not None
+    forked = [harness.run_cli(*case, cwd=tmp_path) for case in cases]
+    monkeypatch.setattr(harness, "_forked", None)
+    fresh_db = tmp_path / "lib" / "fresh.db"
+    fresh = [harness.run_cli(*(fresh_db if a == db else "lib/fresh.db" if a == "lib/lib.db" else a for a in case),
+                             cwd=tmp_path) for case in cases]
+
+    def alike(text: str) -> str:  # the other library's name; times and memory vary
+        return re.sub(r"\d+(\.\d+)?", "#", text.replace("fresh.db", "lib.db"))
+
+    for case, a, b in zip(cases, forked, fresh):
+        assert a.returncode == b.returncode, (case, a, b)
+        assert alike(a.stdout) == alike(b.stdout) and alike(a.stderr) == alike(b.stderr), (case, a, b)
+    assert [p.returncode for p in forked] == [0, 0, 0, 2, 2]
+    assert "onnxruntime" in forked[0].stdout and "missing.jpg" in forked[3].stderr
+    left = sorted(p.name for p in (tmp_path / "lib").iterdir() if p.name.startswith("lib.db"))
+    assert left == ["lib.db", "lib.db.files", "lib.db.key"]
