@@ -40,6 +40,20 @@ def gradient(tmp_path):
     return write_image(tmp_path / "gradient.png", np.broadcast_to(rgb, (400, 400, 3)).astype(np.uint8))
 
 
+# --- usage ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("args, needles", [
+    (["find"], ["missing argument 'db'", "see `gigaface find --help`"]),
+    (["scan", "crowd.jpg", "--top", "3"], ["no such option: --top", "gigaface scan --help"]),
+    (["find", "lib.db", "--photo", "me.jpg", "--top", "many"], ["invalid value for '--top'"]),
+    (["consent", "add", "lib.db"], ["missing option", "--photo", "gigaface consent add --help"]),
+    (["shoot"], ["no such command 'shoot'", "see `gigaface --help`"])])
+def test_usage_errors_are_one_line_too(tmp_path, args, needles):
+    """A misspelt command or option, a missing one, a value of the wrong type: one line that
+    says where to read how the command is used, not a box of usage text."""
+    assert_user_error(run_cli(*args, cwd=tmp_path), *needles)
+    assert files_in(tmp_path) == set()
+
+
 # --- scan ---------------------------------------------------------------------------------
 def test_scan_not_an_image(tmp_path):
     bogus = tmp_path / "holiday.jpg"

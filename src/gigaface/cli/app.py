@@ -9,6 +9,7 @@ import warnings
 from typing import Optional
 
 import typer
+from typer import rich_utils
 
 from gigaface import process
 from gigaface.cli import blur, demo, doctor, find, governance, listing, scan, serve, tokens
@@ -60,7 +61,16 @@ def _warn_in_one_line(message, category, filename, lineno, file=None, line=None)
 def main() -> None:
     warnings.showwarning = _warn_in_one_line  # e.g. a key file others can read
     try:
-        app()  # typer reports usage errors itself, with exit code 2
+        code = app(prog_name="gigaface", standalone_mode=False)  # errors come here, to be one line
+    except USAGE_ERROR as exc:  # a misspelt option, a missing one, a value of the wrong type
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `gigaface` or a group alone: its help
+            rich_utils.rich_format_error(exc)
+            sys.exit(exc.exit_code)
+        _fail(usage_error_line(exc))
+    except CLICK_ERROR as exc:
+        _fail(exc.format_message())
+    except typer.Abort:  # end of input at a prompt
+        _fail("aborted")
     except GigafaceError as exc:
         _fail(str(exc))
     except sqlite3.DatabaseError as exc:  # found mid-command
@@ -74,6 +84,20 @@ def main() -> None:
             raise
         where = exc.filename or "a file"
         _fail(f"cannot write {where}: {os_reason(exc, folder_of(str(where)))}")
+    sys.exit(code if isinstance(code, int) else 0)  # `--help`, `--version` and typer.Exit give a code
+
+
+def usage_error_line(exc: Exception) -> str:
+    """Click's message, lowercased like ours, and where to read how the command is used."""
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    message = message[:1].lower() + message[1:]
+    path = exc.ctx.command_path if exc.ctx is not None else "gigaface"
+    return f"{message}; see `{path} --help`"
+
+
+# Click's error classes, wherever this typer takes click from (newer ones carry their own copy).
+USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def _fail(message: str) -> None:
