@@ -69,7 +69,7 @@ def main() -> None:
         _fail(usage_error_line(exc))
     except CLICK_ERROR as exc:
         _fail(exc.format_message())
-    except typer.Abort:  # end of input at a prompt
+    except typer.Abort:  # what typer makes of an EOFError
         _fail("aborted")
     except GigafaceError as exc:
         _fail(str(exc))
