@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -41,8 +42,8 @@ def run_cli(*args, cwd: Path | str | None = None, timeout: float = 300) -> subpr
 
 # What a command imports before it parses its arguments, less the command-line package itself
 # (its rich consoles read the environment when made): about 0.3 s of CPU a process.
-PRELOAD = ["numpy", "cv2", "pyvips", "typer", "rich.console", "gigaface.api", "gigaface.ingest",
-           "gigaface.search", "gigaface.library.store", "gigaface.privacy.consent"]
+# gigaface.api brings the engine, library, privacy and search with numpy, OpenCV and pyvips.
+PRELOAD = ["gigaface.api", "typer", "rich.console"]
 _forked = None
 
 
@@ -62,8 +63,6 @@ def fork_commands() -> None:
 
 
 def _run_forked(args: list[str], env: dict, cwd, timeout: float) -> subprocess.CompletedProcess:
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="gigaface-cli-") as folder:
         out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
         process = _forked.Process(target=_command, args=(args, env, None if cwd is None else str(cwd), out, err))
