@@ -191,7 +191,7 @@ def describe_photos(photos: list[IdentityPhoto], sizes=SIZES, log=print) -> tupl
     detector = CenterFace()
     out, faceless = [], []
     for k, (p, name, frame) in enumerate(kept):
-        pixels, dets = detect_whole(str(p.path), detector)
+        pixels, dets = detect_whole(str(p.path), detector, largest=True)
         if not len(dets):
             faceless.append(name)
             continue

@@ -88,3 +88,28 @@ def test_search_ranks_obama_above_biden(tmp_path, detector):
     assert all(m.match for m in matches[:3]), distances
     assert not any(m.match for m in matches[3:]), distances
     assert str(folder) in matches[0].face.source
+
+
+def test_a_reference_photo_needs_only_the_passes_that_can_hold_its_largest_face(detector):
+    """`detect_largest` (what a reference photo goes through) gives the largest face that the
+    scan's whole plan gives, box and landmarks alike, in fewer inferences when that face is
+    beyond the native pass's sizes; a photo of small faces gets the whole plan."""
+    from gigaface.engine.detect import detect_image, detect_largest
+
+    settings = settings_for("balanced")
+    portraits = [shared_data("face_recognition_examples", name) for name in ("obama.jpg", "two_people.jpg")]
+    crowd = shared_data("wider_face_val_subset")
+    small_faces = sorted(crowd.rglob("*.jpg"))[0]
+    for path in [*portraits, small_faces]:
+        before = detector.tiles_run
+        whole = detect_image(str(path), settings, detector)
+        whole_tiles, before = detector.tiles_run - before, detector.tiles_run
+        largest = detect_largest(str(path), settings, detector)
+        largest_tiles = detector.tiles_run - before
+        i, j = int(whole.sizes.argmax()), int(largest.sizes.argmax())
+        assert (whole.boxes[i] == largest.boxes[j]).all() and (whole.landmarks[i] == largest.landmarks[j]).all(), path
+        assert whole.scores[i] == largest.scores[j]
+        if path in portraits:
+            assert whole.sizes[i] >= 128 and largest_tiles <= whole_tiles / 3, (path, largest_tiles, whole_tiles)
+        else:
+            assert whole.sizes[i] < 128 and len(largest) == len(whole), (path, whole.sizes[i])

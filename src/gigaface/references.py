@@ -18,7 +18,7 @@ import numpy as np
 import pyvips
 
 from gigaface.engine import describe as describing
-from gigaface.engine.detect import detect_image
+from gigaface.engine.detect import detect_image, detect_largest
 from gigaface.engine.detections import Detections
 from gigaface.engine.detector import CenterFace
 from gigaface.engine.plan import settings_for
@@ -40,9 +40,12 @@ class Reference:
     faces_in_photo: int
 
 
-def detect_whole(path: str, detector: CenterFace | None = None) -> tuple[np.ndarray, Detections]:
-    """Detect faces in a small photo, holding it in memory; returns (RGB pixels, detections)."""
-    dets = detect_image(path, settings_for("balanced"), detector, REFERENCE_MAX_PIXELS)
+def detect_whole(path: str, detector: CenterFace | None = None, largest: bool = False
+                 ) -> tuple[np.ndarray, Detections]:
+    """Detect faces in a small photo, holding it in memory; returns (RGB pixels, detections).
+    `largest`: only what finding its largest face takes (`detect_largest`), as a reference does."""
+    detect = detect_largest if largest else detect_image
+    dets = detect(path, settings_for("balanced"), detector, REFERENCE_MAX_PIXELS)
     pixels = as_rgb8(open_sequential(path)).numpy()
     return pixels, dets
 
@@ -52,7 +55,7 @@ def reference(path: str, detector: CenterFace | None = None, spare: str | None =
     reference: the CLI, the Python API and the service's workers all come here). `spare`:
     a RAM file (`.v`) that the caller owns and removes, for the shrunk copy."""
     with bounded_photo(path, spare) as (photo, scale):
-        pixels, dets = detect_whole(photo, detector)
+        pixels, dets = detect_whole(photo, detector, largest=True)
     if not len(dets):
         raise GigafaceError(f"{path}: no face found in the reference photo")
     areas = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
