@@ -10,7 +10,12 @@
   load average is recorded beside each number);
 - CenterFace (`detector.prepared_model(1, 640, 640)`): ms a 640x640 tile under the same
   runtimes, the largest difference of each output map against onnxruntime's on real
-  tiles, and the detections of a real crowd photo under each.
+  tiles, and the detections of a real crowd photo under each;
+- tile size: the scan's detector (`detector.CenterFace`, a lane a core) on square tiles of
+  640 to 1024 px cut from the Tiny Faces selfie, under OpenVINO f32 and bf16: ms a tile,
+  ms a megapixel of tile, and ms a megapixel of *image* at the native pass's margin (a
+  larger tile overlaps its neighbours less), with the detector's own peak RSS from a fresh
+  process.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ import numpy as np
 OUT = Path(__file__).resolve().parent / "results" / "engine_speed.json"
 FACES = 64
 CROWD = ("ultralight_face_imgs", "imgs", "17.jpg")
+SELFIE = ("tiny_faces_selfie", "selfie.jpg")  # 2048x1150: room for 1024-px tiles
+TILE_SIZES = (640, 768, 1024)
 
 
 def best_ms(run, repeat: int) -> float:
@@ -180,6 +187,49 @@ def detector_speeds(repeat: int, log=print) -> dict:
             "faces_onnxruntime": int(len(ref_dets))}
 
 
+def tile_size_speeds(repeat: int, log=print) -> list[dict]:
+    """The scan's detector on tiles of each size: what a megapixel of image costs at the
+    native pass's margin, and what the detector holds in memory."""
+    import subprocess
+
+    from bench.data import shared_path
+    from gigaface.engine.detector import CenterFace
+    from gigaface.engine.plan import NATIVE_MARGIN
+    from gigaface.engine.runtime import choose
+    from gigaface.engine.source import as_rgb8, open_sequential
+    from gigaface.errors import GigafaceError
+
+    pixels = as_rgb8(open_sequential(str(shared_path(*SELFIE)))).numpy()
+    margin = NATIVE_MARGIN["balanced"]
+    rows = []
+    for precision in ("f32", "bf16"):
+        try:
+            runtime = choose("openvino", precision)
+        except GigafaceError:
+            continue
+        for tile in TILE_SIZES:
+            detector = CenterFace(tile, runtime=runtime)
+            # As many pixels per run whatever the size: 16 tiles of 640, from all over the photo.
+            count = max(2, round(16 * (640 / tile) ** 2))
+            ys = np.linspace(0, pixels.shape[0] - tile, count).astype(int)
+            xs = np.linspace(0, pixels.shape[1] - tile, count).astype(int)[::-1]
+            tiles = np.stack([pixels[y : y + tile, x : x + tile] for y, x in zip(ys, xs)])
+            ms = best_ms(lambda: detector.detect(tiles, 0.05), repeat) / count
+            per_mp = ms / (tile * tile / 1e6)
+            overlap = (tile / (tile - 2 * margin)) ** 2
+            probe = ("import numpy as np; from gigaface.engine.detector import CenterFace; "
+                     "from gigaface.engine.runtime import choose; from gigaface.process import peak_rss_mb; "
+                     f"d = CenterFace({tile}, runtime=choose('openvino', '{precision}')); "
+                     f"d.detect(np.zeros((2, {tile}, {tile}, 3), np.uint8)); print(round(peak_rss_mb()))")
+            rss = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+            rows.append({"runtime": runtime.backend, "precision": precision, "tile": tile,
+                         "lanes": len(detector.streams), "ms_per_tile": ms, "ms_per_tile_mp": per_mp,
+                         "native_margin": margin, "overlap": overlap, "ms_per_image_mp": per_mp * overlap,
+                         "detector_peak_rss_mb": int(rss.stdout.split()[-1]), "load": os.getloadavg()[0]})
+            log(f"  {rows[-1]}")
+    return rows
+
+
 def same_detections(dets, ref) -> dict:
     """How many faces each found, and how many of onnxruntime's have a twin (IoU 0.5, 0.9)."""
     a, b = dets.boxes, ref.boxes
@@ -209,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         result = {"cpu": cpu_name(), "cores": os.cpu_count(), "load_at_start": os.getloadavg()[0],
                   "alignment": alignment_speeds(regions, boxes, args.repeat),
                   "descriptor": descriptor_speeds(chips[np.arange(FACES) % len(chips)], args.repeat),
-                  "centerface": detector_speeds(args.repeat)}
+                  "centerface": detector_speeds(args.repeat),
+                  "centerface_tile_sizes": tile_size_speeds(args.repeat)}
     except MissingData as exc:
         print(f"engine speed benchmark skipped: {exc}", file=sys.stderr)
         return 2

@@ -8,9 +8,11 @@ and returning the graph's outputs, each lane usable from its own thread at the s
 
 `auto` is what bench/engine_speed.py measured fastest (bench/results/engine_speed.json,
 2-core AMD EPYC with AVX512-BF16, no AMX): CenterFace 640x640, two threads, onnxruntime f32
-20.2 ms a tile, OpenVINO f32 19.1 ms, OpenVINO bf16 10.6 ms; the face descriptor, batch 16,
-two threads, 1.42 / 1.21 / 0.64 ms a face. So: CUDA when onnxruntime has it; else OpenVINO
-where it is installed; else onnxruntime.
+16.4 ms a tile, OpenVINO f32 16.9 ms, OpenVINO bf16 8.1 ms (the two f32 runtimes trade
+places from run to run: 20.2 and 19.1 ms on a busier machine); the face descriptor, batch
+16, two threads, 1.36 / 1.14 / 0.58 ms a face. So: CUDA when onnxruntime has it; else
+OpenVINO where it is installed (as fast for the detector, faster for the descriptor, and
+the only one with bf16); else onnxruntime.
 
 In f32, unless bf16 is asked for. bf16 nearly halves the detector's time here and moves WIDER
 AP50 by at most 0.001, but its boxes are not f32's (0.4 % shorter on average, noisier), and
