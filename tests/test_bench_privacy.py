@@ -26,6 +26,33 @@ def test_covered_share_counts_the_blurred_part_of_each_labelled_box():
     assert covered_share([], 640, 480, labelled).tolist() == [0.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize("mask_pixels", [None, 200_000, 30_000])  # None: the writer's own bound (4-px cells here)
+def test_covered_share_counts_what_a_full_resolution_mask_counts(monkeypatch, mask_pixels):
+    """Shares are counted on the mask's cells; they must be those of the mask blown up to
+    every pixel, for boxes anywhere (edges, cell borders, beyond the image) and cells of
+    several sizes (a gigapixel image's mask has larger cells: a smaller bound stands in)."""
+    from gigaface.privacy import anonymise
+
+    if mask_pixels:
+        monkeypatch.setattr(anonymise, "MASK_MAX_PIXELS", mask_pixels)
+    rng = np.random.default_rng(0)
+    cells = set()
+    for width, height in ((640, 480), (3001, 1999)):
+        xy = rng.uniform(-20, [width, height], (60, 2))
+        boxes = [tuple(v) for v in np.c_[xy, rng.uniform(3, 90, (60, 2))]]
+        labelled = np.c_[rng.uniform(-10, [width, height], (200, 2)), rng.uniform(1, 60, (200, 2))]
+        mask, cell, _ = anonymise.blur_mask(boxes, width, height)
+        cells.add(cell)
+        full = np.repeat(np.repeat(mask > 0, cell, axis=0), cell, axis=1)[:height, :width]
+        expected = []
+        for x, y, w, h in labelled:
+            x0, y0 = int(np.clip(np.floor(x), 0, width)), int(np.clip(np.floor(y), 0, height))
+            x1, y1 = int(np.clip(np.ceil(x + w), 0, width)), int(np.clip(np.ceil(y + h), 0, height))
+            expected.append(full[y0:y1, x0:x1].mean() if (x1 - x0) * (y1 - y0) else 1.0)
+        assert np.allclose(covered_share(boxes, width, height, labelled), expected), (width, height, cell)
+    assert cells != {4} or mask_pixels is None  # the smaller bounds did make larger cells
+
+
 def test_by_size_buckets_flags():
     sizes = np.array([5, 9, 12, 20, 40, 100], float)
     flags = np.array([True, False, True, True, False, True])
