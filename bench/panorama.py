@@ -18,7 +18,7 @@ import numpy as np
 from gigaface.engine.plan import settings_for
 from gigaface.search import DEFAULT_MATCH_THRESHOLD
 
-from .ap import evaluate, iou_matrix, judge, xywh_to_xyxy
+from .ap import SIZE_BINS, SIZE_LABELS, evaluate, iou_matrix, judge, xywh_to_xyxy
 from .mosaic import Mosaic
 from .peers import DEFAULT_PEERS, compare, measured_with_timeout
 
@@ -125,7 +125,25 @@ def full_scan(mosaic: Mosaic, db: Path, preset: str = "balanced") -> dict:
         "peak_main_mb": summary["peak_rss_mb"], "runtime": " ".join(summary["runtime"].values()),
         "ap": round(ev.ap, 4), "db": str(db), "stored": summary["stored"],
         "recall_listed": recall_by_size(listed), "recall_stored": recall_by_size(judged, settings.blur_score_threshold),
+        "blurred": blurred_by_size([f.box for f in faces], mosaic),
     }
+
+
+def blurred_by_size(stored: list[tuple[float, float, float, float]], mosaic: Mosaic) -> dict:
+    """label -> [share, faces]: the valid faces at least half blurred in an anonymised copy
+    made from the `stored` boxes (x, y, w, h): the privacy section's yardstick, which a box
+    too loose or too tight for IoU 0.5 still meets."""
+    from .privacy import SHARP_BELOW, covered_share
+
+    truth = mosaic.boxes[~mosaic.invalid].astype(np.float64)
+    labelled = np.c_[truth[:, :2], truth[:, 2:] - truth[:, :2]]
+    covered = covered_share(stored, mosaic.width, mosaic.height, labelled) >= SHARP_BELOW
+    sizes = labelled[:, 2:].max(axis=1)
+    out = {}
+    for label, (lo, hi) in zip(SIZE_LABELS, SIZE_BINS):
+        inside = (sizes >= lo) & (sizes < hi)
+        out[label] = [round(float(covered[inside].mean()), 3) if inside.any() else float("nan"), int(inside.sum())]
+    return out
 
 
 def recall_by_size(judged: list, threshold: float = -np.inf) -> dict:

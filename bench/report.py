@@ -219,6 +219,7 @@ def _mosaic(section, title: str = "2-3. The gigapixel mosaic, and peers side by 
         f"The floor: {f['tiles']:,} tiles x {f['latency_ms']} ms (one 640x640 tile, detector alone, one session on "
         f"both cores) = {f['floor_s']} s, against {f['detect_s']} s measured for the detect stage: "
         f"**floor/detect {f['ratio']}** (1.0 would be pure inference).\n",
+        _mosaic_recall(section),
         "### Search for the planted people\n",
         "Each planted person is searched with each *other* photo of them (never the planted one); "
         "`others under threshold` counts the faces of the crowd closer than the match threshold.\n",
@@ -264,6 +265,43 @@ def _mosaic(section, title: str = "2-3. The gigapixel mosaic, and peers side by 
         marks = ["met" if m else "missed" for m in met]
         lines.append(f"| {r['ours']} | {r['peer']} | {r['time']:.2f} ({marks[0]}) | {r['memory']:.2f} ({marks[1]}) "
                      f"| {r['ap_delta']:+.3f} ({marks[2]}) |")
+    return "\n".join(lines) + "\n"
+
+
+# The default preset's recall targets on the mosaic (issue "Every face from 10 px up").
+MOSAIC_RECALL_TARGETS = {"10-16": 0.75, "16-32": 0.93}
+
+
+def _mosaic_recall(section) -> str:
+    """Recall by face size (IoU 0.5) of the scan's stored and listed faces and of each tool side
+    by side, with the default preset's targets marked on what the scan stores (blurs), and the
+    faces the anonymised copy blurs (section 7's yardstick)."""
+    s = section["scan"]
+    if "recall_stored" not in s:
+        return ""
+    sizes = list(s["recall_stored"])
+    rows = [(f"gigaface scan `{s['preset']}`, stored (the blur point)", s["recall_stored"], True)]
+    if "blurred" in s:
+        rows.append((f"gigaface scan `{s['preset']}`: at least half of the face blurred in the anonymised copy "
+                     "(not IoU)", s["blurred"], False))
+    rows.append((f"gigaface scan `{s['preset']}`, listed", s["recall_listed"], False))
+    rows += [(f"{r['name']} (detection only)", r["recall"], False)
+             for r in section["side_by_side"] if not r.get("skipped") and r.get("recall")]
+
+    def cell(size: str, value: list, marked: bool) -> str:
+        text = f"{value[0]:.3f}"
+        if marked and size in MOSAIC_RECALL_TARGETS and s["preset"] == "balanced":
+            text += " (met)" if value[0] >= MOSAIC_RECALL_TARGETS[size] else " (missed)"
+        return text
+
+    targets = ", ".join(f"{k} px at least {v}" for k, v in MOSAIC_RECALL_TARGETS.items())
+    lines = ["### Recall by face size\n",
+             f"Valid faces found at IoU 0.5, by the larger side of their box (targets for what the default preset "
+             f"stores: {targets}).\n",
+             "| faces of | " + " | ".join(f"{k} px ({s['recall_stored'][k][1]:,})" for k in sizes) + " |",
+             "|---|" + "---|" * len(sizes)]
+    lines += [f"| {name} | " + " | ".join(cell(k, recall[k], marked) for k in sizes) + " |"
+              for name, recall, marked in rows]
     return "\n".join(lines) + "\n"
 
 
