@@ -2,8 +2,8 @@
 
     python -m bench.passes IMAGE [--preset balanced] [--json out.json]
 
-Runs the scan's own detect stage pass by pass (`plan.plan_passes`, `detect.detect_bands`,
-a seeded pass seeded by what the passes before it found, as `detect_image` does) and prints,
+Runs the scan's own detect stage pass by pass (`plan.plan_passes`, `detect.detect_passes`:
+a seeded pass is seeded by what the passes before it found, as in `detect_image`) and prints,
 for each pass, its scale and margin, the tiles it ran of those it planned, its seconds and
 the milliseconds a tile. No library and no describing: the detect stage alone.
 """
@@ -19,8 +19,7 @@ import numpy as np
 
 
 def time_passes(path: str, preset: str = "balanced", log=print) -> list[dict]:
-    from gigaface.engine.detect import detect_bands, seed_points, units
-    from gigaface.engine.detections import Detections
+    from gigaface.engine.detect import detect_passes, units
     from gigaface.engine.detector import CenterFace
     from gigaface.engine.plan import plan_passes, settings_for
     from gigaface.engine.source import probe
@@ -29,13 +28,11 @@ def time_passes(path: str, preset: str = "balanced", log=print) -> list[dict]:
     info = probe(path, max_pixels=1 << 40)
     detector = CenterFace(settings.tile)
     detector.detect(np.zeros((1, settings.tile, settings.tile, 3), np.uint8))  # first-call set-up, untimed
-    found: list[Detections] = []
+    found = []
     rows = []
     for p in plan_passes(info.width, info.height, settings):
-        seeds = seed_points(Detections.concat(found)) if p.seeded else None
         before, start, cpu = detector.tiles_run, time.perf_counter(), time.process_time()
-        for _, _, dets in detect_bands(info, p, detector, settings, seeds=seeds):
-            found.append(dets)
+        found = detect_passes(info, [p], detector, settings, found)  # seeded by all found before, as a scan
         seconds = time.perf_counter() - start
         ran = detector.tiles_run - before
         rows.append({"scale": p.scale, "margin": p.margin, "tile": p.tile, "seeded": p.seeded,

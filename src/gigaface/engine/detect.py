@@ -233,7 +233,7 @@ def detect_image(path: str, settings: Settings, detector: Detector | None = None
     settings = settings if blur_too else settings.listing_only()
     info = probe(path, max_pixels)
     detector = detector or CenterFace(settings.tile)
-    found = _look(info, plan_passes(info.width, info.height, settings), detector, settings)
+    found = detect_passes(info, plan_passes(info.width, info.height, settings), detector, settings)
     return _merged(info, found, settings)
 
 
@@ -252,19 +252,20 @@ def detect_largest(path: str, settings: Settings, detector: Detector | None = No
     passes = plan_passes(info.width, info.height, settings)
     coarse = [p for p in passes if p.scale < 1 and not p.seeded]
     finer = [p for p in passes if p not in coarse]
-    found = _look(info, coarse, detector, settings)
+    found = detect_passes(info, coarse, detector, settings)
     dets = _merged(info, found, settings)
     if len(dets) and dets.sizes.max() >= max((p.max_size for p in finer), default=0.0):
         return dets
     # The same passes as detect_image's, in another order: the seeded ones still come after
     # all the others, so the faces are the same.
-    return _merged(info, _look(info, finer, detector, settings, found), settings)
+    return _merged(info, detect_passes(info, finer, detector, settings, found), settings)
 
 
-def _look(info: ImageInfo, passes: list[Pass], detector: Detector, settings: Settings,
-          found: list[Detections] = ()) -> list[Detections]:
+def detect_passes(info: ImageInfo, passes: list[Pass], detector: Detector, settings: Settings,
+                  found: list[Detections] = ()) -> list[Detections]:
     """`found` and each unit's detections of the passes, in order (a seeded pass is seeded
-    by all found before it)."""
+    by all found before it): the detect stage without a library, one pass at a time if
+    wanted (bench.passes times them so)."""
     found = list(found)
     for p in passes:
         seeds = seed_points(Detections.concat(found)) if p.seeded else None
