@@ -190,9 +190,8 @@ def detector_speeds(repeat: int, log=print) -> dict:
 def tile_size_speeds(repeat: int, log=print) -> list[dict]:
     """The scan's detector on tiles of each size: what a megapixel of image costs at the
     native pass's margin, and what the detector holds in memory."""
-    import subprocess
-
     from bench.data import shared_path
+    from bench.measure import measured
     from gigaface.engine.detector import CenterFace
     from gigaface.engine.plan import NATIVE_MARGIN
     from gigaface.engine.runtime import choose
@@ -217,17 +216,22 @@ def tile_size_speeds(repeat: int, log=print) -> list[dict]:
             ms = best_ms(lambda: detector.detect(tiles, 0.05), repeat) / count
             per_mp = ms / (tile * tile / 1e6)
             overlap = (tile / (tile - 2 * margin)) ** 2
-            probe = ("import numpy as np; from gigaface.engine.detector import CenterFace; "
-                     "from gigaface.engine.runtime import choose; from gigaface.process import peak_rss_mb; "
-                     f"d = CenterFace({tile}, runtime=choose('openvino', '{precision}')); "
-                     f"d.detect(np.zeros((2, {tile}, {tile}, 3), np.uint8)); print(round(peak_rss_mb()))")
-            rss = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+            peak = measured("bench.engine_speed:detector_at_work", tile, precision).peak_rss_mb
             rows.append({"runtime": runtime.backend, "precision": precision, "tile": tile,
                          "lanes": len(detector.streams), "ms_per_tile": ms, "ms_per_tile_mp": per_mp,
                          "native_margin": margin, "overlap": overlap, "ms_per_image_mp": per_mp * overlap,
-                         "detector_peak_rss_mb": int(rss.stdout.split()[-1]), "load": os.getloadavg()[0]})
+                         "detector_peak_rss_mb": round(peak), "load": os.getloadavg()[0]})
             log(f"  {rows[-1]}")
     return rows
+
+
+def detector_at_work(tile: int, precision: str) -> None:
+    """The scan's detector made and run on two tiles: the body whose peak `tile_size_speeds`
+    measures in a fresh process."""
+    from gigaface.engine.detector import CenterFace
+    from gigaface.engine.runtime import choose
+
+    CenterFace(tile, runtime=choose("openvino", precision)).detect(np.zeros((2, tile, tile, 3), np.uint8))
 
 
 def same_detections(dets, ref) -> dict:
