@@ -18,7 +18,7 @@ import numpy as np
 from gigaface.engine.plan import settings_for
 from gigaface.search import DEFAULT_MATCH_THRESHOLD
 
-from .ap import SIZE_BINS, SIZE_LABELS, evaluate, iou_matrix, judge, xywh_to_xyxy
+from .ap import evaluate, iou_matrix, judge, xywh_to_xyxy
 from .mosaic import Mosaic
 from .peers import DEFAULT_PEERS, compare, measured_with_timeout
 
@@ -133,17 +133,13 @@ def blurred_by_size(stored: list[tuple[float, float, float, float]], mosaic: Mos
     """label -> [share, faces]: the valid faces at least half blurred in an anonymised copy
     made from the `stored` boxes (x, y, w, h): the privacy section's yardstick, which a box
     too loose or too tight for IoU 0.5 still meets."""
-    from .privacy import SHARP_BELOW, covered_share
+    from .privacy import SHARP_BELOW, by_size, covered_share
 
     truth = mosaic.boxes[~mosaic.invalid].astype(np.float64)
     labelled = np.c_[truth[:, :2], truth[:, 2:] - truth[:, :2]]
     covered = covered_share(stored, mosaic.width, mosaic.height, labelled) >= SHARP_BELOW
-    sizes = labelled[:, 2:].max(axis=1)
-    out = {}
-    for label, (lo, hi) in zip(SIZE_LABELS, SIZE_BINS):
-        inside = (sizes >= lo) & (sizes < hi)
-        out[label] = [round(float(covered[inside].mean()), 3) if inside.any() else float("nan"), int(inside.sum())]
-    return out
+    return {label: [round(blurred / faces, 3) if faces else float("nan"), faces]
+            for label, (blurred, faces) in by_size(labelled[:, 2:].max(axis=1), covered).items()}
 
 
 def recall_by_size(judged: list, threshold: float = -np.inf) -> dict:
